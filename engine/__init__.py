@@ -1,0 +1,25 @@
+"""Drywall QA engine: CLIPSeg loading, segmentation, data, evaluation, training, export and drawing.
+
+`import engine` loads no model and starts nothing; the names below are imported on first use.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "load_segmenter": "engine.models",
+    "resolve_source": "engine.models",
+    "ModelSourceError": "engine.models",
+    "Segmenter": "engine.segmenter",
+    "load_image": "engine.images",
+    "ImageError": "engine.images",
+    "open_dataset": "engine.data",
+    "evaluate": "engine.evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")

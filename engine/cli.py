@@ -1,0 +1,180 @@
+"""`python -m engine`: the command line over the engine's functions.
+
+Each command is a thin function: parse, one engine call, print. Errors the user can fix are printed as one
+line (no traceback) with exit status 1; set DRYWALL_DEBUG=1 to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+DESCRIPTION = """Drywall QA: text-prompted segmentation of wall photos with CLIPSeg.
+
+MODEL (everywhere) is one of: auto (default: the Hub model if cached or reachable, else the bundled
+offline model), a Hub id (CIDAS/clipseg-rd64-refined), a Hugging Face model folder, a training run under
+checkpoints/, or an ONNX export under export/.
+"""
+
+EPILOG = """examples:
+  python -m engine predict --model auto --images photo.jpg --prompt "segment crack" --out masks/
+  python -m engine evaluate --model checkpoints/drywall-starter --data ../shared/data/drywall-qa/cracks/valid --prompt "segment crack" --json out.json
+  python -m engine train --preset starter
+  python -m engine export --model checkpoints/drywall-starter --out export/starter --int8
+  python -m engine benchmark --json bench.json
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="segment photos for one or more prompts and write mask PNGs",
+                       description="Segment photos and write one mask PNG per (photo, prompt), named "
+                                   "{image_id}__{prompt_slug}.png, values 0/255, at the photo's displayed size.")
+    p.add_argument("--model", default="auto", help="model source (default: auto)")
+    p.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders of images")
+    p.add_argument("--prompt", action="append", required=True, help="what to find; repeat for several prompts")
+    p.add_argument("--out", required=True, help="output folder for the mask PNGs")
+    p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the model's own)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--batch-size", type=int, default=4, help="photos per forward pass (default: 4)")
+
+    p = sub.add_parser("evaluate", help="per-prompt IoU, Dice, precision, recall on a labelled set",
+                       description="Evaluate a model on a labelled set (YOLOv8 export or split folder, COCO JSON, "
+                                   "or images/ + masks/) and print a table; --json writes the same numbers.")
+    p.add_argument("--model", default="auto", help="model source (default: auto)")
+    p.add_argument("--data", required=True, help="labelled set: a split folder, a YOLOv8 root with --split, a COCO json, ...")
+    p.add_argument("--split", default=None, help="split of a YOLOv8 export root (train, valid, test)")
+    p.add_argument("--prompt", action="append", required=True, help="prompt to evaluate; repeat for several")
+    p.add_argument("--json", default=None, help="write the report as JSON here")
+    p.add_argument("--threshold", type=float, default=None, help="threshold (default: the model's own)")
+    p.add_argument("--k-worst", type=int, default=5, help="how many worst images to list (default: 5)")
+    p.add_argument("--skip-bad", action="store_true", help="skip images with bad labels (with a warning)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+
+    p = sub.add_parser("train", help="fine-tune (or train from scratch) on labelled sets",
+                       description="Train a CLIPSeg model. Each --data is PATH=prompt1,prompt2 (synonyms).")
+    p.add_argument("--data", action="append", default=[], metavar="PATH=PROMPTS",
+                   help='a labelled set and its prompts, e.g. ../shared/data/drywall-qa/cracks="segment crack,segment wall crack"')
+    p.add_argument("--model", default=None, help="model to start from (default: the preset's, else auto)")
+    p.add_argument("--preset", default=None, help="named settings, e.g. starter, quick, full")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--out", default=None, help="run folder, e.g. checkpoints/my-run")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last/ checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other TrainConfig field, e.g. --set patience=3 --set amp=false")
+
+    p = sub.add_parser("export", help="export a model to ONNX (fp32, or int8 with --int8)",
+                       description="Export the text encoder, vision encoder and decoder to ONNX, check parity "
+                                   "against torch in onnxruntime, and write manifest.json.")
+    p.add_argument("--model", default="auto", help="model source (default: auto)")
+    p.add_argument("--out", required=True, help="output folder, e.g. export/starter")
+    p.add_argument("--int8", action="store_true", help="also quantize the encoders to int8 (dynamic)")
+
+    p = sub.add_parser("benchmark", help="measure inference (or --train: training) speed side by side",
+                       description="Side-by-side timings in one run on the full-size rd64-refined architecture "
+                                   "with random weights (unless --model gives local real weights), 352x352, 2 threads.")
+    p.add_argument("--train", action="store_true", help="benchmark training: plain forward vs the feature cache")
+    p.add_argument("--json", default=None, help="write the results as JSON here")
+    p.add_argument("--model", default=None, help="a local model folder to time instead of random weights")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: the benchmark's own)")
+    return parser
+
+
+def cmd_predict(args) -> int:
+    from tqdm import tqdm
+
+    from engine.images import ImageError, list_images
+    from engine.masks import write_masks
+    from engine.models import load_segmenter
+
+    segmenter = load_segmenter(args.model, threads=args.threads)
+    paths = list_images(args.images)
+    if not paths:
+        raise ValueError(f"No images found in {' '.join(args.images)} (looked for .jpg, .png, .webp, .bmp, .tif).")
+    threshold = segmenter.threshold if args.threshold is None else args.threshold
+    out = Path(args.out)
+    failed = 0
+    for path in tqdm(paths, desc="predict", unit="img"):
+        try:
+            maps = segmenter.predict(path, args.prompt)
+        except ImageError as exc:
+            failed += 1
+            tqdm.write(f"error: {exc}", file=sys.stderr)
+            continue
+        write_masks({p: m >= threshold for p, m in maps.items()}, path.stem, out)
+    print(f"wrote {len(paths) - failed} x {len(args.prompt)} masks to {out} (threshold {threshold:.2f}, model {segmenter.name})")
+    if failed:
+        print(f"{failed} of {len(paths)} images could not be read (see above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args) -> int:
+    from engine.data import open_dataset
+    from engine.evaluate import evaluate
+    from engine.models import load_segmenter
+
+    segmenter = load_segmenter(args.model, threads=args.threads)
+    dataset = open_dataset(args.data, split=args.split, prompts=tuple(args.prompt), skip_bad=args.skip_bad)
+    report = evaluate(segmenter, dataset, args.prompt, threshold=args.threshold, k_worst=args.k_worst)
+    print(f"model {segmenter.name} on {dataset.name} ({len(dataset)} images)")
+    print(report.format_table())
+    if args.json:
+        from engine.fileio import atomic_write_json
+
+        atomic_write_json(args.json, {"model": segmenter.name, **report.to_dict()})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from engine.train import cli_train
+
+    return cli_train(args)
+
+
+def cmd_export(args) -> int:
+    from engine.export import cli_export
+
+    return cli_export(args)
+
+
+def cmd_benchmark(args) -> int:
+    from engine.benchmark import cli_benchmark
+
+    return cli_benchmark(args)
+
+
+COMMANDS = {"predict": cmd_predict, "evaluate": cmd_evaluate, "train": cmd_train, "export": cmd_export,
+            "benchmark": cmd_benchmark}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars; ours (tqdm) show the real work
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as exc:
+        if os.environ.get("DRYWALL_DEBUG"):
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The Segmenter facade: equal to HF's forward, vision once per image, truncated tower, cached text."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPSegForImageSegmentation
+
+from engine.models import fit_config_to_tokenizer, full_size_config, image_processor, tiny_config
+from engine.segmenter import Segmenter, as_prompt_list
+from engine.tokenizer import build_tokenizer
+
+PROMPTS = ["segment crack", "segment taping area", "segment joint/tape"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+def hf_logits(model, tokenizer, pixel_values, prompts):
+    """HF's own forward: one (image, prompt) pair per row -> (B, P, S, S)."""
+    b, p = pixel_values.shape[0], len(prompts)
+    tokens = tokenizer(prompts * b, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                    pixel_values=pixel_values.repeat_interleave(p, dim=0)).logits
+    return out.reshape(b, p, *out.shape[-2:])
+
+
+def make_segmenter(config, tokenizer, size):
+    torch.manual_seed(0)
+    # HF's own random init (not our decoder re-init): large, varied logits make the parity check strict.
+    model = CLIPSegForImageSegmentation(fit_config_to_tokenizer(config, tokenizer)).eval()
+    return Segmenter(model, tokenizer, image_processor(size), threads=2)
+
+
+def test_equals_hf_forward_on_tiny_config(tokenizer):
+    seg = make_segmenter(tiny_config(), tokenizer, 64)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    ours = seg.logits(pixel_values, PROMPTS)
+    ref = hf_logits(seg.model, tokenizer, pixel_values, PROMPTS)
+    assert ours.shape == (2, 3, 64, 64)
+    assert ref.std() > 0.1  # the comparison below is not between two constants
+    assert (ours - ref).abs().max().item() <= 1e-4
+
+
+def test_equals_hf_forward_on_full_size_architecture(tokenizer):
+    seg = make_segmenter(full_size_config(), tokenizer, 352)
+    pixel_values = torch.randn(1, 3, 352, 352)
+    prompts = PROMPTS[:2]
+    ours = seg.logits(pixel_values, prompts)
+    ref = hf_logits(seg.model, tokenizer, pixel_values, prompts)
+    assert ours.shape == (1, 2, 352, 352)
+    assert (ours - ref).abs().max().item() <= 1e-4
+
+
+def count_calls(module):
+    calls = []
+    handle = module.register_forward_hook(lambda *a: calls.append(1))
+    return calls, handle
+
+
+def test_vision_runs_once_per_image_and_stops_at_the_deepest_extract_layer(tokenizer):
+    seg = make_segmenter(tiny_config(), tokenizer, 64)
+    layers = seg.model.clip.vision_model.encoder.layers
+    assert max(seg.extract_layers) == len(layers) - 2  # tiny config: the last layer is past the deepest
+    hooks = [count_calls(layer) for layer in layers]
+    embed_calls, embed_hook = count_calls(seg.model.clip.vision_model.embeddings)
+    seg.logits(torch.randn(2, 3, 64, 64), PROMPTS + ["segment drywall seam", "segment wall crack"])
+    assert len(embed_calls) == 1  # one batched pass for 2 images x 5 prompts
+    assert [len(c) for c, _ in hooks] == [1, 1, 1, 0]
+    for _, h in hooks + [(None, embed_hook)]:
+        h.remove()
+
+
+def test_text_embeddings_are_cached_per_prompt(tokenizer):
+    seg = make_segmenter(tiny_config(), tokenizer, 64)
+    calls, hook = count_calls(seg.model.clip.text_model)
+    seg.text_embeddings(["segment crack", "segment taping area"])
+    seg.text_embeddings(["segment taping area", "segment crack"])
+    seg.text_embeddings(["segment crack", "segment seam"])
+    hook.remove()
+    assert len(calls) == 2  # the second call hit the cache; the third computed only the new prompt
+    assert len(seg._text_cache) == 3
+
+
+def test_predict_returns_maps_at_the_photo_size(tiny_segmenter):
+    photo = Image.fromarray((np.random.default_rng(0).random((90, 130, 3)) * 255).astype(np.uint8))
+    maps = tiny_segmenter.predict(photo, ["segment crack", "segment taping area"])
+    assert list(maps) == ["segment crack", "segment taping area"]
+    for m in maps.values():
+        assert m.shape == (90, 130) and m.dtype == np.float32
+        assert 0.0 <= m.min() and m.max() <= 1.0
+
+
+def test_batch_equals_one_by_one(tiny_segmenter):
+    rng = np.random.default_rng(1)
+    photos = [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for h, w in [(64, 64), (80, 50)]]
+    batch = tiny_segmenter.predict_batch(photos, PROMPTS)
+    for photo, maps in zip(photos, batch):
+        single = tiny_segmenter.predict(photo, PROMPTS)
+        for p in PROMPTS:
+            np.testing.assert_allclose(maps[p], single[p], atol=1e-5)
+
+
+def test_masks_use_the_model_threshold(tiny_segmenter):
+    photo = Image.new("RGB", (64, 64), (200, 200, 190))
+    maps = tiny_segmenter.predict(photo, "segment crack")
+    masks = tiny_segmenter.masks(photo, "segment crack")
+    assert masks["segment crack"].dtype == bool
+    np.testing.assert_array_equal(masks["segment crack"], maps["segment crack"] >= tiny_segmenter.threshold)
+    low = tiny_segmenter.masks(photo, "segment crack", threshold=0.0)
+    assert low["segment crack"].all()
+
+
+def test_ensemble_is_the_mean_of_the_synonyms(tiny_segmenter):
+    photo = Image.new("RGB", (64, 64), (120, 130, 140))
+    synonyms = ["segment taping area", "segment joint/tape"]
+    maps = tiny_segmenter.predict(photo, synonyms)
+    ens = tiny_segmenter.predict_ensemble(photo, {"taping": synonyms})
+    np.testing.assert_allclose(ens["taping"], (maps[synonyms[0]] + maps[synonyms[1]]) / 2, atol=1e-6)
+
+
+def test_prompt_list_rejects_empty():
+    assert as_prompt_list(" segment crack ") == ["segment crack"]
+    assert as_prompt_list(["a", "a", " b"]) == ["a", "b"]
+    with pytest.raises(ValueError, match="No prompt"):
+        as_prompt_list(["", "  "])
