@@ -344,3 +344,23 @@ def load_segmenter(source: str | os.PathLike = "auto", *, threads: int | None = 
         model, tokenizer, processor, threshold=float(meta.get("threshold", DEFAULT_THRESHOLD)),
         name=resolved.label, threads=threads, precision=precision, device=device, meta=meta,
     )
+
+
+def list_models(checkpoints_dir=None, export_dir=None) -> list[tuple[str, str]]:
+    """Model choices for pickers: (label, source) for auto, the bundled model, each run and each export."""
+    checkpoints_dir = Path(checkpoints_dir or REPO_ROOT / "checkpoints")
+    export_dir = Path(export_dir or REPO_ROOT / "export")
+    choices = [(f"auto ({DEFAULT_HUB_ID}, else the bundled model)", "auto")]
+    if _is_model_folder(STARTER_DIR) or (STARTER_DIR / "best").is_dir():
+        choices.append(("bundled offline model (drywall-starter)", str(STARTER_DIR)))
+    for folder, kind in ((checkpoints_dir, "run"), (export_dir, "onnx")):
+        if not folder.is_dir():
+            continue
+        for path in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if path.resolve() == STARTER_DIR.resolve():
+                continue
+            usable = _is_onnx_export(path) if kind == "onnx" else (
+                _is_model_folder(path) or _is_model_folder(path / "best") or _is_model_folder(path / "last"))
+            if usable:
+                choices.append((f"{kind}: {path.name}", str(path)))
+    return choices
