@@ -98,25 +98,69 @@ def cmd_predict(args) -> int:
     from engine.masks import write_masks
     from engine.models import load_segmenter
 
-    segmenter = load_segmenter(args.model, threads=args.threads)
-    paths = list_images(args.images)
+    # Arguments are checked before the model loads, so a typo fails in a second, not after the load.
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold {args.threshold:g} is outside [0, 1]; pass a probability such as 0.5 "
+                         "(not a percentage).")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    paths = _unique_images(list_images(args.images))
     if not paths:
         raise ValueError(f"No images found in {' '.join(args.images)} (looked for .jpg, .png, .webp, .bmp, .tif).")
+    segmenter = load_segmenter(args.model, threads=args.threads)
     threshold = segmenter.threshold if args.threshold is None else args.threshold
     out = Path(args.out)
     failed = 0
-    for path in tqdm(paths, desc="predict", unit="img"):
-        try:
-            maps = segmenter.predict(path, args.prompt)
-        except ImageError as exc:
-            failed += 1
-            tqdm.write(f"error: {exc}", file=sys.stderr)
-            continue
-        write_masks({p: m >= threshold for p, m in maps.items()}, path.stem, out)
+    with tqdm(total=len(paths), desc="predict", unit="img") as bar:
+        for start in range(0, len(paths), args.batch_size):
+            for path, maps in _predict_chunk(segmenter, paths[start:start + args.batch_size], args.prompt):
+                if isinstance(maps, ImageError):
+                    failed += 1
+                    tqdm.write(f"error: {maps}", file=sys.stderr)
+                else:
+                    write_masks({p: m >= threshold for p, m in maps.items()}, path.stem, out)
+                bar.update(1)
     print(f"wrote {len(paths) - failed} x {len(args.prompt)} masks to {out} (threshold {threshold:.2f}, model {segmenter.name})")
     if failed:
         print(f"{failed} of {len(paths)} images could not be read (see above)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _unique_images(paths: list[Path]) -> list[Path]:
+    """`paths` without repeats of one file; two different files with one stem would write the same mask files."""
+    seen: dict[Path, Path] = {}
+    stems: dict[str, Path] = {}
+    for path in paths:
+        key = path.resolve()
+        if key in seen:
+            continue
+        if path.stem in stems:
+            raise ValueError(f"{stems[path.stem]} and {path} would both write {path.stem}__*.png; rename one or "
+                             "run them with different --out folders.")
+        seen[key], stems[path.stem] = path, path
+    return list(seen.values())
+
+
+def _predict_chunk(segmenter, paths: list[Path], prompts: list[str]):
+    """Yield (path, {prompt: probability map}) for each path, or (path, the ImageError) for one that cannot be read.
+
+    One forward pass for the whole chunk; when a photo in it cannot be read, the photos are run one by one, so
+    the readable ones still get their masks.
+    """
+    from engine.images import ImageError
+
+    try:
+        yield from zip(paths, segmenter.predict_batch(paths, prompts))
+        return
+    except ImageError:
+        pass
+    for path in paths:
+        try:
+            maps = segmenter.predict(path, prompts)
+        except ImageError as exc:
+            yield path, exc
+        else:
+            yield path, maps
 
 
 def cmd_evaluate(args) -> int:
