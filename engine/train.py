@@ -79,6 +79,7 @@ class TrainConfig:
     max_val_images: int | None = None
     scratch_arch: dict = field(default_factory=dict)  # CLIPSegConfig overrides for model="scratch"
     foreground_prior: float = 0.05
+    film_init_std: float = 1e-3  # model="scratch": noise on the FiLM layers' identity init
 
 
 # Presets hold only what differs from the defaults.
@@ -90,8 +91,8 @@ PRESETS: dict[str, dict] = {
     "full": {"train": "last_n", "unfreeze_vision_layers": 2, "lr": 2e-4, "epochs": 20, "feature_cache": False},
     "starter": {
         "model": "scratch", "out": "checkpoints/drywall-starter", "train": "all", "feature_cache": False,
-        "epochs": 36, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 16, "image_size": 224, "amp_dtype": "bf16",
-        "patience": 0, "warmup_epochs": 1, "set_balance": 0.3,
+        "epochs": 60, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 16, "image_size": 224, "amp_dtype": "bf16",
+        "patience": 0, "warmup_epochs": 2, "set_balance": 0.0, "film_init_std": 0.05,
         "scratch_arch": {
             "vision_config": {"image_size": 224, "patch_size": 16, "hidden_size": 192, "intermediate_size": 768,
                               "num_hidden_layers": 6, "num_attention_heads": 3},
@@ -263,7 +264,7 @@ def _build_model(cfg: TrainConfig):
         model = new_model(config, seed=cfg.seed)
         from engine.models import reinit_decoder
 
-        reinit_decoder(model, cfg.foreground_prior)
+        reinit_decoder(model, cfg.foreground_prior, cfg.film_init_std)
         return model, tokenizer, image_processor(cfg.image_size), "scratch"
     source = resolve_source(cfg.model)
     if source.kind == "onnx":
@@ -304,15 +305,9 @@ def forward_logits(model, pixel_values, input_ids, attention_mask, extract_layer
     pixel_values (B, 3, S, S); input_ids/attention_mask (B, L), one prompt per image. Returns logits (B, S, S).
     Unlike HF's forward (encoders under no_grad), gradients reach any trainable encoder layer.
     """
-    vision = model.clip.vision_model
-    hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
-    acts = {}
-    for i, layer in enumerate(vision.encoder.layers[: max(extract_layers) + 1]):
-        hidden = layer(hidden, None)
-        if i in extract_layers:
-            acts[i] = hidden
+    acts = _vision_activations(model, pixel_values, extract_layers)
     cond = model.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-    return model.decoder([acts[i] for i in extract_layers], cond).logits
+    return model.decoder(acts, cond).logits
 
 
 def plain_logits(model, pixel_values, input_ids, attention_mask):
@@ -342,6 +337,7 @@ class _Trainer:
             self.run_dir = REPO_ROOT / self.run_dir
         self.history: list[dict] = []
         self.log: list[str] = []
+        self._samples: dict = {}
 
     def emit(self, kind: str, **kw) -> None:
         self.on_event(Event(kind, **kw))
@@ -450,7 +446,7 @@ class _Trainer:
         cfg = self.cfg
         imgs, masks, prompts = [], [], []
         for si, i in pairs:
-            image, mask = self.sets[si].train[i]
+            image, mask = self._sample(si, i)
             view = random_view(np.random.default_rng(self.rng.getrandbits(32))) if cfg.augment else IDENTITY
             img, msk = render_view(image, mask, view, cfg.image_size)
             if cfg.augment:
@@ -461,6 +457,13 @@ class _Trainer:
         pv = torch.from_numpy(normalise(np.stack(imgs), self.processor.image_mean, self.processor.image_std))
         tokens = self.tokenizer(prompts, padding=True, return_tensors="pt")
         return pv, tokens["input_ids"], tokens["attention_mask"], torch.from_numpy(np.stack(masks))
+
+    def _sample(self, si: int, i: int):
+        """(RGB image, bool mask) of a training item, decoded once per run and then kept in memory."""
+        key = (si, i)
+        if key not in self._samples:
+            self._samples[key] = self.sets[si].train[i]
+        return self._samples[key]
 
     def _batch_cached(self, pairs):
         """(activations list of (B, T, C), cond (B, D), targets (B, S, S)) from the feature cache."""
@@ -803,7 +806,7 @@ class TrainingJob:
             run_dir = str(Path(cfg.out) if Path(cfg.out).is_absolute() else REPO_ROOT / cfg.out)
             self._status = {**self._idle(), "phase": "preparing", "epochs": cfg.epochs, "run_dir": run_dir,
                             "started": time.time()}
-            self._t_epoch = time.perf_counter()
+            self._eta_origin: tuple[float, int] | None = None
             self._thread = threading.Thread(target=self._run, args=(cfg, resume), name="drywall-train", daemon=True)
             self._thread.start()
             return run_dir
@@ -822,20 +825,13 @@ class TrainingJob:
                 if e.data.get("phase") == "caching":
                     s["phase"] = "caching"
                 elif e.epoch:
-                    done = (e.epoch - 1) * e.steps + e.step
-                    total = s["epochs"] * e.steps
-                    elapsed = time.perf_counter() - self._t_epoch
-                    s["eta_s"] = elapsed / max(1, done) * (total - done) if done else None
+                    s["eta_s"] = self._eta(e, s["epochs"])
             elif e.kind == "phase":
                 if e.data.get("phase") == "log":
                     s["log"] = [*s["log"], e.data["message"]]
                 else:
                     s["phase"] = e.data.get("phase", s["phase"])
                     s["message"] = e.data.get("message", "")
-                    if s["phase"] == "training" and e.epoch == 1 or (s["phase"] == "training" and "t0" not in s):
-                        self._t_epoch = time.perf_counter()
-                        s["t0"] = True
-                        s["epoch_start"] = e.epoch
             elif e.kind == "epoch":
                 s["history"] = [*s["history"], e.data]
                 s["last_metrics"] = e.data
@@ -844,6 +840,16 @@ class TrainingJob:
                          summary=e.data)
             elif e.kind == "failed":
                 s.update(phase="failed", error=e.data["error"], message=e.data["error"])
+
+    def _eta(self, e: Event, epochs: int) -> float | None:
+        """Seconds left: the pace of the training steps seen so far in this job (a resumed run too)."""
+        done = (e.epoch - 1) * e.steps + e.step
+        now = time.perf_counter()
+        if self._eta_origin is None:
+            self._eta_origin = (now, done)
+            return None
+        t0, done0 = self._eta_origin
+        return (now - t0) / max(1, done - done0) * (epochs * e.steps - done) if done > done0 else None
 
     def stop(self) -> None:
         self._stop.set()
@@ -855,8 +861,7 @@ class TrainingJob:
 
     def status(self) -> dict:
         with self._lock:
-            s = {k: v for k, v in self._status.items() if k not in ("t0",)}
-            return json.loads(json.dumps(s, default=str))
+            return json.loads(json.dumps(self._status, default=str))
 
 
 _JOB: TrainingJob | None = None
@@ -925,8 +930,12 @@ def cli_train(args) -> int:
     summary = train(cfg, on_event, resume=args.resume)
     if bar["bar"] is not None:
         bar["bar"].close()
-    if int(os.environ.get("RANK", "0")) == 0:
-            print(f"{'finished' if summary.get('finished') else 'stopped'}: best epoch {summary.get('best_epoch')} "
+    if int(os.environ.get("RANK", "0")) == 0:  # under data parallelism the first process reports
+        if summary.get("best_epoch"):
+            from engine.modelcard import write_card
+
+            print(f"model card: {write_card(summary['run_dir'], threads=cfg.threads)}")
+        print(f"{'finished' if summary.get('finished') else 'stopped'}: best epoch {summary.get('best_epoch')} "
               f"(score {summary.get('best_score', 0):.3f}), run folder {summary.get('run_dir')}")
     return 0
 

@@ -1,0 +1,45 @@
+"""The bundled offline model: small, loadable, the `auto` fallback offline, and its model card's numbers true."""
+
+import json
+
+import pytest
+
+from engine.data import open_dataset
+from engine.evaluate import evaluate
+from engine.models import STARTER_DIR, load_segmenter, resolve_source
+
+SETS = {"cracks/valid": "segment crack", "joints/valid": "segment taping area"}
+
+
+@pytest.fixture(scope="module")
+def starter():
+    return load_segmenter(STARTER_DIR, threads=2, precision="fp32")
+
+
+def test_bundled_model_is_small_and_complete():
+    files = [p for p in STARTER_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 30e6
+    assert {"README.md", "config.json", "metrics.jsonl", "summary.json", "scores.json"} <= {p.name for p in files}
+    assert (STARTER_DIR / "best" / "model.safetensors").is_file()
+    assert not (STARTER_DIR / "last").exists()  # optimizer state is not shipped
+
+
+def test_auto_falls_back_to_the_bundled_model_offline(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_source("auto").path == (STARTER_DIR / "best").resolve()
+
+
+@pytest.mark.parametrize("split", SETS)
+def test_model_card_numbers_are_reproduced(starter, shared_data, split):
+    prompt = SETS[split]
+    scores = json.loads((STARTER_DIR / "scores.json").read_text())
+    card = (STARTER_DIR / "README.md").read_text()
+    report = evaluate(starter, open_dataset(shared_data / split), [prompt], progress=False).prompts[prompt]
+    expected = scores["sets"][split][prompt]
+    assert report.n_images == expected["n_images"]
+    assert report.miou == pytest.approx(expected["miou"], abs=1e-6)
+    assert report.dice == pytest.approx(expected["dice"], abs=1e-6)
+    assert f"| {split} | {prompt} | {report.n_images} | {report.miou:.3f} | {report.dice:.3f} |" in card
