@@ -92,7 +92,7 @@ PRESETS: dict[str, dict] = {
     "starter": {
         "model": "scratch", "out": "checkpoints/drywall-starter", "train": "all", "feature_cache": False,
         "epochs": 60, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 16, "image_size": 224, "amp_dtype": "bf16",
-        "patience": 0, "warmup_epochs": 2, "set_balance": 0.0, "film_init_std": 0.05,
+        "patience": 0, "warmup_epochs": 2, "set_balance": 0.5, "film_init_std": 0.05,
         "scratch_arch": {
             "vision_config": {"image_size": 224, "patch_size": 16, "hidden_size": 192, "intermediate_size": 768,
                               "num_hidden_layers": 6, "num_attention_heads": 3},

@@ -107,25 +107,29 @@ class _Loader:
 
 
 def test_cache_loads_once_and_evicts_least_recently_used():
+    from engine.models import DEFAULT_TORCH_PRECISION as DEFAULT
+
+    OTHER = "bf16" if DEFAULT != "bf16" else "fp32"
+
     loader = _Loader()
     cache = ModelCache(maxsize=2, loader=loader)
     a = cache.get("a")
-    assert cache.get("a") is a and loader.calls == [("a", "fp32")]
+    assert cache.get("a") is a and loader.calls == [("a", DEFAULT)]
     cache.get("b")
     cache.get("a")  # a is now the most recent
-    cache.get("a", "bf16")  # evicts b
-    assert set(cache.keys()) == {("a", "fp32"), ("a", "bf16")}
+    cache.get("a", OTHER)  # evicts b
+    assert set(cache.keys()) == {("a", DEFAULT), ("a", OTHER)}
     cache.get("b")
-    assert loader.calls[-1] == ("b", "fp32") and len(cache) == 2
+    assert loader.calls[-1] == ("b", DEFAULT) and len(cache) == 2
 
 
 def test_cache_evicts_a_retrained_run(tmp_path):
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
     cache = ModelCache(maxsize=4, loader=_Loader())
-    cache.get(str(run))
+    cache.get(str(run), "fp32")
     cache.get(str(run / "best"), "bf16")
-    cache.get("other")
+    cache.get("other", "fp32")
     assert sorted(cache.evict(run)) == [(str(run), "fp32"), (str(run / "best"), "bf16")]
     assert cache.keys() == [("other", "fp32")]
 
@@ -134,7 +138,9 @@ def test_cache_key_leaves_exports_at_their_own_precision(tmp_path):
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "manifest.json").write_text("{}")
     assert ModelCache.key(tmp_path / "export") == (str(tmp_path / "export"), None)
-    assert ModelCache.key(tmp_path / "run") == (str(tmp_path / "run"), "fp32")
+    from engine.models import DEFAULT_TORCH_PRECISION
+
+    assert ModelCache.key(tmp_path / "run") == (str(tmp_path / "run"), DEFAULT_TORCH_PRECISION)
     assert ModelCache.key(" ", "bf16") == ("auto", "bf16")
 
 
