@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k-worst", type=int, default=5, help="how many worst images to list (default: 5)")
     p.add_argument("--skip-bad", action="store_true", help="skip images with bad labels (with a warning)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "int8"],
+                   help="fp32 (default: the same scores on every CPU), auto, bf16 (torch), int8 (exports made with --int8)")
 
     p = sub.add_parser("train", help="fine-tune (or train from scratch) on labelled sets",
                        description="Train a CLIPSeg model. Each --data is PATH=prompt1,prompt2 (synonyms).")
@@ -168,7 +170,7 @@ def cmd_evaluate(args) -> int:
     from engine.evaluate import evaluate
     from engine.models import load_segmenter
 
-    segmenter = load_segmenter(args.model, threads=args.threads)
+    segmenter = load_segmenter(args.model, threads=args.threads, precision=args.precision)
     dataset = open_dataset(args.data, split=args.split, prompts=tuple(args.prompt), skip_bad=args.skip_bad)
     report = evaluate(segmenter, dataset, args.prompt, threshold=args.threshold, k_worst=args.k_worst)
     print(f"model {segmenter.name} on {dataset.name} ({len(dataset)} images)")

@@ -42,13 +42,74 @@ def as_prompt_list(prompts: str | Sequence[str]) -> list[str]:
     return out
 
 
-class Segmenter:
+def preprocess_images(images, size: int, mean, std, resample: int = 2) -> np.ndarray:
+    """PIL images -> pixel_values (B, 3, size, size) float32, resized and normalised like CLIPSegProcessor.
+
+    mean, std: per-channel (3,) in [0, 1] units; resample: a PIL resampling filter (2 = bilinear).
+    """
+    from PIL import Image
+
+    mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    arrays = []
+    for im in images:
+        im = im.convert("RGB").resize((size, size), Image.Resampling(resample))
+        x = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) * np.float32(1 / 255)
+        arrays.append((x - mean) / std)
+    return np.stack(arrays)
+
+
+class SegmenterBase:
+    """The plain-types interface every backend shares (torch here, onnxruntime in `engine.onnx_backend`).
+
+    A backend sets `input_size`, `threshold`, `name` and `backend`, and implements `preprocess(images)` ->
+    pixel_values (B, 3, S, S) and `logits(pixel_values, prompts)` -> (B, P, S, S) float32 before sigmoid
+    (a torch tensor or a numpy array). `last_ms` is the model time per photo of the latest call.
+    """
+
+    backend = "base"
+    last_ms = 0.0
+
+    def predict(self, image, prompts: str | Sequence[str]) -> dict[str, np.ndarray]:
+        """One photo (path, bytes, PIL or numpy) -> {prompt: float32 (H, W) in [0, 1]} at its displayed size."""
+        return self.predict_batch([image], prompts)[0]
+
+    def predict_batch(self, images: Sequence, prompts: str | Sequence[str]) -> list[dict[str, np.ndarray]]:
+        """Several photos in one forward pass; each result is at that photo's own size."""
+        from engine.images import load_image
+
+        prompts = as_prompt_list(prompts)
+        loaded, sizes = [], []
+        for src in images:
+            im, size = _load_with_size(src, load_image)
+            loaded.append(im)
+            sizes.append(size)
+        start = time.perf_counter()
+        logits = self.logits(self.preprocess(loaded), prompts)
+        results = [_to_probability_maps(logits[i], prompts, size) for i, size in enumerate(sizes)]
+        self.last_ms = (time.perf_counter() - start) * 1000 / max(1, len(images))
+        return results
+
+    def masks(self, image, prompts: str | Sequence[str], threshold: float | None = None) -> dict[str, np.ndarray]:
+        """{prompt: bool (H, W)}: the probability maps at `threshold` (default: the model's own)."""
+        t = self.threshold if threshold is None else float(threshold)
+        return {p: m >= t for p, m in self.predict(image, prompts).items()}
+
+    def predict_ensemble(self, image, synonyms: dict[str, Sequence[str]]) -> dict[str, np.ndarray]:
+        """Prompt ensemble: {name: [synonym, ...]} -> {name: mean of the synonyms' probability maps}."""
+        flat = as_prompt_list([s for group in synonyms.values() for s in group])
+        maps = self.predict(image, flat)
+        return {name: np.mean([maps[s.strip()] for s in as_prompt_list(group)], axis=0).astype(np.float32)
+                for name, group in synonyms.items()}
+
+
+class Segmenter(SegmenterBase):
     """CLIPSeg through PyTorch. `predict(image, prompts)` -> {prompt: float32 (H, W) in [0, 1]}.
 
     model: a `CLIPSegForImageSegmentation`; tokenizer and processor: its CLIP tokenizer and ViT image
     processor (size, mean and std are read from it). `threshold` is the model's calibrated default.
-    `precision`: "fp32", "bf16" (bf16 weights and activations; logits returned in fp32), or "auto"
-    (bf16 where the CPU has native bf16 instructions).
+    `precision`: "fp32", "bf16" (the text and vision towers' matmuls in bf16, everything else in fp32; see
+    `bf16_matmuls`), or "auto" (bf16 where the CPU has native bf16 instructions, else fp32).
     """
 
     backend = "torch"
@@ -65,10 +126,13 @@ class Segmenter:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', not {precision!r}.")
         self.precision = precision
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.dtype = torch.float32  # of the activations between modules, in both precisions
         self.device = torch.device(device)
         self.model = model.eval().to(self.device, self.dtype)
+        if precision == "bf16":
+            bf16_matmuls(self.model.clip)
         self.tokenizer = tokenizer
+        self.processor = processor  # kept for export, which writes its config beside the graphs
         self.input_size = int(processor.size["height"])
         self.mean = np.asarray(processor.image_mean, dtype=np.float32).reshape(3, 1, 1)
         self.std = np.asarray(processor.image_std, dtype=np.float32).reshape(3, 1, 1)
@@ -84,14 +148,8 @@ class Segmenter:
     def preprocess(self, images) -> "torch.Tensor":
         """PIL RGB images -> pixel_values (B, 3, S, S) float32, resized and normalised like CLIPSegProcessor."""
         import torch
-        from PIL import Image
 
-        arrays = []
-        for im in images:
-            im = im.convert("RGB").resize((self.input_size, self.input_size), Image.Resampling(self.resample))
-            x = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) * np.float32(1 / 255)
-            arrays.append((x - self.mean) / self.std)
-        return torch.from_numpy(np.stack(arrays))
+        return torch.from_numpy(preprocess_images(images, self.input_size, self.mean, self.std, self.resample))
 
     # -- the three steps ---------------------------------------------------------------------------------
 
@@ -144,39 +202,28 @@ class Segmenter:
         with torch.inference_mode():
             return self.decode(self.vision_activations(pixel_values), self.text_embeddings(list(prompts)))
 
-    # -- plain types at the edge ------------------------------------------------------------------------
 
-    def predict(self, image, prompts: str | Sequence[str]) -> dict[str, np.ndarray]:
-        """One photo (path, bytes, PIL or numpy) -> {prompt: float32 (H, W) in [0, 1]} at its displayed size."""
-        return self.predict_batch([image], prompts)[0]
+def bf16_matmuls(module) -> None:
+    """Run every nn.Linear inside `module` in bf16, in place: bf16 weights, input cast in, output cast back.
 
-    def predict_batch(self, images: Sequence, prompts: str | Sequence[str]) -> list[dict[str, np.ndarray]]:
-        """Several photos in one forward pass; each result is at that photo's own size."""
-        from engine.images import load_image
+    LayerNorm, softmax, the residual stream (and the decoder, which is not passed here) stay fp32. Measured on
+    the full-size architecture (1 thread, AVX-512 BF16): as fast as casting the whole model to bf16 (+2%, both
+    2.7x faster than fp32), with masks much closer to fp32 (IoU 0.996 vs 0.983 at the median threshold).
+    """
+    import torch
+    from torch import nn
 
-        prompts = as_prompt_list(prompts)
-        loaded, sizes = [], []
-        for src in images:
-            im, size = _load_with_size(src, load_image)
-            loaded.append(im)
-            sizes.append(size)
-        start = time.perf_counter()
-        logits = self.logits(self.preprocess(loaded), prompts)
-        results = [_to_probability_maps(logits[i], prompts, size) for i, size in enumerate(sizes)]
-        self.last_ms = (time.perf_counter() - start) * 1000 / max(1, len(images))
-        return results
+    def cast_in(_, args):
+        return (args[0].to(torch.bfloat16), *args[1:])
 
-    def masks(self, image, prompts: str | Sequence[str], threshold: float | None = None) -> dict[str, np.ndarray]:
-        """{prompt: bool (H, W)}: the probability maps at `threshold` (default: the model's own)."""
-        t = self.threshold if threshold is None else float(threshold)
-        return {p: m >= t for p, m in self.predict(image, prompts).items()}
+    def cast_out(_, __, output):
+        return output.float()
 
-    def predict_ensemble(self, image, synonyms: dict[str, Sequence[str]]) -> dict[str, np.ndarray]:
-        """Prompt ensemble: {name: [synonym, ...]} -> {name: mean of the synonyms' probability maps}."""
-        flat = as_prompt_list([s for group in synonyms.values() for s in group])
-        maps = self.predict(image, flat)
-        return {name: np.mean([maps[s.strip()] for s in as_prompt_list(group)], axis=0).astype(np.float32)
-                for name, group in synonyms.items()}
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            sub.to(torch.bfloat16)
+            sub.register_forward_pre_hook(cast_in)
+            sub.register_forward_hook(cast_out)
 
 
 def _load_with_size(src, load_image):
@@ -191,14 +238,23 @@ def _load_with_size(src, load_image):
     return load_image(src, max_side=DECODE_MAX_SIDE), image_size(src)
 
 
+# Pixels upsampled per call in `_to_probability_maps`: all prompts of a 640 px photo at once (few parallel regions,
+# which matters on a busy CPU), a few at a time for a 2048 px one (bounded memory).
+UPSAMPLE_CHUNK_PIXELS = 16_000_000
+
+
 def _to_probability_maps(logits, prompts: list[str], size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """logits (P, S, S) -> {prompt: sigmoid upsampled bilinearly to (H, W) = size[::-1], float32}."""
+    """logits (P, S, S) torch or numpy -> {prompt: sigmoid upsampled bilinearly to (H, W) = size[::-1], float32}."""
     import torch
 
     w, h = size
+    logits = torch.as_tensor(logits)
+    chunk = max(1, UPSAMPLE_CHUNK_PIXELS // (w * h))
     out = {}
     with torch.inference_mode():
-        for p, lg in zip(prompts, logits):  # one prompt at a time bounds memory on very large photos
-            up = torch.nn.functional.interpolate(lg[None, None], size=(h, w), mode="bilinear", align_corners=False)
-            out[p] = torch.sigmoid(up[0, 0]).numpy().astype(np.float32, copy=False)
+        for start in range(0, len(prompts), chunk):
+            up = torch.nn.functional.interpolate(logits[None, start : start + chunk], size=(h, w), mode="bilinear",
+                                                 align_corners=False)
+            probs = torch.sigmoid_(up[0]).numpy()
+            out.update(zip(prompts[start : start + chunk], probs.astype(np.float32, copy=False)))
     return out

@@ -1,0 +1,306 @@
+"""`python -m engine benchmark`: inference speed of every backend, side by side in one run.
+
+    reference   CLIPSegProcessor + CLIPSegForImageSegmentation as HF's docs use them: one row per (photo, prompt),
+                so 5 prompts run the whole model (12 vision layers, text tower) 5 times
+    torch       the engine `Segmenter`, fp32 (vision once per photo, truncated tower, text cached per prompt)
+    torch-bf16  the same in bf16
+    onnx-fp32   `OnnxSegmenter` on an export of the same weights (`export_onnx`, made in the run)
+    onnx-int8   the same export's int8 encoders
+
+Default model: the full-size CIDAS/clipseg-rd64-refined architecture with random weights (no Hub here) and the
+locally built tokenizer; --model times a local real model instead. Inputs: the same real photos (640x640) for
+every backend, 352x352 model input, maps returned at photo size (every backend does the sigmoid + upsampling).
+
+Method. Each backend runs in a fresh child process (`python -c`), so its peak RSS is its own: the child's
+VmHWM at the end (see `peak_rss_mb`): Python + imports + weights + activations. torch is imported by every
+backend (the ONNX backend shares the torch preprocessing and upsampling code). Per backend and prompt count:
+one warm-up photo (which also fills the engine's per-prompt text cache, as in an app that keeps its prompts),
+then `repeats` timed passes over the photos; s_per_image is the fastest pass's mean (the least disturbed by
+other load on a shared machine; the 1-minute load average is recorded). speedup = reference s_per_image /
+backend s_per_image at the same prompt count. disk_mb: the weight files a backend loads (safetensors, or the
+graph files of its precision). mask_iou_vs_fp32 and max_abs_prob_diff_vs_fp32 compare the 5-prompt maps
+(masks at the model threshold) with the engine's torch fp32 ones; on random weights the masks are mostly
+empty, so IoU 1.0 says little there: pass --model with a trained model for a meaningful figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.models import REPO_ROOT
+
+BACKENDS = ("reference", "torch", "torch-bf16", "onnx-fp32", "onnx-int8")
+PROMPTS = ("segment crack", "segment wall crack", "segment taping area", "segment joint/tape", "segment drywall seam")
+PROMPT_COUNTS = (1, 5)
+PHOTOS_DIR = REPO_ROOT.parent / "shared" / "data" / "drywall-qa" / "cracks" / "valid" / "images"
+N_PHOTOS = 4
+DEFAULT_REPEATS = 2
+CHILD_TIMEOUT_S = 600
+
+
+def default_photos(n: int = N_PHOTOS) -> list[Path]:
+    """The first `n` photos (sorted by name) of the cracks valid split in ../shared."""
+    photos = sorted(PHOTOS_DIR.glob("*.jpg"))[:n]
+    if not photos:
+        raise FileNotFoundError(f"No photos in {PHOTOS_DIR}: the benchmark reads real photos from ../shared.")
+    return photos
+
+
+def run_inference_benchmark(model=None, threads: int = 2, repeats: int | None = None, *, photos=None,
+                            backends=BACKENDS, progress=None) -> dict:
+    """Time every backend on the same photos; returns {"results": [...], "meta": {...}} (see the module doc).
+
+    model: a local model folder (default: random full-size weights); threads: torch and onnxruntime threads;
+    repeats: timed passes over the photos (default DEFAULT_REPEATS); progress: callable(message) or None.
+    """
+    from engine.export import export_onnx
+    from engine.models import full_size_config, make_random_model_folder, resolve_source
+
+    say = progress or (lambda message: None)
+    repeats = repeats or DEFAULT_REPEATS
+    photos = [str(p) for p in (photos or default_photos())]
+    start = time.perf_counter()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="drywall-bench-") as tmp:
+        tmp = Path(tmp)
+        if model is None:
+            say("building the full-size rd64-refined architecture with random weights")
+            model_dir = make_random_model_folder(tmp / "model", full_size_config())
+            model_label = "CIDAS/clipseg-rd64-refined architecture, random weights, local tokenizer"
+        else:
+            model_dir = resolve_source(model).path
+            model_label = str(model)
+        manifest = None
+        if any(b.startswith("onnx") for b in backends):
+            say("exporting to ONNX (fp32 + int8) with the parity check")
+            t = time.perf_counter()
+            manifest = export_onnx(str(model_dir), tmp / "export", int8=True, threads=threads)
+            export_s = time.perf_counter() - t
+        rows, children = [], {}
+        for backend in backends:
+            say(f"timing {backend}")
+            spec = {"backend": backend, "model": str(model_dir), "export": str(tmp / "export"), "photos": photos,
+                    "threads": threads, "repeats": repeats, "maps": str(tmp / f"{backend}.npz")}
+            children[backend] = _run_child(spec)
+        ref_maps = _load_maps(tmp / "torch.npz")
+        for backend in backends:
+            child = children[backend]
+            agreement = _agreement(ref_maps, _load_maps(tmp / f"{backend}.npz"))
+            for p in PROMPT_COUNTS:
+                s = child["s_per_image"][str(p)]
+                ref = children.get("reference", {}).get("s_per_image", {}).get(str(p))
+                rows.append({"backend": backend, "prompts": p, "s_per_image": s,
+                             "speedup": (ref / s) if ref else None, "peak_rss_mb": child["peak_rss_mb"],
+                             "disk_mb": child["disk_mb"], **agreement, "load_s": child["load_s"]})
+        for row in rows:  # the prompt-scaling target: 5 prompts cost at most 1.3x one prompt on engine backends
+            one = next(r["s_per_image"] for r in rows if r["backend"] == row["backend"] and r["prompts"] == 1)
+            row["vs_1_prompt"] = row["s_per_image"] / one
+    meta = {
+        "threads": threads, "repeats": repeats, "photos": [Path(p).name for p in photos], "input_size": 352,
+        "prompts": list(PROMPTS), "model": model_label, "machine": machine_info(), "versions": versions(),
+        "method": "fresh child process per backend; warm-up photo first; s_per_image = fastest of `repeats` "
+                  "passes over the photos; peak_rss_mb = child's VmHWM (incl. Python and torch imports)",
+        "total_s": time.perf_counter() - start,
+        # other work on the machine skews timings (torch's OpenMP threads suffer most): 1-min load averages
+        "loadavg_start_end": [load_before[0], os.getloadavg()[0]],
+    }
+    if manifest is not None:
+        meta["export_s"] = export_s
+        meta["export_parity"] = manifest["parity"]
+    return {"results": rows, "meta": meta}
+
+
+def machine_info() -> dict:
+    from engine.segmenter import cpu_supports_bf16
+
+    model_name = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    return {"cpu": model_name or platform.processor(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "bf16": cpu_supports_bf16(), "avx512_vnni": "avx512_vnni" in flags}
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    return {"python": platform.python_version(),
+            **{n: version(n) for n in ("torch", "transformers", "onnx", "onnxruntime", "numpy")}}
+
+
+def format_table(report: dict) -> str:
+    header = ["backend", "prompts", "s/image", "speedup", "vs 1 prompt", "peak RSS MB", "disk MB", "mask IoU vs fp32",
+              "max |dp| vs fp32"]
+    rows = [header]
+    for r in report["results"]:
+        rows.append([r["backend"], str(r["prompts"]), f"{r['s_per_image']:.3f}",
+                     "-" if r["speedup"] is None else f"{r['speedup']:.2f}x", f"{r['vs_1_prompt']:.2f}x",
+                     f"{r['peak_rss_mb']:.0f}", f"{r['disk_mb']:.0f}",
+                     "-" if r["mask_iou_vs_fp32"] is None else f"{r['mask_iou_vs_fp32']:.4f}",
+                     "-" if r["max_abs_prob_diff_vs_fp32"] is None else f"{r['max_abs_prob_diff_vs_fp32']:.4f}"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    meta = report["meta"]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"{meta['threads']} threads, {len(meta['photos'])} photos x {meta['repeats']} passes, "
+                 f"{meta['input_size']}x{meta['input_size']}, {meta['model']}; {meta['machine']['cpu']}; "
+                 f"total {meta['total_s']:.0f} s, load average {meta['loadavg_start_end'][0]:.1f} -> "
+                 f"{meta['loadavg_start_end'][1]:.1f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One backend, in its own process
+
+
+def _run_child(spec: dict) -> dict:
+    code = "import json, sys; from engine.benchmark import child_main; child_main(json.loads(sys.argv[1]))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env=env, timeout=CHILD_TIMEOUT_S)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark of {spec['backend']} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child_main(spec: dict) -> None:
+    """Load one backend, time it on the photos, save its 5-prompt maps, print one JSON line."""
+    import torch
+
+    from engine.images import load_image
+
+    torch.set_num_threads(spec["threads"])
+    photos = [load_image(p) for p in spec["photos"]]
+    t = time.perf_counter()
+    predict, threshold, disk_mb = _load_backend(spec)
+    load_s = time.perf_counter() - t
+    timings = {}
+    for p in PROMPT_COUNTS:
+        prompts = list(PROMPTS[:p])
+        predict(photos[0], prompts)  # warm-up (and the text cache of the engine backends)
+        passes = []
+        for _ in range(spec["repeats"]):
+            t = time.perf_counter()
+            for photo in photos:
+                predict(photo, prompts)
+            passes.append((time.perf_counter() - t) / len(photos))
+        timings[str(p)] = min(passes)
+    maps = {f"{i}|{q}": m.astype(np.float16) for i, photo in enumerate(photos)
+            for q, m in predict(photo, list(PROMPTS)).items()}
+    np.savez(spec["maps"], threshold=np.float32(threshold), **maps)
+    peak_mb = peak_rss_mb()
+    print(json.dumps({"backend": spec["backend"], "s_per_image": timings, "peak_rss_mb": peak_mb,
+                      "disk_mb": disk_mb, "load_s": load_s}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB.
+
+    VmHWM from /proc/self/status: it belongs to the process image, so an exec'd child starts from zero.
+    (`ru_maxrss` is not usable here: Linux carries it across exec, so a child reports at least the RSS of the
+    parent it was forked from.) Falls back to ru_maxrss off Linux.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _load_backend(spec: dict):
+    """(predict(photo, prompts) -> {prompt: map}, threshold, disk MB of what it loads) for one backend."""
+    from engine.models import load_segmenter
+
+    backend, threads = spec["backend"], spec["threads"]
+    model_dir = Path(spec["model"])
+    weights_mb = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 2**20
+    if backend == "reference":
+        return (*_reference(model_dir), weights_mb)
+    if backend in ("torch", "torch-bf16"):
+        seg = load_segmenter(model_dir, threads=threads, precision="bf16" if backend == "torch-bf16" else "fp32")
+        return seg.predict, seg.threshold, weights_mb
+    seg = load_segmenter(spec["export"], threads=threads, precision=backend.removeprefix("onnx-"))
+    graphs = seg.manifest["graphs"][seg.precision].values()
+    return seg.predict, seg.threshold, sum((seg.folder / g).stat().st_size for g in graphs) / 2**20
+
+
+def _reference(model_dir: Path):
+    """HF's own pipeline: CLIPSegProcessor, then one forward with one row per (photo, prompt)."""
+    import torch
+    from transformers import CLIPSegProcessor
+
+    from engine.models import DEFAULT_THRESHOLD, load_clipseg, read_meta
+    from engine.segmenter import _to_probability_maps
+
+    model, tokenizer, image_processor = load_clipseg(model_dir)
+    processor = CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+    def predict(photo, prompts):
+        inputs = processor(text=prompts, images=[photo] * len(prompts), padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**inputs).logits.reshape(len(prompts), *inputs["pixel_values"].shape[-2:])
+        return _to_probability_maps(logits, prompts, photo.size)
+
+    return predict, float(read_meta(model_dir).get("threshold", DEFAULT_THRESHOLD))
+
+
+def _load_maps(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _agreement(ref: dict | None, other: dict | None) -> dict:
+    """mask_iou_vs_fp32 (mean over photo x prompt, at the model threshold) and max_abs_prob_diff_vs_fp32."""
+    from engine.export import mask_iou
+
+    if ref is None or other is None:
+        return {"mask_iou_vs_fp32": None, "max_abs_prob_diff_vs_fp32": None}
+    t = float(ref["threshold"])
+    keys = [k for k in ref if k != "threshold"]
+    ious = [mask_iou(ref[k] >= t, other[k] >= t) for k in keys]
+    diff = max(float(np.abs(ref[k].astype(np.float32) - other[k]).max()) for k in keys)
+    return {"mask_iou_vs_fp32": float(np.mean(ious)), "max_abs_prob_diff_vs_fp32": diff}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def cli_benchmark(args) -> int:
+    """`python -m engine benchmark [--train] [--json FILE] [--model M] [--threads N] [--repeats R]`."""
+    from engine.fileio import atomic_write_json
+
+    if args.train:
+        from engine.train import benchmark_train
+
+        report = benchmark_train(threads=args.threads, repeats=args.repeats)
+        print(json.dumps(report, indent=2))
+    else:
+        report = run_inference_benchmark(model=args.model, threads=args.threads, repeats=args.repeats,
+                                         progress=lambda message: print(message, file=sys.stderr, flush=True))
+        print(format_table(report))
+    if args.json:
+        atomic_write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
