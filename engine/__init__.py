@@ -14,6 +14,12 @@ _EXPORTS = {
     "ImageError": "engine.images",
     "open_dataset": "engine.data",
     "evaluate": "engine.evaluate",
+    "TrainConfig": "engine.train",
+    "make_config": "engine.train",
+    "train": "engine.train",
+    "get_job": "engine.train",
+    "export_onnx": "engine.export",
+    "OnnxSegmenter": "engine.onnx_backend",
 }
 
 __all__ = sorted(_EXPORTS)

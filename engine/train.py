@@ -940,7 +940,7 @@ def cli_train(args) -> int:
     return 0
 
 
-def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int = 8, batch_size: int = 4) -> dict:
+def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int = 16, batch_size: int = 16) -> dict:
     """Seconds per training image: HF's plain forward every step vs the feature cache (decoder-only training).
 
     Full-size rd64-refined architecture with random weights, 352x352, fp32, `threads` CPU threads, real photos
@@ -951,8 +951,9 @@ def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int 
     import torch
 
     from engine.models import full_size_config, make_random_model_folder
+    from engine.segmenter import cpu_supports_bf16
 
-    repeats = repeats or 3
+    repeats = repeats or 2
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_random_model_folder(Path(tmp) / "model", full_size_config())
@@ -965,14 +966,25 @@ def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int 
         build = trainer.cache_build_s / n_images
         pairs = [(0, i) for i in range(batch_size)]
         timings = {}
-        for mode in ("plain", "cached", "plain", "cached"):  # interleaved, so drift hits both alike
-            trainer.mode = mode
-            trainer._step(pairs)  # warm-up
-            start = time.perf_counter()
-            for _ in range(repeats):
-                trainer._step(pairs)
-            timings.setdefault(mode, []).append((time.perf_counter() - start) / (repeats * batch_size))
-    plain, cached = min(timings["plain"]), min(timings["cached"])
-    return {"plain_s_per_image": plain, "cached_s_per_image": cached, "speedup": plain / cached,
-            "cache_build_s_per_image": build, "threads": threads, "image_size": 352, "batch_size": batch_size,
+        precisions = [("fp32", None)] + ([("bf16", torch.bfloat16)] if cpu_supports_bf16() else [])
+        for _ in range(2):  # interleaved, so drift in machine load hits both ways alike
+            for precision, dtype in precisions:
+                trainer.amp_dtype = dtype
+                for mode in ("plain", "cached"):
+                    trainer.mode = mode
+                    trainer._step(pairs)  # warm-up
+                    start = time.perf_counter()
+                    for _ in range(repeats):
+                        trainer._step(pairs)
+                    timings.setdefault((precision, mode), []).append((time.perf_counter() - start) / (repeats * batch_size))
+    best = {k: min(v) for k, v in timings.items()}
+    plain, cached = best[("fp32", "plain")], best[("fp32", "cached")]
+    result = {"plain_s_per_image": plain, "cached_s_per_image": cached, "speedup": plain / cached,
+              "cache_build_s_per_image": build, "precision": "fp32"}
+    if ("bf16", "plain") in best:
+        result["bf16_autocast"] = {"plain_s_per_image": best[("bf16", "plain")],
+                                   "cached_s_per_image": best[("bf16", "cached")],
+                                   "speedup": best[("bf16", "plain")] / best[("bf16", "cached")],
+                                   "cached_speedup_vs_fp32_plain": plain / best[("bf16", "cached")]}
+    return {**result, "threads": threads, "image_size": 352, "batch_size": batch_size,
             "images": n_images, "repeats": repeats, "architecture": "CIDAS/clipseg-rd64-refined (random weights)"}
