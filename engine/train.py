@@ -940,7 +940,7 @@ def cli_train(args) -> int:
     return 0
 
 
-def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int = 16, batch_size: int = 16) -> dict:
+def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int = 8, batch_size: int = 4) -> dict:
     """Seconds per training image: HF's plain forward every step vs the feature cache (decoder-only training).
 
     Full-size rd64-refined architecture with random weights, 352x352, fp32, `threads` CPU threads, real photos
@@ -953,7 +953,7 @@ def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int 
     from engine.models import full_size_config, make_random_model_folder
     from engine.segmenter import cpu_supports_bf16
 
-    repeats = repeats or 2
+    repeats = repeats or 3
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_random_model_folder(Path(tmp) / "model", full_size_config())
