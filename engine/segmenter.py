@@ -103,6 +103,24 @@ class SegmenterBase:
                 for name, group in synonyms.items()}
 
 
+def vision_activations(model, pixel_values, extract_layers: Sequence[int]) -> list:
+    """CLIPSeg's vision tower, run only up to the deepest layer the decoder reads.
+
+    pixel_values: (B, 3, S, S). Returns one (B, 1 + (S/patch)^2, hidden) tensor per extract layer, in
+    `extract_layers` order: the outputs of those encoder layers (HF's `hidden_states[i + 1]`). Gradients flow
+    when the caller allows them (training unfrozen layers).
+    """
+    vision = model.clip.vision_model
+    hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
+    wanted = set(extract_layers)
+    outputs = {}
+    for i, layer in enumerate(vision.encoder.layers[: max(wanted) + 1]):
+        hidden = layer(hidden, None)
+        if i in wanted:
+            outputs[i] = hidden
+    return [outputs[i] for i in extract_layers]
+
+
 class Segmenter(SegmenterBase):
     """CLIPSeg through PyTorch. `predict(image, prompts)` -> {prompt: float32 (H, W) in [0, 1]}.
 
@@ -154,20 +172,8 @@ class Segmenter(SegmenterBase):
     # -- the three steps ---------------------------------------------------------------------------------
 
     def vision_activations(self, pixel_values) -> list:
-        """The vision tower up to the deepest extract layer.
-
-        pixel_values: (B, 3, S, S). Returns one (B, 1 + (S/patch)^2, hidden) tensor per extract layer, in
-        `extract_layers` order: the outputs of those encoder layers (HF's `hidden_states[i + 1]`).
-        """
-        vision = self.model.clip.vision_model
-        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values.to(self.device, self.dtype), interpolate_pos_encoding=True))
-        wanted = set(self.extract_layers)
-        outputs = {}
-        for i, layer in enumerate(vision.encoder.layers[: max(wanted) + 1]):
-            hidden = layer(hidden, None)
-            if i in wanted:
-                outputs[i] = hidden
-        return [outputs[i] for i in self.extract_layers]
+        """The vision tower up to the deepest extract layer (the module-level `vision_activations`)."""
+        return vision_activations(self.model, pixel_values.to(self.device, self.dtype), self.extract_layers)
 
     def text_embeddings(self, prompts: Sequence[str]):
         """(P, projection_dim) conditional embeddings, computed once per distinct prompt and cached."""

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.models import REPO_ROOT
+from engine.segmenter import vision_activations
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "drywall-qa"
 STATE_FILE = "training_state.pt"
@@ -305,7 +306,7 @@ def forward_logits(model, pixel_values, input_ids, attention_mask, extract_layer
     pixel_values (B, 3, S, S); input_ids/attention_mask (B, L), one prompt per image. Returns logits (B, S, S).
     Unlike HF's forward (encoders under no_grad), gradients reach any trainable encoder layer.
     """
-    acts = _vision_activations(model, pixel_values, extract_layers)
+    acts = vision_activations(model, pixel_values, extract_layers)
     cond = model.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
     return model.decoder(acts, cond).logits
 
@@ -425,7 +426,7 @@ class _Trainer:
                 image, mask = self.sets[si].train[i]
                 img, msk = render_view(image, mask, view, cfg.image_size)
                 pv = torch.from_numpy(normalise(img[None], self.processor.image_mean, self.processor.image_std))
-                acts = _vision_activations(self.core, pv.to(self.device), self.extract_layers)
+                acts = vision_activations(self.core, pv.to(self.device), self.extract_layers)
                 self.cache.save(self.digests[si][i], view, [a[0] for a in acts], msk)
                 self.emit("step", epoch=0, step=n + 1, steps=len(todo), data={"phase": "caching"})
             cond = {}
@@ -720,17 +721,6 @@ def _processor_from(cfg: TrainConfig):
     from engine.models import image_processor
 
     return image_processor(cfg.image_size)
-
-
-def _vision_activations(model, pixel_values, extract_layers):
-    vision = model.clip.vision_model
-    hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
-    acts = {}
-    for i, layer in enumerate(vision.encoder.layers[: max(extract_layers) + 1]):
-        hidden = layer(hidden, None)
-        if i in extract_layers:
-            acts[i] = hidden
-    return [acts[i] for i in extract_layers]
 
 
 def _jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
