@@ -65,12 +65,6 @@ def render_view(image: Image.Image, mask: np.ndarray, view: View, size: int) -> 
     return np.ascontiguousarray(img), np.ascontiguousarray(msk)
 
 
-def normalise(images_uint8: np.ndarray, mean, std) -> np.ndarray:
-    """(B, S, S, 3) uint8 -> (B, 3, S, S) float32 pixel_values, as CLIPSeg's processor does."""
-    x = images_uint8.astype(np.float32).transpose(0, 3, 1, 2) / 255
-    return (x - np.asarray(mean, np.float32).reshape(1, 3, 1, 1)) / np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-
-
 def model_fingerprint(model, image_size: int) -> str:
     """A short hash of the frozen weights the cached features depend on (vision tower) and the input size."""
     h = hashlib.sha256(f"size={image_size};layers={list(model.config.extract_layers)}".encode())

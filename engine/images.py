@@ -91,13 +91,8 @@ def load_image(source: ImageSource, *, max_side: int | None = None) -> Image.Ima
             return _downscale(to_rgb(image, name), max_side)
         except ImageError:
             raise
-        except Image.DecompressionBombError as exc:
-            raise ImageError(
-                f"{name}: too large to open safely ({exc}); our limit is {MAX_PIXELS:,} pixels. "
-                "Downscale the photo (e.g. to 4000 px on the long side) and upload it again."
-            ) from exc
-        except _DECODE_ERRORS as exc:
-            raise ImageError(_decode_failure_message(name, exc)) from exc
+        except (Image.DecompressionBombError, *_DECODE_ERRORS) as exc:
+            raise _as_image_error(name, exc) from exc
 
 
 def image_size(source: ImageSource) -> tuple[int, int]:
@@ -122,13 +117,8 @@ def image_size(source: ImageSource) -> tuple[int, int]:
                     return _displayed_size(image.size, _orientation(image))
         except ImageError:
             raise
-        except Image.DecompressionBombError as exc:
-            raise ImageError(
-                f"{name}: too large to open safely ({exc}); our limit is {MAX_PIXELS:,} pixels. "
-                "Downscale the photo and upload it again."
-            ) from exc
-        except _DECODE_ERRORS as exc:
-            raise ImageError(_decode_failure_message(name, exc)) from exc
+        except (Image.DecompressionBombError, *_DECODE_ERRORS) as exc:
+            raise _as_image_error(name, exc) from exc
 
 
 def list_images(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
@@ -310,6 +300,14 @@ def _seekable(file: object) -> bool:
         return bool(file.seekable())
     except (AttributeError, OSError, ValueError):
         return False
+
+
+def _as_image_error(name: str, exc: BaseException) -> ImageError:
+    """The ImageError for a file Pillow refused: too large for its bomb guard, or unreadable."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageError(f"{name}: too large to open safely ({exc}); our limit is {MAX_PIXELS:,} pixels. "
+                          "Downscale the photo (e.g. to 4000 px on the long side) and upload it again.")
+    return ImageError(_decode_failure_message(name, exc))
 
 
 def _decode_failure_message(name: str, exc: BaseException) -> str:

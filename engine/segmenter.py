@@ -42,6 +42,12 @@ def as_prompt_list(prompts: str | Sequence[str]) -> list[str]:
     return out
 
 
+def normalise(images_uint8: np.ndarray, mean, std) -> np.ndarray:
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) float32 pixel_values: scaled to [0, 1], then per-channel mean/std."""
+    x = images_uint8.astype(np.float32).transpose(0, 3, 1, 2) * np.float32(1 / 255)
+    return (x - np.asarray(mean, np.float32).reshape(1, 3, 1, 1)) / np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+
+
 def preprocess_images(images, size: int, mean, std, resample: int = 2) -> np.ndarray:
     """PIL images -> pixel_values (B, 3, size, size) float32, resized and normalised like CLIPSegProcessor.
 
@@ -49,14 +55,8 @@ def preprocess_images(images, size: int, mean, std, resample: int = 2) -> np.nda
     """
     from PIL import Image
 
-    mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-    arrays = []
-    for im in images:
-        im = im.convert("RGB").resize((size, size), Image.Resampling(resample))
-        x = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) * np.float32(1 / 255)
-        arrays.append((x - mean) / std)
-    return np.stack(arrays)
+    resized = [np.asarray(im.convert("RGB").resize((size, size), Image.Resampling(resample))) for im in images]
+    return normalise(np.stack(resized), mean, std)
 
 
 class SegmenterBase:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.models import REPO_ROOT
-from engine.segmenter import vision_activations
+from engine.segmenter import normalise, vision_activations
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "drywall-qa"
 STATE_FILE = "training_state.pt"
@@ -409,7 +409,7 @@ class _Trainer:
     def _build_cache(self) -> None:
         import torch
 
-        from engine.features import FeatureCache, IDENTITY, cached_views, file_digest, model_fingerprint, normalise, render_view
+        from engine.features import FeatureCache, IDENTITY, cached_views, file_digest, model_fingerprint, render_view
 
         cfg = self.cfg
         self.cache = FeatureCache(REPO_ROOT / cfg.cache_dir if not Path(cfg.cache_dir).is_absolute() else cfg.cache_dir,
@@ -442,7 +442,7 @@ class _Trainer:
         """(pixel_values, input_ids, attention_mask, targets) rendered on the fly (random views if augment)."""
         import torch
 
-        from engine.features import IDENTITY, normalise, random_view, render_view
+        from engine.features import IDENTITY, random_view, render_view
 
         cfg = self.cfg
         imgs, masks, prompts = [], [], []
@@ -555,7 +555,7 @@ class _Trainer:
 
         from engine.evaluate import best_threshold, evaluate
         from engine.losses import segmentation_loss
-        from engine.features import IDENTITY, normalise, render_view
+        from engine.features import IDENTITY, render_view
         from engine.segmenter import Segmenter
 
         self.core.eval()
