@@ -71,15 +71,14 @@ def render_card(run_dir, scores: dict) -> str:
         f"{summary['epochs_done']} epochs, AdamW lr {cfg['lr']:g} (cosine, {cfg['warmup_epochs']:g} warm-up epochs), "
         f"weight decay {cfg['weight_decay']:g}, batch {cfg['batch_size']}, BCE + soft Dice, flips / 90° turns / "
         f"crops / colour jitter, every layer trained; device {summary['device']}, precision {summary['precision']} "
-        f"autocast, {summary['total_seconds'] / 60:.0f} minutes. Best epoch {summary['best_epoch']} by mean "
-        "validation IoU; its threshold (calibrated on the validation sets) is the model's default: "
-        f"**{scores['threshold']:.2f}**. `config.json` and `metrics.jsonl` beside this card hold every setting "
-        "and every epoch.", "",
+        f"autocast, {summary['total_seconds'] / 60:.0f} minutes. {_selection(cfg, summary)} The model's default "
+        f"threshold is **{scores['threshold']:.2f}**. `config.json` and `metrics.jsonl` beside this card hold every "
+        "setting and every epoch.", "",
         "## Data", "",
         *[f"- `{_relative(d['path'])}` (prompts: {', '.join(repr(p) for p in d['prompts'])}): "
           f"{ATTRIBUTION.get(Path(d['path']).name, 'see its source')}" for d in cfg["data"]],
-        "", "Both sets are split by source photo (no photo in two splits); the train splits were used for training, "
-        "the valid splits for model selection and the scores below.", "",
+        "", "Both sets are split by source photo (no photo in two splits). The train splits were used for training"
+        f"{'' if _valid_unseen(cfg) else ', the valid splits for model selection and the scores below'}.", "",
         f"## Scores (validation splits, threshold {scores['threshold']:.2f})", "",
         "| set | prompt | images | mIoU (per image) | Dice | precision | recall |",
         "|---|---|---|---|---|---|---|",
@@ -90,9 +89,30 @@ def render_card(run_dir, scores: dict) -> str:
                          f"{r['precision']:.3f} | {r['recall']:.3f} |")
     lines += ["", "Reproduce a row with `python -m engine evaluate --model checkpoints/drywall-starter --data "
               "../shared/data/drywall-qa/cracks/valid --prompt \"segment crack\"`.", "",
-              "No validation photo was trained on, but the validation splits chose the epoch and the threshold, so "
-              "these scores are slightly optimistic.", ""]
+              _honesty(cfg), ""]
     return "\n".join(lines)
+
+
+def _valid_unseen(cfg: dict) -> bool:
+    """True when the valid splits chose neither the epoch nor the threshold."""
+    return cfg.get("select") == "last" and cfg.get("calibrate_on") == "train"
+
+
+def _selection(cfg: dict, summary: dict) -> str:
+    epoch = (f"The final epoch ({summary['best_epoch']}) is kept" if cfg.get("select") == "last"
+             else f"Best epoch {summary['best_epoch']} by mean validation IoU")
+    source = (f"the first {cfg.get('calibration_images')} train photos of each set" if cfg.get("calibrate_on") == "train"
+              else "the validation sets")
+    return f"{epoch}; the threshold was calibrated on {source}."
+
+
+def _honesty(cfg: dict) -> str:
+    if _valid_unseen(cfg):
+        return ("The validation photos were never trained on and chose nothing (neither the epoch nor the threshold): "
+                "these are scores on photos the model has not seen. `metrics.jsonl` logs them per epoch for the "
+                "curves; nothing was picked from them.")
+    return ("No validation photo was trained on, but the validation splits chose the epoch and the threshold, so "
+            "these scores are slightly optimistic.")
 
 
 def write_card(run_dir, threads: int | None = None) -> Path:

@@ -81,6 +81,18 @@ class TrainConfig:
     scratch_arch: dict = field(default_factory=dict)  # CLIPSegConfig overrides for model="scratch"
     foreground_prior: float = 0.05
     film_init_std: float = 1e-3  # model="scratch": noise on the FiLM layers' identity init
+    select: str = "best"  # "best": keep the epoch with the best val score; "last": the final epoch
+    calibrate_on: str = "valid"  # split whose threshold sweep sets the model's threshold: "valid" or "train"
+    calibration_images: int = 100  # per set, with calibrate_on="train" (the first N, un-augmented)
+
+
+CRACK_PROMPTS = ("segment crack", "segment wall crack")
+TAPING_PROMPTS = ("segment taping area", "segment joint/tape", "segment drywall seam")
+
+
+def default_data() -> list[DataSpec]:
+    """The two sets in ../shared with the prompts inspectors type."""
+    return [DataSpec(str(SHARED_DATA / "cracks"), CRACK_PROMPTS), DataSpec(str(SHARED_DATA / "joints"), TAPING_PROMPTS)]
 
 
 # Presets hold only what differs from the defaults.
@@ -92,8 +104,10 @@ PRESETS: dict[str, dict] = {
     "full": {"train": "last_n", "unfreeze_vision_layers": 2, "lr": 2e-4, "epochs": 20, "feature_cache": False},
     "starter": {
         "model": "scratch", "out": "checkpoints/drywall-starter", "train": "all", "feature_cache": False,
-        "epochs": 60, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 16, "image_size": 224, "amp_dtype": "bf16",
+        "epochs": 80, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 16, "image_size": 224, "amp_dtype": "bf16",
         "patience": 0, "warmup_epochs": 2, "set_balance": 0.5, "film_init_std": 0.05,
+        # The valid splits stay unseen: no epoch is picked on them and the threshold is set on train photos.
+        "select": "last", "calibrate_on": "train",
         "scratch_arch": {
             "vision_config": {"image_size": 224, "patch_size": 16, "hidden_size": 192, "intermediate_size": 768,
                               "num_hidden_layers": 6, "num_attention_heads": 3},
@@ -105,14 +119,6 @@ PRESETS: dict[str, dict] = {
         },
     },
 }
-
-
-def default_data() -> list[DataSpec]:
-    """The two sets in ../shared with the prompts inspectors type."""
-    return [
-        DataSpec(str(SHARED_DATA / "cracks"), ("segment crack", "segment wall crack")),
-        DataSpec(str(SHARED_DATA / "joints"), ("segment taping area", "segment joint/tape", "segment drywall seam")),
-    ]
 
 
 def make_config(preset: str | None = None, **overrides) -> TrainConfig:
@@ -129,6 +135,10 @@ def make_config(preset: str | None = None, **overrides) -> TrainConfig:
     cfg = TrainConfig(**values)
     if cfg.train not in ("decoder", "last_n", "all"):
         raise ValueError(f"train must be 'decoder', 'last_n' or 'all', not {cfg.train!r}.")
+    if cfg.select not in ("best", "last"):
+        raise ValueError(f"select must be 'best' or 'last', not {cfg.select!r}.")
+    if cfg.calibrate_on not in ("valid", "train"):
+        raise ValueError(f"calibrate_on must be 'valid' or 'train', not {cfg.calibrate_on!r}.")
     if cfg.schedule not in ("cosine", "plateau"):
         raise ValueError(f"schedule must be 'cosine' or 'plateau', not {cfg.schedule!r}.")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
@@ -201,6 +211,11 @@ def _open_sets(cfg: TrainConfig) -> list[_Set]:
     if not sets:
         raise ValueError("No training data: give at least one --data PATH=prompts.")
     return sets
+
+
+def _mean_sweep(sweeps: list[dict]) -> dict:
+    """Threshold -> mean over sets of per-image mIoU (sweeps: one {threshold: mIoU} per set)."""
+    return {t: float(np.mean([sw[t] for sw in sweeps])) for t in sweeps[0]} if sweeps else {0.5: 0.0}
 
 
 def _epoch_order(sets: list[_Set], balance: float, rng: random.Random) -> list[tuple[int, int]]:
@@ -578,20 +593,39 @@ class _Trainer:
                     losses.append(float(segmentation_loss(logits, torch.from_numpy(msk)[None].to(logits.device),
                                                           bce=self.cfg.bce_weight, dice=self.cfg.dice_weight,
                                                           focal=self.cfg.focal_weight)))
+            calibration = self._calibration_sweeps(seg) if self.cfg.calibrate_on == "train" else None
         self.core.train()
         # One default threshold for the model: best mean (over sets) of the first prompt's per-image mIoU.
-        mean_sweep = {t: float(np.mean([sw[t] for sw in sweeps])) for t in sweeps[0]} if sweeps else {0.5: 0.0}
+        # Scored on the valid split; the threshold comes from the calibration split when that is not valid.
+        mean_sweep = _mean_sweep(sweeps)
         threshold, score = best_threshold(mean_sweep)
+        thresholds = {p: r["best_threshold"] for p, r in results.items()}
+        if calibration is not None:
+            threshold = best_threshold(_mean_sweep([sw for sw, _ in calibration.values()]))[0]
+            score = mean_sweep.get(threshold, 0.0)
+            thresholds = {p: t for _, prompt_thresholds in calibration.values() for p, t in prompt_thresholds.items()}
         for r in results.values():
             r.pop("sweep")
         return {"val": results, "val_loss": float(np.mean(losses)) if losses else None,
-                "threshold": threshold, "score": score}
+                "threshold": threshold, "score": score, "thresholds": thresholds}
+
+    def _calibration_sweeps(self, seg) -> dict:
+        """Per set: (first prompt's threshold sweep, its best threshold for every prompt of the set), on the
+        first N train images. One prompt per set keeps it cheap; its synonyms share the threshold."""
+        from engine.evaluate import evaluate
+
+        out = {}
+        for s in self.sets:
+            subset = s.train.subset(range(min(len(s.train), self.cfg.calibration_images)))
+            result = evaluate(seg, subset, [s.prompts[0]], threshold=0.5, progress=False).prompts[s.prompts[0]]
+            out[s.spec.path] = (result.sweep, {p: result.best_threshold for p in s.prompts})
+        return out
 
     # -- saving --
 
     def _meta(self, val: dict, epoch: int) -> dict:
         return {"threshold": val["threshold"], "prompts": [p for s in self.sets for p in s.prompts],
-                "thresholds": {p: r["best_threshold"] for p, r in val["val"].items()},
+                "thresholds": val["thresholds"],
                 "val": {p: {k: r[k] for k in ("miou", "dice", "best_miou")} for p, r in val["val"].items()},
                 "epoch": epoch, "run": self.run_dir.name, "image_size": self.cfg.image_size}
 
@@ -673,7 +707,7 @@ class _Trainer:
                        "val_loss": val["val_loss"], "lr": lr, "val": val["val"], "threshold": val["threshold"],
                        "score": val["score"], "seconds": round(time.perf_counter() - t0, 2)}
                 self.history.append(row)
-                improved = val["score"] > self.best_miou
+                improved = val["score"] > self.best_miou or cfg.select == "last"
                 if improved:
                     self.best_miou, self.best_epoch, self.bad_epochs = val["score"], epoch, 0
                 else:
@@ -930,6 +964,15 @@ def cli_train(args) -> int:
     return 0
 
 
+def _step_flops(trainer, pairs) -> float:
+    """Matmul and convolution FLOPs (forward and backward) of one training step, per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        trainer._step(pairs)
+    return counter.get_total_flops() / len(pairs)
+
+
 def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int = 8, batch_size: int = 4) -> dict:
     """Seconds per training image: HF's plain forward every step vs the feature cache (decoder-only training).
 
@@ -967,10 +1010,19 @@ def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int 
                     for _ in range(repeats):
                         trainer._step(pairs)
                     timings.setdefault((precision, mode), []).append((time.perf_counter() - start) / (repeats * batch_size))
+        trainer.amp_dtype = None
+        flops = {}
+        for mode in ("plain", "cached"):
+            trainer.mode = mode
+            flops[mode] = _step_flops(trainer, pairs)
     best = {k: min(v) for k, v in timings.items()}
     plain, cached = best[("fp32", "plain")], best[("fp32", "cached")]
     result = {"plain_s_per_image": plain, "cached_s_per_image": cached, "speedup": plain / cached,
-              "cache_build_s_per_image": build, "precision": "fp32"}
+              "cache_build_s_per_image": build, "precision": "fp32",
+              # The speed-up the arithmetic allows: matmul/conv FLOPs per image of each way, and the rate reached.
+              "plain_gflop_per_image": flops["plain"] / 1e9, "cached_gflop_per_image": flops["cached"] / 1e9,
+              "flop_ratio": flops["plain"] / flops["cached"],
+              "plain_gflop_per_s": flops["plain"] / 1e9 / plain, "cached_gflop_per_s": flops["cached"] / 1e9 / cached}
     if ("bf16", "plain") in best:
         result["bf16_autocast"] = {"plain_s_per_image": best[("bf16", "plain")],
                                    "cached_s_per_image": best[("bf16", "cached")],

@@ -43,3 +43,16 @@ def test_model_card_numbers_are_reproduced(starter, shared_data, split):
     assert report.miou == pytest.approx(expected["miou"], abs=1e-6)
     assert report.dice == pytest.approx(expected["dice"], abs=1e-6)
     assert f"| {split} | {prompt} | {report.n_images} | {report.miou:.3f} | {report.dice:.3f} |" in card
+
+
+def test_the_starter_preset_is_what_trained_the_bundled_model():
+    """`python -m engine train --preset starter` reproduces it: the shipped config.json is that preset."""
+    import dataclasses
+
+    from engine.train import make_config
+
+    shipped = json.loads((STARTER_DIR / "config.json").read_text())
+    preset = json.loads(json.dumps(dataclasses.asdict(make_config("starter"))))
+    for cfg in (shipped, preset):  # data roots are absolute paths; compare the set names and prompts
+        cfg["data"] = [(d["path"].rstrip("/").rsplit("/", 1)[-1], d["prompts"]) for d in cfg["data"]]
+    assert shipped == preset

@@ -41,7 +41,7 @@ def tiny_cfg(tiny_model_dir, shared_data, tmp_path):
 
 
 def test_presets_are_small_overrides_and_bad_settings_are_named():
-    assert all(len(p) < 16 for p in PRESETS.values())
+    assert all(len(p) <= 18 for p in PRESETS.values())  # overrides, not copies of the ~40 fields
     cfg = make_config("quick", lr=5e-4)
     assert cfg.epochs == PRESETS["quick"]["epochs"] and cfg.lr == 5e-4 and cfg.batch_size == TrainConfig.batch_size
     with pytest.raises(ValueError, match="Unknown preset"):
@@ -101,6 +101,35 @@ def test_run_folder_is_complete_and_loadable(tiny_cfg, tmp_path):
     CLIPSegForImageSegmentation.from_pretrained(run / "best")
     kinds = {e.kind for e in events}
     assert {"step", "epoch", "checkpoint", "finished"} <= kinds
+
+
+def test_select_last_with_a_threshold_set_on_train_photos(tiny_cfg, shared_data, tmp_path):
+    """The valid split stays unseen: best/ is the final epoch and its threshold comes from the train sweep."""
+    from engine.data import open_dataset
+    from engine.evaluate import best_threshold, evaluate
+
+    cracks = DataSpec(str(shared_data / "cracks"), ("segment crack",))
+    summary = train(tiny_cfg(epochs=3, select="last", calibrate_on="train", calibration_images=4, data=[cracks]))
+    assert summary["best_epoch"] == 3
+    seg = load_segmenter(tmp_path / "run")
+    photos = open_dataset(cracks.path, split="train", prompts=cracks.prompts)
+    sweep = evaluate(seg, photos.subset(range(4)), ["segment crack"], progress=False).prompts["segment crack"].sweep
+    assert seg.threshold == pytest.approx(best_threshold(sweep)[0])
+    with pytest.raises(ValueError, match="calibrate_on"):
+        make_config(None, calibrate_on="test")
+
+
+def test_step_flops_show_the_work_the_cache_removes(tiny_cfg):
+    from engine.train import _step_flops
+
+    trainer = _Trainer(tiny_cfg(feature_cache=True, augment=False), lambda e: None, threading.Event(), resume=False)
+    trainer.setup()
+    pairs = [(0, 0), (0, 1)]
+    trainer.mode = "plain"
+    plain = _step_flops(trainer, pairs)
+    trainer.mode = "cached"
+    cached = _step_flops(trainer, pairs)
+    assert plain > 2 * cached > 0
 
 
 def test_stop_keeps_the_last_finished_epoch(tiny_cfg, tmp_path):
