@@ -86,15 +86,6 @@ class TrainConfig:
     calibration_images: int = 100  # per set, with calibrate_on="train" (the first N, un-augmented)
 
 
-CRACK_PROMPTS = ("segment crack", "segment wall crack")
-TAPING_PROMPTS = ("segment taping area", "segment joint/tape", "segment drywall seam")
-
-
-def default_data() -> list[DataSpec]:
-    """The two sets in ../shared with the prompts inspectors type."""
-    return [DataSpec(str(SHARED_DATA / "cracks"), CRACK_PROMPTS), DataSpec(str(SHARED_DATA / "joints"), TAPING_PROMPTS)]
-
-
 # Presets hold only what differs from the defaults.
 PRESETS: dict[str, dict] = {
     "default": {},
@@ -119,6 +110,14 @@ PRESETS: dict[str, dict] = {
         },
     },
 }
+
+
+def default_data() -> list[DataSpec]:
+    """The two sets in ../shared with the prompts inspectors type."""
+    return [
+        DataSpec(str(SHARED_DATA / "cracks"), ("segment crack", "segment wall crack")),
+        DataSpec(str(SHARED_DATA / "joints"), ("segment taping area", "segment joint/tape", "segment drywall seam")),
+    ]
 
 
 def make_config(preset: str | None = None, **overrides) -> TrainConfig:
