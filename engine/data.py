@@ -449,13 +449,8 @@ def parse_yolo_text(text: str, path: Path, classes: frozenset[int] | None = None
         values = _parse_numbers(tokens[1:], path, number)
         if len(values) == 4:
             shape = _yolo_box(values, path, number)
-        elif len(values) % 2:
-            raise LabelError(path, f"odd number of polygon coordinates ({len(values)}); each point needs x and y.",
-                             number)
-        elif len(values) < 6:
-            raise LabelError(path, f"a polygon needs at least 3 points, got {len(values) // 2}.", number)
         else:
-            shape = _clip_normalised(np.asarray(values, dtype=np.float64).reshape(-1, 2), path, number)
+            shape = _clip_normalised(_polygon_points(values, path, number), path, number)
         if classes is None or class_id in classes:
             (boxes if isinstance(shape, tuple) else polygons).append(shape)
     return ShapeLabel(tuple(polygons), tuple(boxes), normalised=True, source=path)
@@ -483,6 +478,15 @@ def _parse_numbers(tokens: list[str], path: Path, number: int) -> list[float]:
             raise LabelError(path, f"value {token!r} is not a finite number.", number)
         values.append(value)
     return values
+
+
+def _polygon_points(values: list[float], path: Path, where: int | str) -> np.ndarray:
+    """Flat [x1, y1, x2, y2, ...] (YOLO line or COCO annotation) as (N, 2) points, N >= 3."""
+    if len(values) % 2:
+        raise LabelError(path, f"odd number of polygon coordinates ({len(values)}); each point needs x and y.", where)
+    if len(values) < 6:
+        raise LabelError(path, f"a polygon needs at least 3 points, got {len(values) // 2}.", where)
+    return np.asarray(values, dtype=np.float64).reshape(-1, 2)
 
 
 def _yolo_box(values: list[float], path: Path, number: int) -> tuple[float, float, float, float]:
@@ -720,13 +724,8 @@ def _coco_numbers(values: list, json_path: Path, where: str) -> list[float]:
 def _coco_polygon(part: list, width: object, height: object, json_path: Path, where: str) -> np.ndarray:
     if not isinstance(part, list):
         raise LabelError(json_path, "segmentation must be a list of polygons [[x1, y1, x2, y2, ...], ...].", where)
-    values = _coco_numbers(part, json_path, where)
-    if len(values) % 2:
-        raise LabelError(json_path, f"odd number of polygon coordinates ({len(values)}); each point needs x and y.",
-                         where)
-    if len(values) < 6:
-        raise LabelError(json_path, f"a polygon needs at least 3 points, got {len(values) // 2}.", where)
-    return _clip_pixels(np.asarray(values, dtype=np.float64).reshape(-1, 2), width, height, json_path, where)
+    points = _polygon_points(_coco_numbers(part, json_path, where), json_path, where)
+    return _clip_pixels(points, width, height, json_path, where)
 
 
 def _clip_pixels(points: np.ndarray, width: object, height: object, json_path: Path, where: str) -> np.ndarray:
