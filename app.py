@@ -4,7 +4,7 @@
 
 Four tabs: Segment (a photo and prompts -> overlay, heatmap, masks), Train (a background fine-tuning job with
 live curves), Compare (several models on one labelled set) and Export (ONNX with a parity and speed report).
-Each handler turns widget values into one `engine.appsupport` call and its result back into widget values;
+Each handler turns widget values into one `engine.app` call and its result back into widget values;
 engine errors (ValueError, OSError, RuntimeError, with the fix in their message) reach the user as `gr.Error`.
 The named endpoints (/segment, /train_start, /train_status, /train_stop, /compare, /export) are the app's API
 for `gradio_client`. `import app` builds nothing; `build_app()` makes the Blocks.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import appsupport as support
+import engine.app as support
 from engine.images import ImageError
 
 log = logging.getLogger("drywall_qa.app")

@@ -18,8 +18,8 @@ _EXPORTS = {
     "make_config": "engine.train",
     "train": "engine.train",
     "get_job": "engine.train",
-    "export_onnx": "engine.export",
-    "OnnxSegmenter": "engine.onnx_backend",
+    "export_onnx": "engine.onnx.export",
+    "OnnxSegmenter": "engine.onnx.runtime",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -62,7 +62,7 @@ def run_inference_benchmark(model=None, threads: int = 2, repeats: int | None = 
     model: a local model folder (default: random full-size weights); threads: torch and onnxruntime threads;
     repeats: timed passes over the photos (default DEFAULT_REPEATS); progress: callable(message) or None.
     """
-    from engine.export import export_onnx
+    from engine.onnx.export import export_onnx
     from engine.models import full_size_config, make_random_model_folder, resolve_source
 
     say = progress or (lambda message: None)
@@ -272,7 +272,7 @@ def _load_maps(path: Path) -> dict[str, np.ndarray] | None:
 
 def _agreement(ref: dict | None, other: dict | None) -> dict:
     """mask_iou_vs_fp32 (mean over photo x prompt, at the model threshold) and max_abs_prob_diff_vs_fp32."""
-    from engine.export import mask_iou
+    from engine.onnx.export import mask_iou
 
     if ref is None or other is None:
         return {"mask_iou_vs_fp32": None, "max_abs_prob_diff_vs_fp32": None}

@@ -190,7 +190,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from engine.export import cli_export
+    from engine.onnx.export import cli_export
 
     return cli_export(args)
 

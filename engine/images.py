@@ -21,6 +21,7 @@ from typing import IO, Union
 
 import numpy as np
 from PIL import Image, ImageOps
+from engine.errors import ImageError
 
 # Our own size limit, in pixels (width * height as stored). A 12000x9000 photo (108 MP) is accepted.
 MAX_PIXELS = 150_000_000
@@ -41,10 +42,6 @@ _EXIF_ORIENTATION_TAG = 0x0112
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
-
-
-class ImageError(ValueError):
-    """An image that cannot be used; the message names the file (or "<uploaded image>") and how to fix it."""
 
 
 # ----------------------------------------------------------------------------------------------- public API

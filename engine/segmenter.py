@@ -60,7 +60,7 @@ def preprocess_images(images, size: int, mean, std, resample: int = 2) -> np.nda
 
 
 class SegmenterBase:
-    """The plain-types interface every backend shares (torch here, onnxruntime in `engine.onnx_backend`).
+    """The plain-types interface every backend shares (torch here, onnxruntime in `engine.onnx.runtime`).
 
     A backend sets `input_size`, `threshold`, `name` and `backend`, and implements `preprocess(images)` ->
     pixel_values (B, 3, S, S) and `logits(pixel_values, prompts)` -> (B, P, S, S) float32 before sigmoid

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import appsupport as support
-from engine.appsupport import ArchiveError, ModelCache, safe_extract_zip
+import engine.app as support
+from engine.app import ArchiveError, ModelCache, safe_extract_zip
 
 
 def _zip(path, entries):

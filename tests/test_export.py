@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import export as export_module
+import engine.onnx.export as export_module
 from engine.cli import main as cli_main
-from engine.export import ExportError, export_onnx, int8_agreement, mask_iou
+from engine.onnx.export import ExportError, export_onnx, int8_agreement, mask_iou
 from engine.models import ModelSourceError, load_segmenter
-from engine.onnx_backend import OnnxSegmenter, sha256_file
+from engine.onnx.runtime import OnnxSegmenter, sha256_file
 
 PROMPTS = ["segment crack", "segment taping area", "segment joint/tape"]
 

@@ -8,7 +8,7 @@ from transformers import CLIPSegForImageSegmentation
 
 from engine.models import fit_config_to_tokenizer, full_size_config, image_processor, tiny_config
 from engine.segmenter import Segmenter, as_prompt_list
-from engine.tokenizer import build_tokenizer
+from engine.models.tokenizer import build_tokenizer
 
 PROMPTS = ["segment crack", "segment taping area", "segment joint/tape"]
 

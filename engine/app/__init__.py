@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
+from engine.errors import ArchiveError
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ _SKIPPED_PREFIXES = ("__MACOSX/",)  # resource forks macOS Finder adds to zips
 _SKIPPED_NAMES = frozenset({".DS_Store", "Thumbs.db"})
 # Folders that belong to a data set layout (a split, or a split's parts): the set's root is above them.
 _LAYOUT_FOLDERS = frozenset({"train", "valid", "val", "validation", "test", "images", "labels", "masks"})
-
-
-class ArchiveError(ValueError):
-    """An uploaded zip that is refused or unreadable; the message says why and what to upload instead."""
 
 
 def _member_problem(info: zipfile.ZipInfo) -> str | None:
@@ -729,8 +726,8 @@ def export_model(source: str, export_dir: str | os.PathLike, *, int8: bool = Fal
     manifest's parity figures and graph sizes.
     """
     try:
-        from engine.export import export_onnx, format_report
-        from engine.onnx_backend import OnnxSegmenter
+        from engine.onnx.export import export_onnx, format_report
+        from engine.onnx.runtime import OnnxSegmenter
     except ImportError as exc:
         raise RuntimeError(f"ONNX export is not available in this installation ({exc}); install requirements.txt "
                            "(onnx, onnxruntime, onnxscript) and restart the app.") from exc

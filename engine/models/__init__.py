@@ -18,11 +18,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from engine.errors import ModelSourceError
+from engine.paths import META_FILE, REPO_ROOT, STARTER_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HUB_ID = "CIDAS/clipseg-rd64-refined"
-STARTER_DIR = REPO_ROOT / "checkpoints" / "drywall-starter"
-META_FILE = "drywall_qa.json"
 DEFAULT_THRESHOLD = 0.4
 HUB_TIMEOUT_S = 4.0
 # What a model folder must hold; the tokenizer comes as tokenizer.json or as vocab.json + merges.txt.
@@ -33,10 +32,6 @@ HUB_FILES = ["config.json", "*.safetensors", "*.json", "*.txt"]
 # precision="fp32" for bit-for-bit reference numbers.
 DEFAULT_TORCH_PRECISION = "auto"
 PRECISIONS = (None, "auto", "fp32", "bf16", "int8")
-
-
-class ModelSourceError(ValueError):
-    """A model source that cannot be loaded; the message says what to use instead."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +156,7 @@ def save_model_folder(model, tokenizer, out_dir, *, image_size: int, meta: dict 
 
 def make_random_model_folder(out_dir, config=None, *, seed: int = 0, meta: dict | None = None) -> Path:
     """A loadable model folder with random weights and a locally built tokenizer (tests, benchmarks)."""
-    from engine.tokenizer import build_tokenizer
+    from engine.models.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     config = fit_config_to_tokenizer(config or tiny_config(), tokenizer)
@@ -338,7 +333,7 @@ def load_clipseg(folder: Path):
 
 def load_segmenter(source: str | os.PathLike = "auto", *, threads: int | None = None, precision: str | None = None,
                    device: str = "cpu"):
-    """A ready segmenter (`engine.segmenter.Segmenter`, or `engine.onnx_backend.OnnxSegmenter` for exports).
+    """A ready segmenter (`engine.segmenter.Segmenter`, or `engine.onnx.runtime.OnnxSegmenter` for exports).
 
     precision: None for the source's default: `DEFAULT_TORCH_PRECISION` for torch models; for an ONNX export
     the precision it was exported with (int8 when made with --int8 and its masks agreed with fp32, see its
@@ -349,7 +344,7 @@ def load_segmenter(source: str | os.PathLike = "auto", *, threads: int | None = 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(map(str, PRECISIONS))}, not {precision!r}.")
     if resolved.kind == "onnx":
-        from engine.onnx_backend import OnnxSegmenter
+        from engine.onnx.runtime import OnnxSegmenter
 
         if precision == "bf16":
             raise ModelSourceError(f"{resolved.path} is an ONNX export, which runs fp32 or int8; bf16 is for torch "

@@ -3,7 +3,7 @@
     manifest = export_onnx("checkpoints/drywall-starter", "export/starter", int8=True)
 
 The text encoder, the truncated vision encoder and the decoder are exported separately (see
-`engine.onnx_backend` for the folder layout), so the runtime does what the torch `Segmenter` does: vision once
+`engine.onnx.runtime` for the folder layout), so the runtime does what the torch `Segmenter` does: vision once
 per photo, text once per prompt. The folder is built in a temporary sibling and renamed into place only after
 onnxruntime reproduced the torch logits (max |delta logit| <= 1e-3 on random pixels and sample photos): a failed
 export leaves the previous folder as it was. `--int8` adds dynamically quantized encoders (`*.int8.onnx`,
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.models import REPO_ROOT, ModelSourceError, load_segmenter, resolve_source
-from engine.onnx_backend import (
+from engine.errors import ExportError
+from engine.onnx.runtime import (
     FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST_FILE, OnnxSegmenter, graph_file, read_manifest, sha256_file,
 )
 
@@ -36,10 +37,6 @@ SAMPLE_PHOTOS = REPO_ROOT / "examples"  # photos added to the parity sample when
 DEFAULT_PROMPTS = ("segment crack", "segment taping area", "segment joint/tape")
 
 Progress = Callable[[float, str], None]  # progress(fraction done in [0, 1], what is being done)
-
-
-class ExportError(RuntimeError):
-    """An export whose graphs do not reproduce the torch model; nothing was written."""
 
 
 # ---------------------------------------------------------------------------------------------------------

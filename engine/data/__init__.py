@@ -25,6 +25,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageOps
 
 from engine.images import IMAGE_SUFFIXES, ImageError, image_size, load_image
+from engine.errors import LabelError, LabelWarning
 
 COCO_FILE_NAME = "_annotations.coco.json"  # Roboflow's COCO export: one per split folder, next to the images
 # Normalised coordinates this far outside [0, 1] are an error (pixel coordinates, wrong file); closer ones are
@@ -38,22 +39,6 @@ _LAYOUTS = (
     f".json file, or a folder holding {COCO_FILE_NAME} next to its images; (3) masks: images/ and masks/ "
     "folders, one mask image per photo named like it (or NAME_mask.png), non-zero pixels = object."
 )
-
-
-class LabelError(ValueError):
-    """A label that cannot be used; the message names the file, the line (or annotation) and the fix."""
-
-    def __init__(self, path: str | os.PathLike, reason: str, line: int | str | None = None):
-        self.path, self.reason, self.line = Path(path), reason, line
-        where = "" if line is None else f" line {line}" if isinstance(line, int) else f" {line}"
-        super().__init__(f"{path}{where}: {reason}")
-
-    def __reduce__(self):  # keep it picklable (data-loader worker processes) despite the custom __init__
-        return (type(self), (self.path, self.reason, self.line))
-
-
-class LabelWarning(UserWarning):
-    """A bad item was skipped (skip_bad=True) or a label file has no image."""
 
 
 @dataclass(frozen=True)

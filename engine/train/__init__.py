@@ -30,6 +30,7 @@ import numpy as np
 
 from engine.models import REPO_ROOT
 from engine.segmenter import normalise, vision_activations
+from engine.errors import JobRunning, TrainingStopped
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "drywall-qa"
 STATE_FILE = "training_state.pt"
@@ -167,10 +168,6 @@ class Event:
     data: dict = field(default_factory=dict)
 
 
-class TrainingStopped(Exception):
-    pass
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Data
 
@@ -269,7 +266,7 @@ def _build_model(cfg: TrainConfig):
     """(model, tokenizer, processor, source label) for the start of a run."""
     from engine.models import (fit_config_to_tokenizer, image_processor, load_clipseg, new_model,
                                resolve_source, tiny_config)
-    from engine.tokenizer import build_tokenizer
+    from engine.models.tokenizer import build_tokenizer
 
     if cfg.model == "scratch":
         tokenizer = build_tokenizer()
@@ -423,7 +420,7 @@ class _Trainer:
     def _build_cache(self) -> None:
         import torch
 
-        from engine.features import FeatureCache, IDENTITY, cached_views, file_digest, model_fingerprint, render_view
+        from engine.train.features import FeatureCache, IDENTITY, cached_views, file_digest, model_fingerprint, render_view
 
         cfg = self.cfg
         self.cache = FeatureCache(REPO_ROOT / cfg.cache_dir if not Path(cfg.cache_dir).is_absolute() else cfg.cache_dir,
@@ -456,7 +453,7 @@ class _Trainer:
         """(pixel_values, input_ids, attention_mask, targets) rendered on the fly (random views if augment)."""
         import torch
 
-        from engine.features import IDENTITY, random_view, render_view
+        from engine.train.features import IDENTITY, random_view, render_view
 
         cfg = self.cfg
         imgs, masks, prompts = [], [], []
@@ -498,7 +495,7 @@ class _Trainer:
     def _loss(self, pairs):
         import torch
 
-        from engine.losses import segmentation_loss
+        from engine.train.losses import segmentation_loss
 
         cfg, dev = self.cfg, self.device
         autocast = torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -520,7 +517,7 @@ class _Trainer:
     def _step(self, pairs) -> float:
         import torch
 
-        from engine.losses import cosine_lr
+        from engine.train.losses import cosine_lr
 
         if self.plateau is None:
             lr = cosine_lr(self.global_step, self.total_steps, int(self.cfg.warmup_epochs * self.steps_per_epoch), self.cfg.lr)
@@ -568,8 +565,8 @@ class _Trainer:
         import torch
 
         from engine.evaluate import best_threshold, evaluate
-        from engine.losses import segmentation_loss
-        from engine.features import IDENTITY, render_view
+        from engine.train.losses import segmentation_loss
+        from engine.train.features import IDENTITY, render_view
         from engine.segmenter import Segmenter
 
         self.core.eval()
@@ -795,10 +792,6 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] | None = None, sto
 
 # ---------------------------------------------------------------------------------------------------------
 # The background job (the app's Train tab)
-
-
-class JobRunning(RuntimeError):
-    pass
 
 
 class TrainingJob:

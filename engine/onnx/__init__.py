@@ -1,0 +1,1 @@
+"""ONNX export (`export`) and the onnxruntime segmenter (`runtime`)."""

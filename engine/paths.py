@@ -1,0 +1,44 @@
+"""Where things live: the repository, the shared data, the caches, and what kind of folder a path is.
+
+Every default location and the default data sets with their prompts are written here once; the CLI, the app,
+training and the benchmarks read them from here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
+EXPORT_DIR = REPO_ROOT / "export"
+EXAMPLES_DIR = REPO_ROOT / "examples"
+STARTER_DIR = CHECKPOINTS_DIR / "drywall-starter"
+FEATURE_CACHE_DIR = ".cache/features"  # relative to REPO_ROOT unless a TrainConfig gives an absolute path
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "drywall-qa"
+
+# The two labelled sets in SHARED_DATA and the prompts (synonyms) each one teaches, first prompt first.
+DEFAULT_SETS: dict[str, tuple[str, ...]] = {
+    "cracks": ("segment crack", "segment wall crack"),
+    "joints": ("segment taping area", "segment joint/tape", "segment drywall seam"),
+}
+DEFAULT_PROMPTS: tuple[str, ...] = tuple(p for prompts in DEFAULT_SETS.values() for p in prompts)
+
+META_FILE = "drywall_qa.json"  # this project's settings beside a Hugging Face model folder's config.json
+MANIFEST_FILE = "manifest.json"  # what marks an ONNX export folder
+
+
+def in_repo(path: str | os.PathLike) -> Path:
+    """`path` itself when absolute, else relative to the repository root (not the working directory)."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def is_onnx_export(path: str | os.PathLike) -> bool:
+    """True for a folder written by `engine.onnx.export.export_onnx` (it holds manifest.json)."""
+    return (Path(path) / MANIFEST_FILE).is_file()
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """True for a Hugging Face model folder (config.json beside the weights)."""
+    return (Path(path) / "config.json").is_file()
