@@ -59,6 +59,23 @@ def append_line(path, line: str) -> None:
         os.fsync(f.fileno())
 
 
+def read_jsonl(path) -> list[dict]:
+    """The records of a JSON-lines file such as a run's metrics.jsonl; [] when the file does not exist.
+
+    A line that is not JSON (one cut short by a crash mid-append) is skipped, so the rest still loads.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two existing paths with renameat2(RENAME_EXCHANGE); False where unsupported."""
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from engine.errors import ModelSourceError
@@ -136,11 +137,13 @@ def image_processor(size: int = 352):
     )
 
 
-def save_model_folder(model, tokenizer, out_dir, *, image_size: int, meta: dict | None = None) -> Path:
+def save_model_folder(model, tokenizer, out_dir, *, image_size: int, meta: dict | None = None,
+                      extra: Callable[[Path], None] | None = None) -> Path:
     """Write a Hugging Face folder: config, safetensors weights, tokenizer, preprocessor and `drywall_qa.json`.
 
+    extra(tmp) may write more files into the folder before it is swapped in (training's optimizer state).
     Files are written into a temporary sibling folder and swapped in with renames, so a crash mid-write
-    leaves the previous folder intact.
+    leaves the previous folder intact. Training's best/ and last/ and every other model folder go through here.
     """
     from engine.fileio import replace_dir
 
@@ -151,6 +154,8 @@ def save_model_folder(model, tokenizer, out_dir, *, image_size: int, meta: dict 
         image_processor(image_size).save_pretrained(tmp)
         if meta is not None:
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        if extra is not None:
+            extra(tmp)
     return out_dir
 
 
