@@ -4,8 +4,10 @@
 
 Four tabs: Segment (a photo and prompts -> overlay, heatmap, masks), Train (a background fine-tuning job with
 live curves), Compare (several models on one labelled set) and Export (ONNX with a parity and speed report).
-Each handler turns widget values into one `engine.app` call and its result back into widget values;
-engine errors (ValueError, OSError, RuntimeError, with the fix in their message) reach the user as `gr.Error`.
+Each handler below is a module-level function: it turns widget values into one `engine.app` call and its
+result back into widget values, so a test can call it without HTTP. What handlers share (the model cache,
+the folders) travels in an `AppContext` bound as their first argument. Engine errors (ValueError, OSError,
+RuntimeError, with the fix in their message) reach the user as `gr.Error`.
 The named endpoints (/segment, /train_start, /train_status, /train_stop, /compare, /export) are the app's API
 for `gradio_client`. `import app` builds nothing; `build_app()` makes the Blocks.
 """
@@ -15,29 +17,31 @@ from __future__ import annotations
 import argparse
 import functools
 import html
-import json
 import logging
 import os
 import tempfile
 import uuid
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 
-import engine.app as support
-from engine.images import ImageError
+from engine.app import (COMPARE_HEADERS, EXPORT_HEADERS, IDLE_TEXT, TABLE_HEADERS, WORST_HEADERS, TrainRequest,
+                        compare_models, eval_data_for, example_rows, export_model, image_id_for, legend_html,
+                        model_choices, segment_photo, start_run, status_dict, stop_training, table,
+                        train_defaults, training_status, training_view)
+from engine.errors import ImageError
+from engine.paths import CHECKPOINTS_DIR, DEFAULT_SETS, EXAMPLES_DIR, EXPORT_DIR, SHARED_DATA
+from engine.prompts import parse_prompts
+
+if TYPE_CHECKING:
+    from engine.models.cache import ModelCache
 
 log = logging.getLogger("drywall_qa.app")
 
-REPO_ROOT = Path(__file__).resolve().parent
-EXAMPLES_DIR = REPO_ROOT / "examples"
-DATA_ROOT = REPO_ROOT.parent / "shared" / "data" / "drywall-qa"
-# The shared labelled sets and the prompts inspectors type for them (synonyms of one class).
-SHARED_SETS = {
-    "cracks": "segment crack, segment wall crack",
-    "joints": "segment taping area, segment joint/tape, segment drywall seam",
-}
-QUICK_PICKS = ("segment crack", "segment taping area")
+QUICK_PICKS = tuple(prompts[0] for prompts in DEFAULT_SETS.values())  # "segment crack", "segment taping area"
 POLL_SECONDS = 1.5
 
 CSS = """
@@ -55,6 +59,40 @@ def launch_options() -> dict:
     """What `launch()` needs besides host and port: theme, CSS (Gradio 6 takes them here), example files."""
     return dict(theme=gr.themes.Soft(primary_hue="orange", secondary_hue="blue", neutral_hue="slate"), css=CSS,
                 allowed_paths=[str(EXAMPLES_DIR)])
+
+
+@dataclass
+class AppContext:
+    """What the handlers share: the loaded models and the folders the app lists, reads and writes.
+
+    checkpoints_dir, export_dir: where runs and ONNX exports are listed and written; data_root: the shared
+    labelled sets (cracks/, joints/); work_dir: masks, uploads and export zips; examples: [photo, prompts]
+    rows; train_overrides: TrainConfig fields applied to every run started here.
+    """
+
+    cache: ModelCache
+    checkpoints_dir: Path
+    export_dir: Path
+    data_root: Path
+    work_dir: Path
+    default_model: str = "auto"
+    examples: list[list[str]] = field(default_factory=list)
+    train_overrides: dict = field(default_factory=dict)
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.work_dir / "uploads"
+
+    def call_dir(self, kind: str) -> Path:
+        """A fresh folder for one request's files (Gradio serves files from the temp dir)."""
+        path = self.work_dir / kind / uuid.uuid4().hex[:12]
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def choices(self, torch_only: bool = False) -> list[tuple[str, str]]:
+        """(label, source) for a model picker, the default model first when it is not listed."""
+        return model_choices(self.checkpoints_dir, self.export_dir, torch_only=torch_only,
+                             default=self.default_model)
 
 
 def user_errors(fn):
@@ -77,23 +115,155 @@ def user_errors(fn):
     return wrapper
 
 
-def legend_html(items: list[tuple[str, str]]) -> str:
-    """Colour swatches for the overlay's prompts."""
-    spans = "".join(f'<span><i style="background:{html.escape(c)}"></i>{html.escape(p)}</span>' for p, c in items)
-    return f'<div class="dq-legend">{spans}</div>'
+def bind(handler, ctx: AppContext):
+    """`handler` with `ctx` as its first argument. Gradio names the API's parameters after the rest, and the
+    event after the handler."""
+    bound = partial(handler, ctx)
+    bound.__name__ = handler.__name__
+    return bound
 
 
-def table(rows: list[list], headers: list[str]):
-    import pandas as pd
-
-    return pd.DataFrame(rows, columns=headers)
+# ---------------------------------------------------------------------------------------------- handlers
+# Each takes the AppContext first (bound with `bind` in build_app), then its widgets' values.
 
 
-def example_rows(examples_dir: Path) -> list[list[str]]:
-    """[photo path, prompts text] per example photo, prompts from examples/prompts.json."""
-    prompts_file = examples_dir / "prompts.json"
-    prompts = json.loads(prompts_file.read_text()) if prompts_file.is_file() else {}
-    return [[str(p), "\n".join(prompts.get(p.name, QUICK_PICKS[:1]))] for p in sorted(examples_dir.glob("*.jpg"))]
+@user_errors
+def segment(ctx: AppContext, image, prompts, model, threshold):
+    """/segment: (overlay, mask file paths, table value, SegmentResult for the other views)."""
+    # Raw upload (preprocess=False): the engine, not Gradio, decodes the photo, so a file that is not an
+    # image gets the engine's message; Gradio has already checked the path is an upload in its cache.
+    path = image.get("path") if isinstance(image, dict) else image
+    if not path:
+        raise ValueError("No photo yet: upload one (JPEG, PNG, WebP) or pick an example below.")
+    name = (image.get("orig_name") if isinstance(image, dict) else None) or Path(path).name
+    try:
+        result = segment_photo(ctx.cache.get(model or ctx.default_model), path, parse_prompts(prompts),
+                               threshold=None if threshold is None else float(threshold),
+                               image_id=image_id_for(name), out_dir=ctx.call_dir("masks"))
+    except ImageError as exc:  # name the file as the user knows it, not by its upload cache path
+        raise ImageError(str(exc).replace(str(path), name)) from None
+    return result.overlay, [str(p) for p in result.mask_paths], table(result.rows, TABLE_HEADERS), result
+
+
+@user_errors
+def show_views(result):
+    """After /segment: (before/after pair, heatmap, legend HTML with the model and threshold)."""
+    if result is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    caption = (f'<span class="dq-muted">model {html.escape(result.model)} · threshold {result.threshold:.2f}'
+               f" · {result.ms:.0f} ms</span>")
+    return (result.photo, result.overlay), result.heatmap, legend_html(result.legend) + caption
+
+
+@user_errors
+def model_threshold(ctx: AppContext, model):
+    """The threshold slider at the chosen model's calibrated threshold."""
+    return gr.Slider(value=round(float(ctx.cache.get(model).threshold), 2))
+
+
+@user_errors
+def add_prompt(text, pick):
+    """A quick-pick button: `pick` added to the prompts typed so far (once)."""
+    return "\n".join(parse_prompts(text or "", [pick])) if (text or "").strip() else pick
+
+
+@user_errors
+def train_start(ctx: AppContext, sets, cracks_prompts, joints_prompts, zip_file, zip_prompts, folder, folder_prompts,
+                model, run_name, epochs, lr, batch_size, image_size, unfreeze_vision, unfreeze_text, augment,
+                patience, max_images):
+    """/train_start: start the background job from the Train tab's widgets; returns a message."""
+    request = TrainRequest(
+        model=model or ctx.default_model, epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
+        unfreeze_vision_layers=unfreeze_vision, unfreeze_text_layers=unfreeze_text, augment=augment,
+        patience=patience, max_images=max_images, run_name=run_name, sets=sets or (),
+        set_prompts={"cracks": cracks_prompts, "joints": joints_prompts}, zip_file=zip_file,
+        zip_prompts=zip_prompts, folder=folder, folder_prompts=folder_prompts)
+    run_dir = start_run(request, data_root=ctx.data_root, checkpoints_dir=ctx.checkpoints_dir,
+                        uploads_dir=ctx.uploads_dir, cache=ctx.cache, overrides=ctx.train_overrides)
+    return f"Training started: run folder `{run_dir}`. Progress and curves update below."
+
+
+def start_polling():
+    """After a start: the status timer ticks."""
+    return gr.Timer(active=True)
+
+
+@user_errors
+def train_status():
+    """/train_status: (progress Markdown, curves figure, the status as JSON)."""
+    status = training_status()
+    markdown, figure = training_view(status)
+    return markdown, figure, status_dict(status)
+
+
+@user_errors
+def poll(ctx: AppContext, last_key):
+    """Timer tick: the status, plus whether to keep ticking; a finished run is evicted and listed."""
+    status = training_status()
+    markdown, figure = training_view(status)
+    key = f"{status.phase}:{status.run_dir}"
+    if not status.active and key != last_key and status.run_dir:
+        ctx.cache.evict(status.run_dir)
+    return markdown, figure, status_dict(status), key, gr.Timer(active=status.active)
+
+
+@user_errors
+def train_stop():
+    """/train_stop: ask the running job to stop; returns a message."""
+    status = stop_training()
+    return f"Stop requested for `{status.run_dir}`; the job stops after the current step."
+
+
+@user_errors
+def refresh_pickers(ctx: AppContext):
+    """The four model pickers with the current runs and exports (Segment, Train, Compare, Export)."""
+    every, torch_only = ctx.choices(), ctx.choices(torch_only=True)
+    return (gr.Dropdown(choices=every), gr.Dropdown(choices=torch_only), gr.Dropdown(choices=every),
+            gr.Dropdown(choices=torch_only))
+
+
+def show_data_inputs(choice):
+    """The Compare tab's folder box and zip upload, each shown only when chosen."""
+    return gr.Textbox(visible=choice == "folder"), gr.File(visible=choice == "zip")
+
+
+@user_errors
+def compare(ctx: AppContext, models, precisions, data_choice, folder, zip_file, prompts, limit):
+    """/compare: (scores table, curves figure, gallery of (image, caption), worst-cases table)."""
+    data, default_prompts = eval_data_for(data_choice, data_root=ctx.data_root, folder=folder, zip_file=zip_file)
+    chosen = parse_prompts(prompts) if (prompts or "").strip() else list(default_prompts)
+    result = compare_models(ctx.cache, models or [], data, chosen, precisions=precisions or ["fp32"],
+                            limit=int(limit or 0) or None, uploads_dir=ctx.uploads_dir)
+    return (table(result.rows, COMPARE_HEADERS), result.curves, result.gallery,
+            table(result.worst, WORST_HEADERS))
+
+
+@user_errors
+def export(ctx: AppContext, model, precision, progress=gr.Progress()):
+    """/export: (parity and speed table, the report in Markdown, the zip's path)."""
+    result = export_model(model, ctx.export_dir, int8=precision == "int8", cache=ctx.cache,
+                          example=ctx.examples[0][0] if ctx.examples else None, prompts=QUICK_PICKS,
+                          zip_dir=ctx.call_dir("exports"), progress=lambda f, m: progress(f, desc=m))
+    return table(result.rows, EXPORT_HEADERS), f"```\n{result.report}\n```", str(result.zip_path)
+
+
+# ---------------------------------------------------------------------------------------------- layout
+
+
+def make_context(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: str | os.PathLike | None = None,
+                 data_root: str | os.PathLike | None = None, examples_dir: str | os.PathLike | None = None,
+                 work_dir: str | os.PathLike | None = None, default_model: str = "auto", cache_size: int = 4,
+                 train_overrides: dict | None = None) -> AppContext:
+    """The handlers' context with the repo's defaults (engine.paths) for what is not given; loads no model."""
+    from engine.models.cache import ModelCache  # deferred: engine.models loads torch; `import app` must not
+
+    examples_dir = Path(examples_dir or EXAMPLES_DIR)
+    return AppContext(
+        cache=ModelCache(maxsize=cache_size), checkpoints_dir=Path(checkpoints_dir or CHECKPOINTS_DIR),
+        export_dir=Path(export_dir or EXPORT_DIR), data_root=Path(data_root or SHARED_DATA),
+        work_dir=Path(work_dir or tempfile.mkdtemp(prefix="drywall-qa-app-")), default_model=default_model,
+        examples=example_rows(examples_dir, QUICK_PICKS[:1]) if examples_dir.is_dir() else [],
+        train_overrides=dict(train_overrides or {}))
 
 
 def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: str | os.PathLike | None = None,
@@ -106,139 +276,11 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
     data_root: the shared labelled sets (cracks/, joints/); work_dir: masks, uploads and export zips;
     train_overrides: TrainConfig fields applied to every run started here (e.g. feature_cache=False).
     """
-    from engine.models import REPO_ROOT as ENGINE_ROOT
-
-    checkpoints_dir = Path(checkpoints_dir or ENGINE_ROOT / "checkpoints")
-    export_dir = Path(export_dir or ENGINE_ROOT / "export")
-    data_root = Path(data_root or DATA_ROOT)
-    examples_dir = Path(examples_dir or EXAMPLES_DIR)
-    work_dir = Path(work_dir or tempfile.mkdtemp(prefix="drywall-qa-app-"))
-    uploads_dir = work_dir / "uploads"
-    cache = support.ModelCache(maxsize=cache_size)
-    shared_sets = [name for name in SHARED_SETS if (data_root / name).is_dir()]
-    examples = example_rows(examples_dir) if examples_dir.is_dir() else []
-    defaults = support.train_defaults()
-
-    def model_choices(torch_only: bool = False) -> list[tuple[str, str]]:
-        choices = support.model_choices(checkpoints_dir, export_dir, torch_only=torch_only)
-        if default_model not in [s for _, s in choices]:
-            choices.insert(0, (f"{support.model_label(default_model)} (default)", default_model))
-        return choices
-
-    def call_dir(kind: str) -> Path:
-        """A fresh folder for one request's files (Gradio serves files from the temp dir)."""
-        path = work_dir / kind / uuid.uuid4().hex[:12]
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    # ------------------------------------------------------------------------------------------ handlers
-
-    @user_errors
-    def segment(image, prompts, model, threshold):
-        # Raw upload (preprocess=False): the engine, not Gradio, decodes the photo, so a file that is not an
-        # image gets the engine's message; Gradio has already checked the path is an upload in its cache.
-        path = image.get("path") if isinstance(image, dict) else image
-        if not path:
-            raise ValueError("No photo yet: upload one (JPEG, PNG, WebP) or pick an example below.")
-        name = (image.get("orig_name") if isinstance(image, dict) else None) or Path(path).name
-        try:
-            result = support.segment_photo(cache.get(model or default_model), path, support.parse_prompts(prompts),
-                                           threshold=None if threshold is None else float(threshold),
-                                           image_id=support.image_id_for(name), out_dir=call_dir("masks"))
-        except ImageError as exc:  # name the file as the user knows it, not by its upload cache path
-            raise ImageError(str(exc).replace(str(path), name)) from None
-        return (result.overlay, [str(p) for p in result.mask_paths], table(result.rows, support.TABLE_HEADERS),
-                result)
-
-    @user_errors
-    def show_views(result):
-        if result is None:
-            return gr.skip(), gr.skip(), gr.skip()
-        caption = (f'<span class="dq-muted">model {html.escape(result.model)} · threshold {result.threshold:.2f}'
-                   f" · {result.ms:.0f} ms</span>")
-        return (result.photo, result.overlay), result.heatmap, legend_html(result.legend) + caption
-
-    @user_errors
-    def model_threshold(model):
-        return gr.Slider(value=round(float(cache.get(model).threshold), 2))
-
-    @user_errors
-    def add_prompt(text, pick):
-        return "\n".join(support.parse_prompts(text or "", [pick])) if (text or "").strip() else pick
-
-    @user_errors
-    def train_start(sets, cracks_prompts, joints_prompts, zip_file, zip_prompts, folder, folder_prompts, model,
-                    run_name, epochs, lr, batch_size, image_size, unfreeze_vision, unfreeze_text, augment,
-                    patience, max_images):
-        set_prompts = {"cracks": cracks_prompts, "joints": joints_prompts}
-        data = [(str(data_root / name), set_prompts.get(name) or SHARED_SETS[name]) for name in sets or []]
-        if zip_file:
-            data.append((zip_file, zip_prompts))
-        if (folder or "").strip():
-            data.append((folder.strip(), folder_prompts))
-        limit = int(max_images or 0) or None
-        settings = dict(model=model or default_model, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
-                        image_size=int(image_size), unfreeze_vision_layers=int(unfreeze_vision),
-                        unfreeze_text_layers=int(unfreeze_text), augment=bool(augment), patience=int(patience),
-                        max_train_images=limit, max_val_images=limit and max(2, limit // 4))
-        settings.update(train_overrides or {})
-        run_dir = support.start_training(data, out=support.new_run_dir(checkpoints_dir, run_name),
-                                         uploads_dir=uploads_dir, cache=cache, **settings)
-        return f"Training started: run folder `{run_dir}`. Progress and curves update below."
-
-    @user_errors
-    def train_status():
-        status = support.training_status()
-        markdown, figure = support.training_view(status)
-        return markdown, figure, status
-
-    @user_errors
-    def poll(last_key):
-        """Timer tick: the status, plus whether to keep ticking; a finished run is evicted and listed."""
-        markdown, figure, status = train_status()
-        phase = status.get("phase", "idle")
-        running = phase in support.ACTIVE_PHASES
-        key = f"{phase}:{status.get('run_dir')}"
-        if not running and key != last_key and status.get("run_dir"):
-            cache.evict(status["run_dir"])
-        return markdown, figure, status, key, gr.Timer(active=running)
-
-    @user_errors
-    def train_stop():
-        status = support.stop_training()
-        return f"Stop requested for `{status.get('run_dir')}`; the job stops after the current step."
-
-    @user_errors
-    def refresh_pickers():
-        every, torch_only = model_choices(), model_choices(torch_only=True)
-        return (gr.Dropdown(choices=every), gr.Dropdown(choices=torch_only), gr.Dropdown(choices=every),
-                gr.Dropdown(choices=torch_only))
-
-    @user_errors
-    def compare(models, precisions, data_choice, folder, zip_file, prompts, limit):
-        if data_choice in SHARED_SETS:
-            data, default_prompts = data_root / data_choice, SHARED_SETS[data_choice]
-        elif data_choice == "zip":
-            if not zip_file:
-                raise ValueError("No zip uploaded: upload a labelled set (.zip, YOLOv8 or COCO export) first.")
-            data, default_prompts = zip_file, ""
-        else:
-            data, default_prompts = folder, ""
-        chosen = support.parse_prompts(prompts) if (prompts or "").strip() else (
-            support.parse_prompts(default_prompts) if default_prompts else [])
-        result = support.compare_models(cache, models or [], data, chosen, precisions=precisions or ["fp32"],
-                                        limit=int(limit or 0) or None, uploads_dir=uploads_dir)
-        return (table(result.rows, support.COMPARE_HEADERS), result.curves, result.gallery,
-                table(result.worst, support.WORST_HEADERS))
-
-    @user_errors
-    def export(model, precision, progress=gr.Progress()):
-        result = support.export_model(model, export_dir, int8=precision == "int8", cache=cache,
-                                      example=examples[0][0] if examples else None, prompts=QUICK_PICKS,
-                                      zip_dir=call_dir("exports"), progress=lambda f, m: progress(f, desc=m))
-        return table(result.rows, support.EXPORT_HEADERS), f"```\n{result.report}\n```", str(result.zip_path)
-
-    # ------------------------------------------------------------------------------------------ layout
+    ctx = make_context(checkpoints_dir=checkpoints_dir, export_dir=export_dir, data_root=data_root,
+                       examples_dir=examples_dir, work_dir=work_dir, default_model=default_model,
+                       cache_size=cache_size, train_overrides=train_overrides)
+    shared_sets = [name for name in DEFAULT_SETS if (ctx.data_root / name).is_dir()]
+    defaults = train_defaults()  # TrainConfig's own values start the sliders
 
     with gr.Blocks(title="Drywall QA", delete_cache=(3600, 24 * 3600)) as demo:
         gr.Markdown(
@@ -259,7 +301,7 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                                              elem_id="seg-prompts")
                         with gr.Row():
                             pick_buttons = [gr.Button(f"+ {p}", size="sm", variant="secondary") for p in QUICK_PICKS]
-                        seg_model = gr.Dropdown(model_choices(), value=default_model, label="Model",
+                        seg_model = gr.Dropdown(ctx.choices(), value=ctx.default_model, label="Model",
                                                 allow_custom_value=True, elem_id="seg-model")
                         threshold = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="Threshold",
                                               info="Starts at the model's calibrated threshold.")
@@ -278,14 +320,14 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                                 gr.Markdown("Probability per pixel, one panel per prompt: dark purple 0, "
                                             "green 0.5, yellow 1.", elem_classes="dq-muted")
                         legend = gr.HTML(legend_html([]))
-                        seg_table = gr.Dataframe(headers=support.TABLE_HEADERS, label="Per prompt",
+                        seg_table = gr.Dataframe(headers=TABLE_HEADERS, label="Per prompt",
                                                  interactive=False, elem_id="seg-table")
                         mask_files = gr.File(label="Masks (PNG, 0/255, named {photo}__{prompt}.png)",
                                              file_count="multiple", interactive=False, elem_id="seg-masks")
-                if examples:  # fill the photo and its prompts; nothing runs until Segment is pressed
-                    gr.Examples(examples, inputs=[image, prompts], cache_examples=False, examples_per_page=12,
+                if ctx.examples:  # fill the photo and its prompts; nothing runs until Segment is pressed
+                    gr.Examples(ctx.examples, inputs=[image, prompts], cache_examples=False, examples_per_page=12,
                                 label="Example walls (made by engine/synth.py; click one, then Segment)",
-                                example_labels=[f"{Path(p).stem}: {t.replace(chr(10), ', ')}" for p, t in examples])
+                                example_labels=[f"{Path(p).stem}: {t.replace(chr(10), ', ')}" for p, t in ctx.examples])
                 seg_result = gr.State(None)
 
             # ---------------------------------------------------------------------------- Train
@@ -294,11 +336,11 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                     with gr.Column(scale=1, min_width=320):
                         gr.Markdown("### Data")
                         sets = gr.CheckboxGroup(shared_sets, value=shared_sets[:1], label="Shared labelled sets",
-                                                info=f"from {data_root}" if shared_sets else
-                                                f"none found in {data_root}", visible=bool(shared_sets))
-                        cracks_prompts = gr.Textbox(SHARED_SETS["cracks"], label="Prompts for cracks",
+                                                info=f"from {ctx.data_root}" if shared_sets else
+                                                f"none found in {ctx.data_root}", visible=bool(shared_sets))
+                        cracks_prompts = gr.Textbox(", ".join(DEFAULT_SETS["cracks"]), label="Prompts for cracks",
                                                     visible="cracks" in shared_sets)
-                        joints_prompts = gr.Textbox(SHARED_SETS["joints"], label="Prompts for joints",
+                        joints_prompts = gr.Textbox(", ".join(DEFAULT_SETS["joints"]), label="Prompts for joints",
                                                     visible="joints" in shared_sets)
                         with gr.Accordion("Your own labelled set", open=not shared_sets):
                             zip_file = gr.File(label="Upload a .zip (Roboflow YOLOv8 or COCO export)",
@@ -309,27 +351,27 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                             folder_prompts = gr.Textbox(label="Prompts for the folder", placeholder="segment crack")
                     with gr.Column(scale=1, min_width=320):
                         gr.Markdown("### Settings")
-                        train_model = gr.Dropdown(model_choices(torch_only=True), value=default_model,
+                        train_model = gr.Dropdown(ctx.choices(torch_only=True), value=ctx.default_model,
                                                   label="Start from", allow_custom_value=True)
                         run_name = gr.Textbox(label="Run name", placeholder="empty: run-<date>-<time>",
                                               elem_id="run-name")
-                        epochs = gr.Slider(1, 100, value=defaults["epochs"], step=1, label="Epochs",
+                        epochs = gr.Slider(1, 100, value=defaults.epochs, step=1, label="Epochs",
                                            elem_id="train-epochs")
-                        lr = gr.Slider(1e-6, 5e-3, value=defaults["lr"], step=1e-6, label="Learning rate",
+                        lr = gr.Slider(1e-6, 5e-3, value=defaults.lr, step=1e-6, label="Learning rate",
                                        info="Type an exact value in the box, e.g. 0.0001.")
-                        batch_size = gr.Slider(1, 64, value=defaults["batch_size"], step=1, label="Batch size",
+                        batch_size = gr.Slider(1, 64, value=defaults.batch_size, step=1, label="Batch size",
                                                elem_id="train-batch")
-                        image_size = gr.Slider(64, 704, value=defaults["image_size"], step=32, label="Image size (px)",
+                        image_size = gr.Slider(64, 704, value=defaults.image_size, step=32, label="Image size (px)",
                                                info="CLIPSeg works at 352; smaller trains faster.",
                                                elem_id="train-size")
                         with gr.Row():
-                            unfreeze_vision = gr.Slider(0, 12, value=defaults["unfreeze_vision_layers"], step=1,
+                            unfreeze_vision = gr.Slider(0, 12, value=defaults.unfreeze_vision_layers, step=1,
                                                         label="Vision layers to unfreeze")
-                            unfreeze_text = gr.Slider(0, 12, value=defaults["unfreeze_text_layers"], step=1,
+                            unfreeze_text = gr.Slider(0, 12, value=defaults.unfreeze_text_layers, step=1,
                                                       label="Text layers to unfreeze")
                         with gr.Row():
-                            augment = gr.Checkbox(value=defaults["augment"], label="Augment (flips, crops, colour)")
-                            patience = gr.Slider(0, 20, value=defaults["patience"], step=1,
+                            augment = gr.Checkbox(value=defaults.augment, label="Augment (flips, crops, colour)")
+                            patience = gr.Slider(0, 20, value=defaults.patience, step=1,
                                                  label="Early-stopping patience (0 = off)")
                         max_images = gr.Slider(0, 1000, value=0, step=1, label="Images per set (0 = all)",
                                                info="A small number makes a quick trial run.", elem_id="train-images")
@@ -338,7 +380,7 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
                     status_btn = gr.Button("Refresh status", variant="secondary")
                 train_msg = gr.Markdown(label="train_message")
-                progress_md = gr.Markdown(support.status_markdown({"phase": "idle"}), label="progress",
+                progress_md = gr.Markdown(IDLE_TEXT, label="progress",
                                           elem_id="train-progress")
                 curves = gr.Plot(label="Training curves")
                 with gr.Accordion("Raw status", open=False):
@@ -350,7 +392,7 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
             with gr.Tab("Compare", id="compare"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=320):
-                        cmp_models = gr.Dropdown(model_choices(), multiselect=True, label="Models or runs",
+                        cmp_models = gr.Dropdown(ctx.choices(), multiselect=True, label="Models or runs",
                                                  info="Pick two or more; ONNX exports run as they were exported.",
                                                  allow_custom_value=True)
                         precisions = gr.CheckboxGroup(["fp32", "bf16"], value=["fp32"], label="Torch precision")
@@ -367,29 +409,29 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                                           info="Fewer images give a quicker, rougher answer.")
                         compare_btn = gr.Button("Compare", variant="primary")
                     with gr.Column(scale=2, min_width=400):
-                        cmp_table = gr.Dataframe(headers=support.COMPARE_HEADERS, label="Scores per prompt",
+                        cmp_table = gr.Dataframe(headers=COMPARE_HEADERS, label="Scores per prompt",
                                                  interactive=False,
                                                  column_widths=["14%", "21%", "6%", "8%", "8%", "12%", "9%", "11%",
                                                                 "11%"])
                         cmp_curves = gr.Plot(label="Training curves of the chosen runs")
                         cmp_gallery = gr.Gallery(label="Ground truth and each model's overlay", columns=6,
                                                  height=560, object_fit="contain", selected_index=0)
-                        cmp_worst = gr.Dataframe(headers=support.WORST_HEADERS, label="Worst cases (lowest IoU)",
+                        cmp_worst = gr.Dataframe(headers=WORST_HEADERS, label="Worst cases (lowest IoU)",
                                                  interactive=False, column_widths=["16%", "22%", "50%", "12%"])
 
             # ---------------------------------------------------------------------------- Export
             with gr.Tab("Export", id="export"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=320):
-                        exp_model = gr.Dropdown(model_choices(torch_only=True), value=default_model,
+                        exp_model = gr.Dropdown(ctx.choices(torch_only=True), value=ctx.default_model,
                                                 label="Model to export", allow_custom_value=True)
                         exp_precision = gr.Radio(["fp32", "int8"], value="fp32", label="Precision",
                                                  info="int8 quantizes the encoders and also keeps fp32 graphs.")
                         export_btn = gr.Button("Export to ONNX", variant="primary")
-                        gr.Markdown(f"Exports go to `{export_dir}` and appear in every model picker.",
+                        gr.Markdown(f"Exports go to `{ctx.export_dir}` and appear in every model picker.",
                                     elem_classes="dq-muted")
                     with gr.Column(scale=2, min_width=400):
-                        exp_table = gr.Dataframe(headers=support.EXPORT_HEADERS, label="Parity and speed",
+                        exp_table = gr.Dataframe(headers=EXPORT_HEADERS, label="Parity and speed",
                                                  interactive=False)
                         exp_report = gr.Markdown(label="report")
                         exp_file = gr.File(label="Download the export (zip)", interactive=False)
@@ -403,41 +445,53 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
         # ------------------------------------------------------------------------------------------ events
         pickers = [seg_model, train_model, cmp_models, exp_model]
 
-        segment_btn.click(segment, [image, prompts, seg_model, threshold],
+        segment_btn.click(bind(segment, ctx), [image, prompts, seg_model, threshold],
                           [overlay_img, mask_files, seg_table, seg_result], api_name="segment", preprocess=False,
                           concurrency_limit=2, concurrency_id="model").success(
             show_views, seg_result, [slider_img, heatmap_img, legend], api_visibility="private", queue=False)
         for button, pick in zip(pick_buttons, QUICK_PICKS):
-            button.click(functools.partial(add_prompt, pick=pick), prompts, prompts, api_visibility="private",
+            button.click(partial(add_prompt, pick=pick), prompts, prompts, api_visibility="private",
                          queue=False)
-        seg_model.change(model_threshold, seg_model, threshold, api_visibility="private", concurrency_limit=2,
-                         concurrency_id="model", show_progress="minimal")
+        seg_model.change(bind(model_threshold, ctx), seg_model, threshold, api_visibility="private",
+                         concurrency_limit=2, concurrency_id="model", show_progress="minimal")
 
         train_inputs = [sets, cracks_prompts, joints_prompts, zip_file, zip_prompts, folder, folder_prompts,
                         train_model, run_name, epochs, lr, batch_size, image_size, unfreeze_vision, unfreeze_text,
                         augment, patience, max_images]
-        train_btn.click(train_start, train_inputs, train_msg, api_name="train_start", concurrency_limit=1).success(
-            lambda: gr.Timer(active=True), None, timer, api_visibility="private", queue=False)
+        train_btn.click(bind(train_start, ctx), train_inputs, train_msg, api_name="train_start",
+                        concurrency_limit=1).success(start_polling, None, timer, api_visibility="private", queue=False)
         stop_btn.click(train_stop, None, train_msg, api_name="train_stop", concurrency_limit=None)
         status_btn.click(train_status, None, [progress_md, curves, status_json], api_name="train_status",
                          concurrency_limit=None)
-        timer.tick(poll, phase_key, [progress_md, curves, status_json, phase_key, timer],
+        timer.tick(bind(poll, ctx), phase_key, [progress_md, curves, status_json, phase_key, timer],
                    api_visibility="private", concurrency_limit=None, show_progress="hidden")
-        phase_key.change(refresh_pickers, None, pickers, api_visibility="private", queue=False)
+        phase_key.change(bind(refresh_pickers, ctx), None, pickers, api_visibility="private", queue=False)
 
-        data_choice.change(lambda c: (gr.Textbox(visible=c == "folder"), gr.File(visible=c == "zip")), data_choice,
-                           [cmp_folder, cmp_zip], api_visibility="private", queue=False)
-        compare_btn.click(compare, [cmp_models, precisions, data_choice, cmp_folder, cmp_zip, cmp_prompts, limit],
+        data_choice.change(show_data_inputs, data_choice, [cmp_folder, cmp_zip], api_visibility="private",
+                           queue=False)
+        compare_btn.click(bind(compare, ctx),
+                          [cmp_models, precisions, data_choice, cmp_folder, cmp_zip, cmp_prompts, limit],
                           [cmp_table, cmp_curves, cmp_gallery, cmp_worst], api_name="compare", concurrency_limit=1)
 
-        export_btn.click(export, [exp_model, exp_precision], [exp_table, exp_report, exp_file], api_name="export",
-                         concurrency_limit=1).success(refresh_pickers, None, pickers, api_visibility="private")
+        export_btn.click(bind(export, ctx), [exp_model, exp_precision], [exp_table, exp_report, exp_file],
+                         api_name="export", concurrency_limit=1).success(bind(refresh_pickers, ctx), None, pickers,
+                                                                          api_visibility="private")
 
         # A new visitor sees the current models, the default model's threshold and a job someone else started.
-        demo.load(refresh_pickers, None, pickers, api_visibility="private", queue=False)
-        demo.load(model_threshold, seg_model, threshold, api_visibility="private", show_progress="minimal")
-        demo.load(poll, phase_key, [progress_md, curves, status_json, phase_key, timer], api_visibility="private")
+        demo.load(bind(refresh_pickers, ctx), None, pickers, api_visibility="private", queue=False)
+        demo.load(bind(model_threshold, ctx), seg_model, threshold, api_visibility="private", show_progress="minimal")
+        demo.load(bind(poll, ctx), phase_key, [progress_md, curves, status_json, phase_key, timer],
+                  api_visibility="private")
     return demo.queue(default_concurrency_limit=1)
+
+
+def set_threads() -> None:
+    """torch's CPU threads for the whole process: all cores (the app's entry point sets it, once)."""
+    import torch  # deferred: `import app` loads no torch (tests/test_app.py)
+
+    from engine.segmenter import default_threads
+
+    torch.set_num_threads(default_threads())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -451,6 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
+    set_threads()
     demo = build_app(default_model=args.model)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
 

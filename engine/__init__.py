@@ -6,13 +6,14 @@
 import importlib
 
 _EXPORTS = {
-    "load_segmenter": "engine.models",
-    "resolve_source": "engine.models",
-    "ModelSourceError": "engine.models",
+    "load_segmenter": "engine.models.loader",
+    "resolve_source": "engine.models.sources",
+    "ModelSourceError": "engine.errors",
     "Segmenter": "engine.segmenter",
     "load_image": "engine.images",
-    "ImageError": "engine.images",
-    "open_dataset": "engine.data",
+    "ImageError": "engine.errors",
+    "open_dataset": "engine.data.dataset",
+    "parse_prompts": "engine.prompts",
     "evaluate": "engine.evaluate",
     "TrainConfig": "engine.train",
     "make_config": "engine.train",

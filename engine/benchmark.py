@@ -28,20 +28,30 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from engine.models import REPO_ROOT
+from engine.images import load_image
+from engine.models import (DEFAULT_THRESHOLD, full_size_config, load_clipseg, load_segmenter,
+                           make_random_model_folder, read_meta, resolve_source)
+from engine.paths import REPO_ROOT, SHARED_DATA
+from engine.segmenter import cpu_supports_bf16, probability_maps
+
+# onnx, onnxruntime and transformers' processor load only where a backend needs them: each child process's
+# peak RSS is part of the result, so a torch backend must not pay for importing the ONNX stack.
 
 BACKENDS = ("reference", "torch", "torch-bf16", "onnx-fp32", "onnx-int8")
 PROMPTS = ("segment crack", "segment wall crack", "segment taping area", "segment joint/tape", "segment drywall seam")
 PROMPT_COUNTS = (1, 5)
-PHOTOS_DIR = REPO_ROOT.parent / "shared" / "data" / "drywall-qa" / "cracks" / "valid" / "images"
+PHOTOS_DIR = SHARED_DATA / "cracks" / "valid" / "images"
 N_PHOTOS = 4
 DEFAULT_REPEATS = 2
 CHILD_TIMEOUT_S = 600
@@ -63,7 +73,6 @@ def run_inference_benchmark(model=None, threads: int = 2, repeats: int | None = 
     repeats: timed passes over the photos (default DEFAULT_REPEATS); progress: callable(message) or None.
     """
     from engine.onnx.export import export_onnx
-    from engine.models import full_size_config, make_random_model_folder, resolve_source
 
     say = progress or (lambda message: None)
     repeats = repeats or DEFAULT_REPEATS
@@ -120,8 +129,6 @@ def run_inference_benchmark(model=None, threads: int = 2, repeats: int | None = 
 
 
 def machine_info() -> dict:
-    from engine.segmenter import cpu_supports_bf16
-
     model_name = ""
     try:
         for line in open("/proc/cpuinfo"):
@@ -136,8 +143,6 @@ def machine_info() -> dict:
 
 
 def versions() -> dict:
-    from importlib.metadata import version
-
     return {"python": platform.python_version(),
             **{n: version(n) for n in ("torch", "transformers", "onnx", "onnxruntime", "numpy")}}
 
@@ -180,10 +185,6 @@ def _run_child(spec: dict) -> dict:
 
 def child_main(spec: dict) -> None:
     """Load one backend, time it on the photos, save its 5-prompt maps, print one JSON line."""
-    import torch
-
-    from engine.images import load_image
-
     torch.set_num_threads(spec["threads"])
     photos = [load_image(p) for p in spec["photos"]]
     t = time.perf_counter()
@@ -221,15 +222,11 @@ def peak_rss_mb() -> float:
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _load_backend(spec: dict):
     """(predict(photo, prompts) -> {prompt: map}, threshold, disk MB of what it loads) for one backend."""
-    from engine.models import load_segmenter
-
     backend, threads = spec["backend"], spec["threads"]
     model_dir = Path(spec["model"])
     weights_mb = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 2**20
@@ -245,11 +242,7 @@ def _load_backend(spec: dict):
 
 def _reference(model_dir: Path):
     """HF's own pipeline: CLIPSegProcessor, then one forward with one row per (photo, prompt)."""
-    import torch
     from transformers import CLIPSegProcessor
-
-    from engine.models import DEFAULT_THRESHOLD, load_clipseg, read_meta
-    from engine.segmenter import _to_probability_maps
 
     model, tokenizer, image_processor = load_clipseg(model_dir)
     processor = CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
@@ -258,7 +251,7 @@ def _reference(model_dir: Path):
         inputs = processor(text=prompts, images=[photo] * len(prompts), padding=True, return_tensors="pt")
         with torch.inference_mode():
             logits = model(**inputs).logits.reshape(len(prompts), *inputs["pixel_values"].shape[-2:])
-        return _to_probability_maps(logits, prompts, photo.size)
+        return probability_maps(logits, prompts, photo.size)
 
     return predict, float(read_meta(model_dir).get("threshold", DEFAULT_THRESHOLD))
 
@@ -281,26 +274,3 @@ def _agreement(ref: dict | None, other: dict | None) -> dict:
     ious = [mask_iou(ref[k] >= t, other[k] >= t) for k in keys]
     diff = max(float(np.abs(ref[k].astype(np.float32) - other[k]).max()) for k in keys)
     return {"mask_iou_vs_fp32": float(np.mean(ious)), "max_abs_prob_diff_vs_fp32": diff}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line
-
-
-def cli_benchmark(args) -> int:
-    """`python -m engine benchmark [--train] [--json FILE] [--model M] [--threads N] [--repeats R]`."""
-    from engine.fileio import atomic_write_json
-
-    if args.train:
-        from engine.train import benchmark_train
-
-        report = benchmark_train(threads=args.threads, repeats=args.repeats)
-        print(json.dumps(report, indent=2))
-    else:
-        report = run_inference_benchmark(model=args.model, threads=args.threads, repeats=args.repeats,
-                                         progress=lambda message: print(message, file=sys.stderr, flush=True))
-        print(format_table(report))
-    if args.json:
-        atomic_write_json(args.json, report)
-        print(f"wrote {args.json}")
-    return 0

@@ -7,11 +7,25 @@ line (no traceback) with exit status 1; set DRYWALL_DEBUG=1 to see the traceback
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import traceback
 from pathlib import Path
+
+from tqdm import tqdm
+
+from engine.data import open_dataset
+from engine.evaluate import evaluate
+from engine.fileio import atomic_write_json
+from engine.images import ImageError, list_images
+from engine.masks import write_masks
+from engine.prompts import parse_data_arg
+from engine.train import DataSpec, EpochEvent, LogEvent, StepEvent, TrainConfig, make_config
+
+# torch, transformers, onnxruntime and the modules built on them (models, training loop, model card, export,
+# benchmarks) load inside the command that needs them, so `--help` and a mistyped argument answer at once.
 
 DESCRIPTION = """Drywall QA: text-prompted segmentation of wall photos with CLIPSeg.
 
@@ -94,12 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_predict(args) -> int:
-    from tqdm import tqdm
-
-    from engine.images import ImageError, list_images
-    from engine.masks import write_masks
-    from engine.models import load_segmenter
-
     # Arguments are checked before the model loads, so a typo fails in a second, not after the load.
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold {args.threshold:g} is outside [0, 1]; pass a probability such as 0.5 "
@@ -109,6 +117,8 @@ def cmd_predict(args) -> int:
     paths = _unique_images(list_images(args.images))
     if not paths:
         raise ValueError(f"No images found in {' '.join(args.images)} (looked for .jpg, .png, .webp, .bmp, .tif).")
+    from engine.models import load_segmenter
+
     segmenter = load_segmenter(args.model, threads=args.threads)
     threshold = segmenter.threshold if args.threshold is None else args.threshold
     out = Path(args.out)
@@ -149,8 +159,6 @@ def _predict_chunk(segmenter, paths: list[Path], prompts: list[str]):
     One forward pass for the whole chunk; when a photo in it cannot be read, the photos are run one by one, so
     the readable ones still get their masks.
     """
-    from engine.images import ImageError
-
     try:
         yield from zip(paths, segmenter.predict_batch(paths, prompts))
         return
@@ -166,8 +174,6 @@ def _predict_chunk(segmenter, paths: list[Path], prompts: list[str]):
 
 
 def cmd_evaluate(args) -> int:
-    from engine.data import open_dataset
-    from engine.evaluate import evaluate
     from engine.models import load_segmenter
 
     segmenter = load_segmenter(args.model, threads=args.threads, precision=args.precision)
@@ -176,29 +182,119 @@ def cmd_evaluate(args) -> int:
     print(f"model {segmenter.name} on {dataset.name} ({len(dataset)} images)")
     print(report.format_table())
     if args.json:
-        from engine.fileio import atomic_write_json
-
         atomic_write_json(args.json, {"model": segmenter.name, **report.to_dict()})
         print(f"wrote {args.json}")
     return 0
 
 
 def cmd_train(args) -> int:
-    from engine.train import cli_train
+    """`python -m engine train [--preset P] [--data PATH=PROMPTS ...] [--set KEY=VALUE ...] [--resume]`."""
+    data = [DataSpec(*parse_data_arg(d)) for d in args.data] or None
+    overrides = dict(data=data, model=args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                     image_size=args.image_size, out=args.out, **_parse_set(args.set))
+    cfg = make_config(args.preset, **overrides)
+    import torch
 
-    return cli_train(args)
+    from engine.modelcard import write_card
+    from engine.train.loop import train
+
+    if cfg.threads:  # --set threads=N; main() set all cores otherwise
+        torch.set_num_threads(cfg.threads)
+    with _TrainProgress(cfg.epochs) as progress:
+        summary = train(cfg, progress, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:  # under data parallelism the first process reports
+        if summary.get("best_epoch"):
+            print(f"model card: {write_card(summary['run_dir'], threads=cfg.threads)}")
+        print(f"{'finished' if summary.get('finished') else 'stopped'}: best epoch {summary.get('best_epoch')} "
+              f"(score {summary.get('best_score', 0):.3f}), run folder {summary.get('run_dir')}")
+    return 0
+
+
+def _parse_set(items: list[str]) -> dict:
+    """--set KEY=VALUE items -> {field: value}: VALUE as JSON where it parses (3, false, [1, 2]), else text."""
+    out = {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for item in items:
+        key, _, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in names:
+            raise ValueError(f"--set {item}: unknown setting {key!r}; valid ones: {', '.join(sorted(names))}.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+class _TrainProgress:
+    """train()'s events on the terminal: a tqdm bar per epoch (and while caching), one line per epoch."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.bar: tqdm | None = None
+
+    def __enter__(self) -> _TrainProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, e) -> None:
+        if isinstance(e, StepEvent):
+            desc = "caching" if e.caching else f"epoch {e.epoch}/{self.epochs}"
+            if self.bar is None or self.bar.desc != desc:
+                if self.bar is not None:
+                    self.bar.close()
+                self.bar = tqdm(total=e.steps, desc=desc, unit="step", leave=False)
+            self.bar.update(e.step - self.bar.n)
+            if e.loss is not None:
+                self.bar.set_postfix(loss=f"{e.loss:.3f}")
+        elif isinstance(e, EpochEvent):
+            tqdm.write(_epoch_line(e.record))
+        elif isinstance(e, LogEvent):
+            tqdm.write(e.message)
+
+
+def _epoch_line(r: dict) -> str:
+    """One metrics.jsonl row as a line: losses, learning rate, time, and each prompt's IoU."""
+    scores = "  ".join(f"{p}: IoU {v['miou']:.3f} (best {v['best_miou']:.3f} @ {v['best_threshold']:.2f})"
+                       for p, v in r["val"].items())
+    return (f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}  val loss {r['val_loss'] or float('nan'):.4f}  "
+            f"lr {r['lr']:.2e}  {r['seconds']:.0f}s  {scores}")
 
 
 def cmd_export(args) -> int:
-    from engine.onnx.export import cli_export
+    """`python -m engine export --model MODEL --out export/NAME [--int8]`: export, then print the parity report."""
+    # onnx, onnxruntime and the exporter load only for this command (a heavy optional dependency).
+    from engine.onnx.export import export_onnx, format_report
 
-    return cli_export(args)
+    with tqdm(total=100, desc="export", unit="%", file=sys.stderr) as bar:
+        def progress(fraction: float, message: str) -> None:
+            bar.set_postfix_str(message)
+            bar.update(int(fraction * 100) - bar.n)
+
+        manifest = export_onnx(args.model, args.out, int8=args.int8, progress=progress)
+    print(format_report(manifest, args.out))
+    return 0
 
 
 def cmd_benchmark(args) -> int:
-    from engine.benchmark import cli_benchmark
+    """`python -m engine benchmark [--train] [--json FILE] [--model M] [--threads N] [--repeats R]`."""
+    from engine.benchmark import format_table, run_inference_benchmark
+    from engine.benchmark_train import benchmark_train
 
-    return cli_benchmark(args)
+    if args.train:
+        report = benchmark_train(threads=args.threads, repeats=args.repeats)
+        print(json.dumps(report, indent=2))
+    else:
+        report = run_inference_benchmark(model=args.model, threads=args.threads, repeats=args.repeats,
+                                         progress=lambda message: print(message, file=sys.stderr, flush=True))
+        print(format_table(report))
+    if args.json:
+        atomic_write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
 
 
 COMMANDS = {"predict": cmd_predict, "evaluate": cmd_evaluate, "train": cmd_train, "export": cmd_export,
@@ -207,9 +303,13 @@ COMMANDS = {"predict": cmd_predict, "evaluate": cmd_evaluate, "train": cmd_train
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import torch
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # weight-loading bars; ours (tqdm) show the real work
+    # Process-wide settings, set once here and never by the engine's constructors: torch's CPU threads
+    # (--threads where the command has it, else all cores) and no weight-loading bars (ours show the real work).
+    torch.set_num_threads(getattr(args, "threads", None) or os.cpu_count() or 1)
+    hf_logging.disable_progress_bar()
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

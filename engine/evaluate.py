@@ -134,6 +134,87 @@ def _check_prob(prob, prompt: str, shape: tuple[int, int]) -> np.ndarray:
     return prob
 
 
+def _checked_args(segmenter, dataset, prompts, threshold, k_worst) -> tuple[list[str], float]:
+    """The prompts (stripped, as segmenters key their maps by the stripped prompt) and the threshold, checked."""
+    prompts = [p.strip() for p in (dataset.prompts if prompts is None else prompts)]
+    if not prompts or not all(prompts):
+        raise ValueError(f"no prompts or an empty prompt in {prompts}; pass prompts=['segment crack', ...]")
+    if len(set(prompts)) != len(prompts):
+        raise ValueError(f"duplicate prompts in {prompts}; pass each prompt once")
+    if threshold is None:
+        threshold = getattr(segmenter, "threshold", None)
+        if threshold is None:
+            raise ValueError("segmenter has no .threshold; pass threshold=... to evaluate")
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold {threshold} is outside [0, 1]")
+    if k_worst < 0:
+        raise ValueError(f"k_worst must be >= 0, got {k_worst}")
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r} is empty; nothing to evaluate")
+    return prompts, threshold
+
+
+@dataclass
+class _Scores:
+    """Counts gathered over a set: per prompt, pooled (tp, fp, fn, tn) at the operating threshold, per-image
+    IoU at the operating threshold (column 0) and at each sweep threshold (columns 1..T), per-image Dice."""
+
+    image_ids: list[str]
+    pooled: dict[str, np.ndarray]
+    ious: dict[str, np.ndarray]  # (n, 1 + T)
+    dice: dict[str, np.ndarray]  # (n,)
+    predict_s: float
+
+
+def _score_images(segmenter, dataset, prompts, threshold, progress, on_image) -> _Scores:
+    n = len(dataset)
+    thresholds = np.concatenate([[threshold], THRESHOLDS])  # row 0: the operating threshold; rows 1..T: the sweep
+    scores = _Scores([], {p: np.zeros(4, dtype=np.int64) for p in prompts},
+                     {p: np.empty((n, len(thresholds))) for p in prompts}, {p: np.empty(n) for p in prompts}, 0.0)
+    for i in tqdm(range(n), desc=f"eval {dataset.name}", leave=False, disable=not progress, file=sys.stderr):
+        image, gt = dataset[i]
+        gt = np.asarray(gt, dtype=bool)
+        scores.image_ids.append(str(dataset.items[i].image_id))
+        t0 = time.perf_counter()
+        probs = segmenter.predict(image, prompts)
+        scores.predict_s += time.perf_counter() - t0
+        for p in prompts:
+            prob = _check_prob(probs.get(p), p, gt.shape)
+            counts = sweep_counts(prob, gt, thresholds)  # (1 + T, 4)
+            scores.pooled[p] += counts[0]
+            scores.ious[p][i] = [iou(*c[:3]) for c in counts]
+            scores.dice[p][i] = dice(*counts[0, :3])
+        if on_image is not None:
+            on_image(i + 1, n)
+    return scores
+
+
+def _prompt_report(scores: _Scores, prompt: str, threshold: float, k_worst: int) -> PromptReport:
+    tp, fp, fn, tn = (int(c) for c in scores.pooled[prompt])
+    ious = scores.ious[prompt]
+    n = len(ious)
+    sweep = {float(t): float(m) for t, m in zip(THRESHOLDS, ious[:, 1:].mean(axis=0))}
+    t_best, miou_best = best_threshold(sweep)
+    order = np.argsort(ious[:, 0], kind="stable")[:k_worst]  # stable: ties keep dataset order
+    return PromptReport(
+        n_images=n,
+        miou=float(ious[:, 0].mean()),
+        dice=float(scores.dice[prompt].mean()),
+        pooled_iou=iou(tp, fp, fn),
+        pooled_dice=dice(tp, fp, fn),
+        precision=precision(tp, fp, fn),
+        recall=recall(tp, fn, fp),
+        pixel_accuracy=pixel_accuracy(tp, fp, fn, tn),
+        threshold=threshold,
+        best_threshold=t_best,
+        best_miou=miou_best,
+        sweep=sweep,
+        worst=[(scores.image_ids[j], float(ious[j, 0])) for j in order],
+        ms_per_image=1000.0 * scores.predict_s / n,
+    )
+
+
 def evaluate(
     segmenter,
     dataset,
@@ -165,71 +246,7 @@ def evaluate(
         ValueError: empty dataset or prompt list, a bad threshold, or a segmenter output of the wrong
             shape/dtype/range.
     """
-    # stripped, as segmenters key their maps by the stripped prompt
-    prompts = [p.strip() for p in (dataset.prompts if prompts is None else prompts)]
-    if not prompts or not all(prompts):
-        raise ValueError(f"no prompts or an empty prompt in {prompts}; pass prompts=['segment crack', ...]")
-    if len(set(prompts)) != len(prompts):
-        raise ValueError(f"duplicate prompts in {prompts}; pass each prompt once")
-    if threshold is None:
-        threshold = getattr(segmenter, "threshold", None)
-        if threshold is None:
-            raise ValueError("segmenter has no .threshold; pass threshold=... to evaluate")
-    threshold = float(threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold {threshold} is outside [0, 1]")
-    if k_worst < 0:
-        raise ValueError(f"k_worst must be >= 0, got {k_worst}")
-    n = len(dataset)
-    if n == 0:
-        raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r} is empty; nothing to evaluate")
-
-    # row 0: the operating threshold; rows 1..T: the sweep
-    thresholds = np.concatenate([[threshold], THRESHOLDS])
-    pooled = {p: np.zeros(4, dtype=np.int64) for p in prompts}
-    per_image = {p: np.empty((n, len(thresholds))) for p in prompts}  # IoU per image per threshold
-    per_image_dice = {p: np.empty(n) for p in prompts}
-    image_ids: list[str] = []
-    predict_s = 0.0
-
-    for i in tqdm(range(n), desc=f"eval {dataset.name}", leave=False, disable=not progress, file=sys.stderr):
-        image, gt = dataset[i]
-        gt = np.asarray(gt, dtype=bool)
-        image_ids.append(str(dataset.items[i].image_id))
-        t0 = time.perf_counter()
-        probs = segmenter.predict(image, prompts)
-        predict_s += time.perf_counter() - t0
-        for p in prompts:
-            prob = _check_prob(probs.get(p), p, gt.shape)
-            counts = sweep_counts(prob, gt, thresholds)  # (1 + T, 4)
-            pooled[p] += counts[0]
-            per_image[p][i] = [iou(*c[:3]) for c in counts]
-            per_image_dice[p][i] = dice(*counts[0, :3])
-        if on_image is not None:
-            on_image(i + 1, n)
-
-    ms = 1000.0 * predict_s / n
-    reports = {}
-    for p in prompts:
-        tp, fp, fn, tn = (int(c) for c in pooled[p])
-        ious = per_image[p]
-        sweep = {float(t): float(m) for t, m in zip(THRESHOLDS, ious[:, 1:].mean(axis=0))}
-        t_best, miou_best = best_threshold(sweep)
-        order = np.argsort(ious[:, 0], kind="stable")[:k_worst]  # stable: ties keep dataset order
-        reports[p] = PromptReport(
-            n_images=n,
-            miou=float(ious[:, 0].mean()),
-            dice=float(per_image_dice[p].mean()),
-            pooled_iou=iou(tp, fp, fn),
-            pooled_dice=dice(tp, fp, fn),
-            precision=precision(tp, fp, fn),
-            recall=recall(tp, fn, fp),
-            pixel_accuracy=pixel_accuracy(tp, fp, fn, tn),
-            threshold=threshold,
-            best_threshold=t_best,
-            best_miou=miou_best,
-            sweep=sweep,
-            worst=[(image_ids[j], float(ious[j, 0])) for j in order],
-            ms_per_image=ms,
-        )
+    prompts, threshold = _checked_args(segmenter, dataset, prompts, threshold, k_worst)
+    scores = _score_images(segmenter, dataset, prompts, threshold, progress, on_image)
+    reports = {p: _prompt_report(scores, p, threshold, k_worst) for p in prompts}
     return EvalReport(dataset=str(dataset.name), prompts=reports)

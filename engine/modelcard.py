@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.models import REPO_ROOT
+from engine.data import open_dataset
+from engine.evaluate import evaluate
+from engine.fileio import atomic_write_json, atomic_write_text
+from engine.models import load_segmenter
+from engine.paths import REPO_ROOT
 
 ATTRIBUTION = {
     "cracks": '"cracks-3ii36" by 10xConstruction (Roboflow Universe; re-export vaibhav-tiwari/cracks-3ii36-ggtdw), '
@@ -21,10 +25,6 @@ ATTRIBUTION = {
 
 def evaluate_run(run_dir, threads: int | None = None) -> dict:
     """{set name: {prompt: PromptReport.to_dict() row}} on each training set's validation split."""
-    from engine.data import open_dataset
-    from engine.evaluate import evaluate
-    from engine.models import load_segmenter
-
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
     segmenter = load_segmenter(run_dir, threads=threads, precision="fp32")
@@ -64,10 +64,10 @@ def render_card(run_dir, scores: dict) -> str:
         f"patch {vision['patch_size']}, input {vision['image_size']} px; decoder reads layers "
         f"{model_cfg['extract_layers']} (reduce_dim {model_cfg['reduce_dim']}); a text encoder of "
         f"{model_cfg['text_config']['num_hidden_layers']} layers with a tokenizer built locally "
-        f"(`engine/tokenizer.py`). {summary['trained_parameters'] / 1e6:.1f} M parameters, {size_mb:.1f} MB "
+        f"(`engine/models/tokenizer.py`). {summary['trained_parameters'] / 1e6:.1f} M parameters, {size_mb:.1f} MB "
         "(`best/`, safetensors, fp32).", "",
         "## Training", "",
-        f"`python -m engine train --preset starter` (see `PRESETS['starter']` in `engine/train.py`): "
+        f"`python -m engine train --preset starter` (see `PRESETS['starter']` in `engine/train/config.py`): "
         f"{summary['epochs_done']} epochs, AdamW lr {cfg['lr']:g} (cosine, {cfg['warmup_epochs']:g} warm-up epochs), "
         f"weight decay {cfg['weight_decay']:g}, batch {cfg['batch_size']}, BCE + soft Dice, flips / 90° turns / "
         f"crops / colour jitter, every layer trained; device {summary['device']}, precision {summary['precision']} "
@@ -117,8 +117,6 @@ def _honesty(cfg: dict) -> str:
 
 def write_card(run_dir, threads: int | None = None) -> Path:
     """Evaluate the run's best model and write README.md (the card) and scores.json beside it."""
-    from engine.fileio import atomic_write_json, atomic_write_text
-
     scores = evaluate_run(run_dir, threads)
     atomic_write_json(Path(run_dir) / "scores.json", scores)
     return atomic_write_text(Path(run_dir) / "README.md", render_card(run_dir, scores))

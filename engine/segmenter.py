@@ -14,6 +14,12 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from engine.images import image_size, load_image
+from engine.prompts import as_prompt_list
 
 # Longest side an uploaded photo is decoded at before it is resized to the model's input (352 px): a 12000 px
 # JPEG is decoded at 1/8 scale through Pillow's draft mode, so memory stays bounded.
@@ -33,15 +39,6 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def as_prompt_list(prompts: str | Sequence[str]) -> list[str]:
-    """Prompts as a list of distinct, stripped, non-empty strings (order kept)."""
-    items = [prompts] if isinstance(prompts, str) else list(prompts)
-    out = list(dict.fromkeys(p.strip() for p in items if p and p.strip()))
-    if not out:
-        raise ValueError("No prompt given: type what to find, e.g. 'segment crack'.")
-    return out
-
-
 def normalise(images_uint8: np.ndarray, mean, std) -> np.ndarray:
     """(B, S, S, 3) uint8 -> (B, 3, S, S) float32 pixel_values: scaled to [0, 1], then per-channel mean/std."""
     x = images_uint8.astype(np.float32).transpose(0, 3, 1, 2) * np.float32(1 / 255)
@@ -53,8 +50,6 @@ def preprocess_images(images, size: int, mean, std, resample: int = 2) -> np.nda
 
     mean, std: per-channel (3,) in [0, 1] units; resample: a PIL resampling filter (2 = bilinear).
     """
-    from PIL import Image
-
     resized = [np.asarray(im.convert("RGB").resize((size, size), Image.Resampling(resample))) for im in images]
     return normalise(np.stack(resized), mean, std)
 
@@ -76,17 +71,15 @@ class SegmenterBase:
 
     def predict_batch(self, images: Sequence, prompts: str | Sequence[str]) -> list[dict[str, np.ndarray]]:
         """Several photos in one forward pass; each result is at that photo's own size."""
-        from engine.images import load_image
-
         prompts = as_prompt_list(prompts)
         loaded, sizes = [], []
         for src in images:
-            im, size = _load_with_size(src, load_image)
+            im, size = _load_with_size(src)
             loaded.append(im)
             sizes.append(size)
         start = time.perf_counter()
         logits = self.logits(self.preprocess(loaded), prompts)
-        results = [_to_probability_maps(logits[i], prompts, size) for i, size in enumerate(sizes)]
+        results = [probability_maps(logits[i], prompts, size) for i, size in enumerate(sizes)]
         self.last_ms = (time.perf_counter() - start) * 1000 / max(1, len(images))
         return results
 
@@ -128,17 +121,16 @@ class Segmenter(SegmenterBase):
     processor (size, mean and std are read from it). `threshold` is the model's calibrated default.
     `precision`: "fp32", "bf16" (the text and vision towers' matmuls in bf16, everything else in fp32; see
     `bf16_matmuls`), or "auto" (bf16 where the CPU has native bf16 instructions, else fp32).
+    threads: the CPU threads this segmenter is meant to run with, kept as `self.threads` (default: torch's
+    current setting). It is not applied here: torch's thread count is process-wide, and the entry points (the
+    CLI, the app, the benchmark child) set it once.
     """
 
     backend = "torch"
 
     def __init__(self, model, tokenizer, processor, *, threshold: float = 0.4, name: str = "model",
                  threads: int | None = None, precision: str = "fp32", device: str = "cpu", meta: dict | None = None):
-        import torch
-
-        self.threads = threads or default_threads()
-        if device == "cpu":
-            torch.set_num_threads(self.threads)
+        self.threads = threads or torch.get_num_threads()
         if precision == "auto":
             precision = "bf16" if device == "cpu" and cpu_supports_bf16() else "fp32"
         if precision not in ("fp32", "bf16"):
@@ -163,10 +155,8 @@ class Segmenter(SegmenterBase):
 
     # -- preprocessing -------------------------------------------------------------------------------
 
-    def preprocess(self, images) -> "torch.Tensor":
+    def preprocess(self, images) -> torch.Tensor:
         """PIL RGB images -> pixel_values (B, 3, S, S) float32, resized and normalised like CLIPSegProcessor."""
-        import torch
-
         return torch.from_numpy(preprocess_images(images, self.input_size, self.mean, self.std, self.resample))
 
     # -- the three steps ---------------------------------------------------------------------------------
@@ -177,8 +167,6 @@ class Segmenter(SegmenterBase):
 
     def text_embeddings(self, prompts: Sequence[str]):
         """(P, projection_dim) conditional embeddings, computed once per distinct prompt and cached."""
-        import torch
-
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
             tokens = self.tokenizer(missing, padding=True, return_tensors="pt")
@@ -189,7 +177,7 @@ class Segmenter(SegmenterBase):
             self._text_cache.update(zip(missing, emb))
         return torch.stack([self._text_cache[p] for p in prompts])
 
-    def decode(self, activations: list, conditional) -> "torch.Tensor":
+    def decode(self, activations: list, conditional) -> torch.Tensor:
         """Decoder for every (image, prompt) pair.
 
         activations: from `vision_activations` (batch B); conditional: (P, D). Returns logits
@@ -201,10 +189,8 @@ class Segmenter(SegmenterBase):
         logits = self.model.decoder(acts, cond).logits
         return logits.reshape(b, p, *logits.shape[-2:]).float()
 
-    def logits(self, pixel_values, prompts: Sequence[str]) -> "torch.Tensor":
+    def logits(self, pixel_values, prompts: Sequence[str]) -> torch.Tensor:
         """pixel_values (B, 3, S, S) -> logits (B, P, S, S) float32, before sigmoid."""
-        import torch
-
         with torch.inference_mode():
             return self.decode(self.vision_activations(pixel_values), self.text_embeddings(list(prompts)))
 
@@ -216,9 +202,6 @@ def bf16_matmuls(module) -> None:
     the full-size architecture (1 thread, AVX-512 BF16): as fast as casting the whole model to bf16 (+2%, both
     2.7x faster than fp32), with masks much closer to fp32 (IoU 0.996 vs 0.983 at the median threshold).
     """
-    import torch
-    from torch import nn
-
     def cast_in(_, args):
         return (args[0].to(torch.bfloat16), *args[1:])
 
@@ -232,27 +215,21 @@ def bf16_matmuls(module) -> None:
             sub.register_forward_hook(cast_out)
 
 
-def _load_with_size(src, load_image):
+def _load_with_size(src):
     """(RGB image decoded at most DECODE_MAX_SIDE px, (width, height) as displayed)."""
-    from PIL import Image
-
-    from engine.images import image_size
-
     if isinstance(src, (Image.Image, np.ndarray)):  # already in memory: no decode to save
         im = load_image(src)
         return im, im.size
     return load_image(src, max_side=DECODE_MAX_SIDE), image_size(src)
 
 
-# Pixels upsampled per call in `_to_probability_maps`: all prompts of a 640 px photo at once (few parallel regions,
+# Pixels upsampled per call in `probability_maps`: all prompts of a 640 px photo at once (few parallel regions,
 # which matters on a busy CPU), a few at a time for a 2048 px one (bounded memory).
 UPSAMPLE_CHUNK_PIXELS = 16_000_000
 
 
-def _to_probability_maps(logits, prompts: list[str], size: tuple[int, int]) -> dict[str, np.ndarray]:
+def probability_maps(logits, prompts: list[str], size: tuple[int, int]) -> dict[str, np.ndarray]:
     """logits (P, S, S) torch or numpy -> {prompt: sigmoid upsampled bilinearly to (H, W) = size[::-1], float32}."""
-    import torch
-
     w, h = size
     logits = torch.as_tensor(logits)
     chunk = max(1, UPSAMPLE_CHUNK_PIXELS // (w * h))
@@ -264,3 +241,5 @@ def _to_probability_maps(logits, prompts: list[str], size: tuple[int, int]) -> d
             probs = torch.sigmoid_(up[0]).numpy()
             out.update(zip(prompts[start : start + chunk], probs.astype(np.float32, copy=False)))
     return out
+
+

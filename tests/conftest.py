@@ -31,3 +31,43 @@ def tiny_segmenter(tiny_model_dir):
     from engine.models import load_segmenter
 
     return load_segmenter(tiny_model_dir, threads=2)
+
+
+# ----------------------------------------------------------------------------------- ONNX (one export per session)
+
+EXPORT_PROMPTS = ["segment crack", "segment taping area", "segment joint/tape"]
+
+
+@pytest.fixture(scope="session")
+def photos(shared_data):
+    """Three real photos (cracks/valid), RGB."""
+    from PIL import Image
+
+    paths = sorted((shared_data / "cracks" / "valid" / "images").glob("*.jpg"))[:3]
+    assert len(paths) == 3
+    return [Image.open(p).convert("RGB") for p in paths]
+
+
+@pytest.fixture(scope="session")
+def export_dir(tiny_model_dir, photos, tmp_path_factory):
+    """The tiny model exported with --int8 (parity checked on two real photos)."""
+    from engine.onnx.export import export_onnx
+
+    out = tmp_path_factory.mktemp("exports") / "tiny"
+    export_onnx(tiny_model_dir, out, int8=True, images=photos[:2], prompts=EXPORT_PROMPTS, threads=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32(export_dir):
+    from engine.onnx.runtime import OnnxSegmenter
+
+    return OnnxSegmenter(export_dir, threads=2, int8=False)
+
+
+@pytest.fixture(scope="session")
+def torch_fp32(tiny_model_dir):
+    """The torch reference in fp32 (the default precision may be bf16 on this CPU)."""
+    from engine.models import load_segmenter
+
+    return load_segmenter(tiny_model_dir, threads=2, precision="fp32")

@@ -1,13 +1,20 @@
-"""The app over HTTP: every named endpoint driven with gradio_client against a launched server, tiny models."""
+"""app.py: the handlers called directly (no HTTP), then every named endpoint driven with gradio_client against a
+launched server (slow), tiny models throughout."""
 
 import socket
 import time
 import zipfile
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
+
+import app
+from engine.app.views import status_markdown
+from engine.prompts import parse_prompts
+from engine.train import get_job
 
 ENDPOINTS = ["/segment", "/train_start", "/train_status", "/train_stop", "/compare", "/export"]
 
@@ -21,7 +28,6 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, shared_data):
     """The app on a free port with two tiny models in a temporary checkpoints/ (closed after the module)."""
-    import app
     from engine.models import make_random_model_folder
 
     root = tmp_path_factory.mktemp("app")
@@ -37,13 +43,98 @@ def served(tmp_path_factory, shared_data):
     try:
         yield {"client": Client(url, verbose=False), "root": root, "tiny_a": str(tiny_a), "tiny_b": str(tiny_b)}
     finally:
-        from engine.train import get_job
-
         get_job().stop()
         get_job().wait(30)
         demo.close()
 
 
+# ------------------------------------------------------------------------------------------ handlers, no HTTP
+
+
+@pytest.fixture
+def ctx(tmp_path, tiny_model_dir, shared_data):
+    """The handlers' context over a temporary checkpoints/ (the tiny model is the default, not listed)."""
+    return app.make_context(checkpoints_dir=tmp_path / "checkpoints", export_dir=tmp_path / "export",
+                            data_root=shared_data, work_dir=tmp_path / "work", default_model=str(tiny_model_dir))
+
+
+def test_segment_handler_returns_overlay_table_and_masks(ctx, shared_data):
+    photo = sorted((shared_data / "cracks/valid/images").glob("*.jpg"))[0]
+    overlay, masks, table, result = app.segment(ctx, {"path": str(photo), "orig_name": "IMG 7.jpg"},
+                                                "segment crack, segment taping area", None, 0.5)
+    assert [Path(m).name for m in masks] == ["IMG_7__segment_crack.png", "IMG_7__segment_taping_area.png"]
+    assert all(Path(m).is_relative_to(ctx.work_dir / "masks") for m in masks)
+    with Image.open(photo) as im, Image.open(masks[1]) as mask:
+        assert mask.size == im.size and overlay.size == result.photo.size
+    assert table["headers"] == ["prompt", "area %", "max score", "ms"]
+    assert [row[0] for row in table["data"]] == ["segment crack", "segment taping area"]
+    pair, heatmap, legend = app.show_views(result)
+    assert pair == (result.photo, result.overlay) and heatmap is result.heatmap
+    assert "segment taping area" in legend and "threshold 0.50" in legend
+    assert app.show_views(None) == (gr.skip(), gr.skip(), gr.skip())
+
+
+def test_segment_handler_errors_name_the_upload(ctx, tmp_path):
+    with pytest.raises(gr.Error, match="No photo yet"):
+        app.segment(ctx, None, "segment crack", None, 0.5)
+    not_image = tmp_path / "upload-cache-name.jpg"
+    not_image.write_bytes(b"meeting notes, not a photo\n" * 20)
+    with pytest.raises(gr.Error) as err:
+        app.segment(ctx, {"path": str(not_image), "orig_name": "notes.jpg"}, "segment crack", None, 0.5)
+    assert err.value.message.startswith("notes.jpg: not an image Pillow can read")
+
+
+def test_the_prompt_box_accepts_lines_commas_and_picks():
+    assert parse_prompts("segment crack, segment taping area\nsegment crack\n") == [
+        "segment crack", "segment taping area"]
+    assert parse_prompts("", ["segment crack"]) == ["segment crack"]
+    with pytest.raises(ValueError, match="No prompt given"):
+        parse_prompts(" ,\n ")
+    assert app.add_prompt("segment crack\n", "segment crack") == "segment crack"  # a pick is added once
+
+
+def test_small_handlers(ctx, tiny_model_dir):
+    assert app.add_prompt("segment crack", "segment taping area") == "segment crack\nsegment taping area"
+    assert app.add_prompt("  ", "segment crack") == "segment crack"
+    assert app.model_threshold(ctx, str(tiny_model_dir)).value == 0.5
+    pickers = app.refresh_pickers(ctx)
+    assert len(pickers) == 4 and pickers[0].choices[0] == (f"{tiny_model_dir.name} (default)", str(tiny_model_dir))
+    folder, upload = app.show_data_inputs("zip")
+    assert folder.visible is False and upload.visible is True
+    assert app.start_polling().active is True
+
+
+def test_train_status_handler_renders_the_job_status():
+    markdown, figure, status = app.train_status()
+    assert markdown == status_markdown(get_job().status())
+    assert status["phase"] == get_job().status().phase and isinstance(status["history"], list)
+    assert figure.layout is not None
+
+
+def test_train_handlers_refuse_without_starting_a_job(ctx):
+    args = dict(sets=[], cracks_prompts="", joints_prompts="", zip_file=None, zip_prompts="", folder="",
+                folder_prompts="", model="", run_name="", epochs=1, lr=1e-3, batch_size=2, image_size=64,
+                unfreeze_vision=0, unfreeze_text=0, augment=False, patience=0, max_images=2)
+    with pytest.raises(gr.Error, match="No training data chosen"):
+        app.train_start(ctx, **args)
+    with pytest.raises(gr.Error, match="letters, digits"):
+        app.train_start(ctx, **{**args, "sets": ["cracks"], "run_name": "../up"})
+    if not get_job().running:
+        with pytest.raises(gr.Error, match="No training job is running"):
+            app.train_stop()
+
+
+def test_compare_handler_needs_a_zip_when_zip_is_chosen(ctx, tiny_model_dir):
+    with pytest.raises(gr.Error, match="No zip uploaded"):
+        app.compare(ctx, [str(tiny_model_dir)], ["fp32"], "zip", "", None, "", 3)
+    with pytest.raises(gr.Error, match="No model chosen"):
+        app.compare(ctx, [], ["fp32"], "cracks", "", None, "", 3)
+
+
+# ------------------------------------------------------------------------------------------ over HTTP
+
+
+@pytest.mark.slow
 def test_import_builds_nothing():
     """`import app` starts no server and loads no model (nor torch): that waits for build_app() and use."""
     import subprocess
@@ -56,6 +147,7 @@ def test_import_builds_nothing():
     assert out == ["0", "False", "False"]
 
 
+@pytest.mark.slow
 def test_named_endpoints_exist(served):
     api = served["client"].view_api(print_info=False, return_format="dict")
     named = api["named_endpoints"]
@@ -66,6 +158,7 @@ def test_named_endpoints_exist(served):
     assert not any(k.startswith("/lambda") or k == "/poll" for k in named)
 
 
+@pytest.mark.slow
 def test_segment_a_real_photo(served, shared_data):
     from gradio_client import handle_file
 
@@ -82,6 +175,7 @@ def test_segment_a_real_photo(served, shared_data):
     assert all(0 <= row[1] <= 100 and 0 <= row[2] <= 1 and row[3] > 0 for row in table["data"])
 
 
+@pytest.mark.slow
 def test_errors_reach_the_user_with_the_fix(served, shared_data, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
@@ -128,6 +222,7 @@ def _wait(client, done, timeout_s=150):
     raise AssertionError(f"timed out; last status {status}")
 
 
+@pytest.mark.slow
 def test_train_to_the_end(served):
     client = served["client"]
     msg = client.predict(**_train_args(served, run_name="tiny-run"), api_name="/train_start")
@@ -148,6 +243,7 @@ def test_train_to_the_end(served):
     assert Path(masks[0]).name == "wall_01_crack__segment_crack.png"
 
 
+@pytest.mark.slow
 def test_stop_a_run_mid_way(served):
     """A long run is stopped mid-epoch; a second start meanwhile is refused with the reason."""
     from gradio_client.exceptions import AppError
@@ -164,6 +260,7 @@ def test_stop_a_run_mid_way(served):
         client.predict(api_name="/train_stop")
 
 
+@pytest.mark.slow
 def test_compare_two_models(served):
     scores, curves, gallery, worst = served["client"].predict(
         models=[served["tiny_a"], served["tiny_b"]], precisions=["fp32"], data_choice="cracks", folder="",
@@ -178,6 +275,7 @@ def test_compare_two_models(served):
     assert curves["type"] == "plotly"
 
 
+@pytest.mark.slow
 def test_compare_an_uploaded_zip(served, shared_data, tmp_path):
     from gradio_client import handle_file
 
@@ -193,6 +291,7 @@ def test_compare_an_uploaded_zip(served, shared_data, tmp_path):
     assert scores["data"][0][2] == 2 and len(gallery) == 2
 
 
+@pytest.mark.slow
 def test_export_fp32(served):
     table, report, zip_path = served["client"].predict(served["tiny_a"], "fp32", api_name="/export")
     rows = {r[0]: r[1] for r in table["data"]}

@@ -14,6 +14,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "wall_03_crack_taping.jpg"
 
+pytestmark = pytest.mark.slow  # a real browser and a training run: tens of seconds
+
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory, shared_data):

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from engine.cli import build_parser, main
+from engine.models import load_segmenter
+from engine.onnx.runtime import OnnxSegmenter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["segment crack", "segment taping area"]
@@ -65,6 +68,7 @@ def exif_rotated_photo(source: Path, out: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ help
 
 
+@pytest.mark.slow
 def test_help_names_every_command_with_a_description():
     result = subprocess.run([sys.executable, "-m", "engine", "--help"], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=60)
@@ -91,6 +95,7 @@ def test_predict_help_mentions_its_options(capsys):
 # --------------------------------------------------------------------------------------------- predict
 
 
+@pytest.mark.slow
 def test_predict_writes_one_binary_mask_per_photo_and_prompt(tiny_model_dir, valid_photos, tmp_path, capsys):
     files = valid_photos[:3]
     folder = tmp_path / "more"
@@ -212,6 +217,7 @@ def table_row(stdout: str, prompt: str) -> dict[str, str]:
     return dict(zip(columns, re.split(r"\s{2,}", row.strip())))
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_full_valid_split_writes_json_and_prints_the_same_miou(tiny_model_dir, shared_data,
                                                                               tmp_path, capsys):
     report_path = tmp_path / "out.json"
@@ -244,6 +250,7 @@ def small_split(valid_photos, tmp_path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_scores_each_prompt_at_the_given_threshold(tiny_model_dir, small_split, tmp_path, capsys):
     report_path = tmp_path / "small.json"
     code, stdout, err = run_cli(["evaluate", "--model", tiny_model_dir, "--data", small_split, "--prompt", PROMPTS[0],
@@ -284,6 +291,7 @@ def test_a_missing_model_folder_names_the_alternatives(valid_photos, tmp_path, c
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_an_uncached_hub_id_fails_fast_when_offline(valid_photos, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
     env.pop("DRYWALL_DEBUG", None)
@@ -300,3 +308,25 @@ def test_an_uncached_hub_id_fails_fast_when_offline(valid_photos, tmp_path):
     assert "Traceback" not in result.stderr
     assert elapsed < 15, f"took {elapsed:.1f} s (python start-up included)"
     assert not (tmp_path / "masks").exists()
+
+
+# ---------------------------------------------------------------------------------------- export, threads
+
+
+@pytest.mark.slow
+def test_cli_export_prints_the_parity_report(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "cli-export"
+    assert main(["export", "--model", str(tiny_model_dir), "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "onnx fp32 vs torch: max |dlogit|" in report and "default precision: fp32" in report
+    assert isinstance(load_segmenter(out), OnnxSegmenter)
+
+
+def test_main_sets_torch_threads_once_from_the_threads_option(tiny_model_dir, valid_photos, tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        code, _, _ = run_cli(["predict", "--model", str(tiny_model_dir), "--images", str(valid_photos[0]),
+                              "--prompt", "segment crack", "--out", str(tmp_path), "--threads", "1"], capsys)
+        assert code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

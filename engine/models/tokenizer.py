@@ -11,6 +11,8 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable
 
+from transformers import CLIPTokenizer
+
 # Words a drywall inspector types, plus common English glue: the BPE learns whole-word merges for these,
 # and anything else still tokenizes (character by character) because every byte is in the base vocabulary.
 DOMAIN_TEXT = """
@@ -79,8 +81,6 @@ def build_tokenizer(text: str = DOMAIN_TEXT, n_merges: int = 400):
     Returns the tokenizer; `len(tokenizer)` is its vocabulary size (the text config's `vocab_size` must be at
     least that), `tokenizer.eos_token_id` is the id the CLIPSeg text model pools at.
     """
-    from transformers import CLIPTokenizer
-
     merges = learn_merges(text.lower().split(), n_merges)
     alphabet = byte_alphabet()
     vocab: dict[str, int] = {}

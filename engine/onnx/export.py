@@ -12,175 +12,37 @@ onnxruntime.quantization) with their agreement with fp32 (mean mask IoU) in the 
 
 from __future__ import annotations
 
-import copy
 import datetime
-import sys
-import warnings
+import json
+import math
+import tempfile
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
-from engine.models import REPO_ROOT, ModelSourceError, load_segmenter, resolve_source
-from engine.errors import ExportError
+from engine.errors import ExportError, ModelSourceError
+from engine.fileio import replace_dir
+from engine.images import list_images, load_image
+from engine.metrics import confusion, iou
+from engine.models import load_segmenter, resolve_source
+from engine.onnx.graphs import OPSET, export_graphs, quantize_graph
 from engine.onnx.runtime import (
     FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST_FILE, OnnxSegmenter, graph_file, read_manifest, sha256_file,
 )
+from engine.paths import DEFAULT_PROMPTS, EXAMPLES_DIR
 
-OPSET = 17  # LayerNormalization is a single op from 17 on
 PARITY_TOL = 1e-3  # max |delta logit| allowed between onnxruntime fp32 and torch fp32
 INT8_MIN_IOU = 0.95  # int8 becomes the export's default precision only if its masks agree this well with fp32
 # What --int8 quantizes, per graph: the text encoder's token table too (Gather: 49408 x 512 floats in CLIP, half
 # the file); the decoder is small (~1.5% of the vision work per prompt) and stays fp32.
 INT8_OPS = {"text_encoder": ("MatMul", "Gemm", "Gather"), "vision_encoder": ("MatMul", "Gemm")}
-SAMPLE_PHOTOS = REPO_ROOT / "examples"  # photos added to the parity sample when present
-DEFAULT_PROMPTS = ("segment crack", "segment taping area", "segment joint/tape")
+SAMPLE_PHOTOS = EXAMPLES_DIR  # photos added to the parity sample when present
 
 Progress = Callable[[float, str], None]  # progress(fraction done in [0, 1], what is being done)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The three graphs as modules (the HF submodules, re-used; nothing copied but the position table)
-
-
-def _torch_modules():
-    import torch
-    from torch import nn
-
-    class TextEncoder(nn.Module):
-        """input_ids, attention_mask (P, T) int64 -> conditional embedding (P, projection_dim)."""
-
-        def __init__(self, clip):
-            super().__init__()
-            self.text_model = clip.text_model
-            self.text_projection = clip.text_projection
-
-        def forward(self, input_ids, attention_mask):
-            pooled = self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-            return self.text_projection(pooled)
-
-    class VisionEncoder(nn.Module):
-        """pixel_values (B, 3, S, S) -> one (B, 1 + (S/patch)^2, hidden) activation per extract layer.
-
-        Holds only the encoder layers up to the deepest extract layer, so the later ones are neither run nor
-        stored. The position table is interpolated to S once here (HF does it on every forward).
-        """
-
-        def __init__(self, vision_model, extract_layers: Sequence[int], input_size: int):
-            super().__init__()
-            emb = vision_model.embeddings
-            self.patch_embedding = emb.patch_embedding
-            self.class_embedding = emb.class_embedding
-            n_tokens = 1 + (input_size // emb.patch_size) ** 2
-            with torch.no_grad():
-                dummy = torch.zeros(1, n_tokens, emb.embed_dim)
-                self.register_buffer("position_embedding", emb.interpolate_pos_encoding(dummy, input_size, input_size))
-            self.pre_layrnorm = vision_model.pre_layrnorm
-            self.extract_layers = list(extract_layers)
-            self.layers = nn.ModuleList(vision_model.encoder.layers[: max(self.extract_layers) + 1])
-
-        def forward(self, pixel_values):
-            patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # (B, N, hidden)
-            cls = self.class_embedding.expand(pixel_values.shape[0], 1, -1)
-            hidden = self.pre_layrnorm(torch.cat([cls, patches], dim=1) + self.position_embedding)
-            outputs = {}
-            for i, layer in enumerate(self.layers):
-                hidden = layer(hidden, None)
-                if i in self.extract_layers:
-                    outputs[i] = hidden
-            return tuple(outputs[i] for i in self.extract_layers)
-
-    class Decoder(nn.Module):
-        """act_0 .. act_{n-1} (N or 1, T, hidden) + conditional (N, D) -> logits (N, S, S), one row per pair.
-
-        Activations of batch 1 broadcast over the N prompts (HF's decoder broadcasts in FiLM and the residual
-        adds), so one photo's activations are neither copied N times nor reduced N times.
-        """
-
-        def __init__(self, decoder):
-            super().__init__()
-            self.decoder = decoder
-
-        def forward(self, *inputs):
-            return self.decoder(list(inputs[:-1]), inputs[-1]).logits
-
-    return TextEncoder, VisionEncoder, Decoder
-
-
-def _eager_copy(model):
-    """A copy of the model with eager attention everywhere (plain MatMul/Softmax export cleanly)."""
-    model = copy.deepcopy(model).float().eval()
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "_attn_implementation"):
-            config._attn_implementation = "eager"
-    return model
-
-
-def export_graphs(seg, out_dir: Path, opset: int = OPSET) -> dict[str, str]:
-    """Write the three fp32 graphs of a torch `Segmenter` into out_dir; returns {graph: file name}.
-
-    The TorchScript exporter (dynamo=False) on an eager-attention copy: parity ~2e-7 on the full-size
-    architecture, ~20 s for its three graphs on 2 cores. Batch and text length are dynamic axes; the input size
-    is fixed (the vision graph holds its position table).
-    """
-    import torch
-
-    TextEncoder, VisionEncoder, Decoder = _torch_modules()
-    model = _eager_copy(seg.model)
-    n = len(seg.extract_layers)
-    s = seg.input_size
-    tokens = seg.tokenizer(["segment crack", "a"], padding=True, return_tensors="pt")  # padding exercised
-    vision = VisionEncoder(model.clip.vision_model, seg.extract_layers, s).eval()
-    pixel_values = torch.randn(2, 3, s, s)
-    with torch.no_grad():
-        acts = vision(pixel_values)
-    act_names = [f"act_{i}" for i in range(n)]
-    cond = torch.randn(3, model.config.projection_dim)
-    jobs = {
-        "text_encoder": (TextEncoder(model.clip), (tokens["input_ids"], tokens["attention_mask"]),
-                         ["input_ids", "attention_mask"], ["conditional"],
-                         {"input_ids": {0: "prompts", 1: "tokens"}, "attention_mask": {0: "prompts", 1: "tokens"},
-                          "conditional": {0: "prompts"}}),
-        "vision_encoder": (vision, (pixel_values,), ["pixel_values"], act_names,
-                           {name: {0: "batch"} for name in ["pixel_values", *act_names]}),
-        # Traced in the broadcast case (1 photo, 3 prompts); a batch of N pairs runs through the same ops.
-        "decoder": (Decoder(model.decoder).eval(), (*(a[:1] for a in acts), cond), [*act_names, "conditional"],
-                    ["logits"], {**{name: {0: "photos"} for name in act_names}, "conditional": {0: "pairs"},
-                                 "logits": {0: "pairs"}}),
-    }
-    files = {}
-    for graph, (module, args, inputs, outputs, axes) in jobs.items():
-        files[graph] = graph_file(graph, "fp32")
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # TracerWarnings about shape constants: the input size is fixed
-            torch.onnx.export(module.eval(), args, str(out_dir / files[graph]), input_names=inputs,
-                              output_names=outputs, dynamic_axes=axes, opset_version=opset, dynamo=False,
-                              do_constant_folding=True)
-    return files
-
-
-def quantize_graph(src: Path, dst: Path, op_types: Sequence[str] = ("MatMul", "Gemm")) -> None:
-    """Dynamic int8 quantization of a graph's weights (onnxruntime.quantization.quantize_dynamic).
-
-    Weights QInt8 (per tensor) and activations QUInt8: the u8 x s8 VNNI kernels, 2.5x faster than fp32 here,
-    where QUInt8 weights ran 1.5x slower than QInt8, per-channel weights ~8% slower for ~15% less error, and
-    `quant_pre_process` or onnxruntime's transformer fusions gave nothing or less. Only matmuls with a constant
-    weight are quantized (MatMulConstBOnly): attention's activation x activation products stay fp32, and so
-    does the patch-embedding Conv (quantizing it doubled the activation error for no speed).
-    """
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint on the root logger at every call
-    try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
-                         extra_options={"MatMulConstBOnly": True})
-    finally:
-        root.setLevel(level)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -192,10 +54,6 @@ def sample_inputs(seg, images: Sequence | None = None, n_random: int = 2, seed: 
 
     images: paths or PIL images; None means the photos in examples/ (when the folder is there).
     """
-    from PIL import Image
-
-    from engine.images import list_images, load_image
-
     if images is None:
         images = list_images([SAMPLE_PHOTOS])[:4] if SAMPLE_PHOTOS.is_dir() else []
     rng = np.random.default_rng(seed)
@@ -218,16 +76,12 @@ def model_prompts(meta: dict) -> list[str]:
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two bool masks of the same shape (1.0 when both are empty)."""
-    from engine.metrics import confusion, iou
-
     tp, fp, fn, _ = confusion(a, b)
     return iou(tp, fp, fn)
 
 
 def logits_agreement(ref: np.ndarray, other: np.ndarray, threshold: float) -> dict:
     """Figures comparing two logit arrays (B, P, S, S): max/mean |delta logit| and mean mask IoU at `threshold`."""
-    import math
-
     t = min(max(threshold, 1e-6), 1 - 1e-6)
     logit_t = math.log(t / (1 - t))  # sigmoid(x) >= t  <=>  x >= logit(t)
     a, b = ref >= logit_t, other >= logit_t
@@ -250,10 +104,6 @@ def export_onnx(model_source, out_dir, int8: bool = False, *, images: Sequence |
     model's own, from drywall_qa.json). Raises ExportError, writing nothing, when onnxruntime's fp32 logits
     differ from torch's by more than PARITY_TOL.
     """
-    import torch
-
-    from engine.fileio import replace_dir
-
     def step(fraction: float, message: str) -> None:
         if progress is not None:
             progress(fraction, message)
@@ -305,8 +155,6 @@ def export_onnx(model_source, out_dir, int8: bool = False, *, images: Sequence |
 
 
 def _manifest(seg, model_source, resolved, graphs: dict, folder: Path) -> dict:
-    from importlib.metadata import version
-
     config = seg.model.config
     files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
     return {
@@ -333,8 +181,6 @@ def _manifest(seg, model_source, resolved, graphs: dict, folder: Path) -> dict:
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
-    import json
-
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -362,8 +208,6 @@ def int8_agreement(model_source, images: Sequence, prompts: Sequence[str] | None
     model_source: an export made with --int8, or any torch model source (exported to a temporary folder
     first). prompts: default the model's own.
     """
-    import tempfile
-
     resolved = resolve_source(model_source)
     with tempfile.TemporaryDirectory(prefix="int8-agreement-") as tmp:
         folder = resolved.path
@@ -378,43 +222,58 @@ def int8_agreement(model_source, images: Sequence, prompts: Sequence[str] | None
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Command line
+# Reports (the CLI prints them; the app shows the rows as a table)
+
+_NAN = float("nan")
+
+
+def report_rows(manifest: dict, out_dir) -> list[tuple[str, str]]:
+    """The figures of an export manifest worth reading, as (measure, value) text rows.
+
+    Source, input size, vision layers kept, parity sample, onnx fp32 vs torch (max |delta logit| with its limit,
+    mask IoU), onnx int8 vs fp32 when exported with --int8 (mask IoU mean and min, max and mean |delta logit|),
+    the default precision, then one "<graph file> (MB)" row per graph present in out_dir. Missing figures show
+    as "nan" or "?" rather than failing.
+    """
+    parity = manifest.get("parity") or {}
+    f32 = parity.get("fp32_vs_torch") or {}
+    rows = [
+        ("source", str(manifest.get("source", "?"))),
+        ("input size (px)", str(manifest.get("input_size", "?"))),
+        ("vision layers kept", f"{manifest.get('vision_layers_kept', '?')}/{manifest.get('vision_layers_total', '?')}"),
+        ("parity sample", f"{parity.get('images', '?')} images x {len(parity.get('prompts') or [])} prompts"),
+        ("onnx fp32 vs torch: max |dlogit|", f"{f32.get('max_abs_logit_diff', _NAN):.2e} "
+                                             f"(limit {parity.get('tolerance', _NAN):g})"),
+        ("onnx fp32 vs torch: mask IoU", f"{f32.get('mask_iou', _NAN):.4f}"),
+    ]
+    q = parity.get("int8_vs_fp32")
+    if q:
+        rows += [("onnx int8 vs fp32: mask IoU (mean)", f"{q.get('mask_iou', _NAN):.4f}"),
+                 ("onnx int8 vs fp32: mask IoU (min)", f"{q.get('min_mask_iou', _NAN):.4f}"),
+                 ("onnx int8 vs fp32: max |dlogit|", f"{q.get('max_abs_logit_diff', _NAN):.3f}"),
+                 ("onnx int8 vs fp32: mean |dlogit|", f"{q.get('mean_abs_logit_diff', _NAN):.4f}")]
+    rows.append(("default precision", str(manifest.get("default_precision", "fp32"))))
+    for name in manifest.get("files", {}):
+        path = Path(out_dir) / name
+        if name.endswith(".onnx") and path.is_file():
+            rows.append((f"{name} (MB)", f"{path.stat().st_size / 2**20:.1f}"))
+    return rows
 
 
 def format_report(manifest: dict, out_dir) -> str:
-    """The parity report `python -m engine export` prints."""
-    parity = manifest["parity"]
-    f32 = parity["fp32_vs_torch"]
+    """The parity report `python -m engine export` prints: a headline, then `report_rows` as "measure: value"."""
+    rows = report_rows(manifest, out_dir)
+    values = dict(rows)
     lines = [
-        f"exported {manifest['source']} -> {out_dir} (opset {manifest['opset']}, input {manifest['input_size']} px, "
-        f"vision layers {manifest['vision_layers_kept']}/{manifest['vision_layers_total']})",
-        f"parity on {parity['images']} images x {len(parity['prompts'])} prompts:",
-        f"  onnx fp32 vs torch: max |dlogit| {f32['max_abs_logit_diff']:.2e} (limit {parity['tolerance']:g}), "
-        f"mask IoU {f32['mask_iou']:.4f}",
+        f"exported {values['source']} -> {out_dir} (opset {manifest.get('opset', '?')}, input "
+        f"{values['input size (px)']} px, vision layers {values['vision layers kept']})",
+        f"parity on {values['parity sample']}:",
+        *(f"  {measure}: {value}" for measure, value in rows if measure.startswith("onnx ")),
     ]
-    if "int8_vs_fp32" in parity:
-        q = parity["int8_vs_fp32"]
-        lines.append(f"  onnx int8 vs fp32: mask IoU {q['mask_iou']:.4f} (min {q['min_mask_iou']:.4f}), "
-                     f"max |dlogit| {q['max_abs_logit_diff']:.3f}, mean {q['mean_abs_logit_diff']:.4f}")
-        if manifest["default_precision"] != "int8":
-            lines.append(f"  warning: int8 masks agree with fp32 below {INT8_MIN_IOU} IoU on this sample; "
-                         "the export loads fp32 by default (load_segmenter(..., precision='int8') forces int8)")
-    graphs = [name for name in manifest["files"] if name.endswith(".onnx")]
-    sizes = {name: (Path(out_dir) / name).stat().st_size / 2**20 for name in graphs}
-    lines.append("  graphs: " + ", ".join(f"{n} {mb:.1f} MB" for n, mb in sizes.items()))
-    lines.append(f"  default precision: {manifest['default_precision']}")
+    if "int8_vs_fp32" in (manifest.get("parity") or {}) and values["default precision"] != "int8":
+        lines.append(f"  warning: int8 masks agree with fp32 below {INT8_MIN_IOU} IoU on this sample; "
+                     "the export loads fp32 by default (load_segmenter(..., precision='int8') forces int8)")
+    graphs = [(measure.removesuffix(" (MB)"), value) for measure, value in rows if measure.endswith(" (MB)")]
+    lines.append("  graphs: " + ", ".join(f"{name} {mb} MB" for name, mb in graphs))
+    lines.append(f"  default precision: {values['default precision']}")
     return "\n".join(lines)
-
-
-def cli_export(args) -> int:
-    """`python -m engine export --model MODEL --out export/NAME [--int8]`."""
-    from tqdm import tqdm
-
-    with tqdm(total=100, desc="export", unit="%", file=sys.stderr) as bar:
-        def progress(fraction: float, message: str) -> None:
-            bar.set_postfix_str(message)
-            bar.update(int(fraction * 100) - bar.n)
-
-        manifest = export_onnx(args.model, args.out, int8=args.int8, progress=progress)
-    print(format_report(manifest, args.out))
-    return 0

@@ -23,11 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+from transformers import AutoTokenizer
+from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
-from engine.models import ModelSourceError
+from engine.errors import ModelSourceError
+from engine.paths import MANIFEST_FILE
 from engine.segmenter import SegmenterBase, default_threads, preprocess_images
 
-MANIFEST_FILE = "manifest.json"
 FORMAT = "drywall-qa-onnx"
 FORMAT_VERSION = 1
 GRAPHS = ("text_encoder", "vision_encoder", "decoder")
@@ -109,16 +112,12 @@ def verify_files(folder: Path, manifest: dict, names: Sequence[str]) -> None:
 
 def default_providers() -> list[str]:
     """CUDA first when this onnxruntime build has it, then the CPU."""
-    import onnxruntime as ort
-
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
 def session_options(threads: int):
     """Explicit threading (intra-op = threads, no inter-op pool) and every graph optimization on."""
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -142,8 +141,6 @@ class OnnxSegmenter(SegmenterBase):
     """
 
     def __init__(self, folder, *, threads: int | None = None, int8: bool | None = None, providers=None):
-        import onnxruntime as ort
-
         self.folder = Path(folder)
         manifest = read_manifest(self.folder)
         self.manifest = manifest
@@ -229,9 +226,6 @@ class OnnxSegmenter(SegmenterBase):
 
 def _load_preprocessing(folder: Path, manifest: dict):
     """(tokenizer, image processor) from the export folder's copies."""
-    from transformers import AutoTokenizer
-    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
-
     try:
         return AutoTokenizer.from_pretrained(folder), ViTImageProcessorPil.from_pretrained(folder)
     except Exception as exc:

@@ -69,9 +69,10 @@ class FinishedEvent:
 
 @dataclass(frozen=True)
 class FailedEvent:
-    """The run raised; error is the message the user sees."""
+    """The run raised; error is the message the user sees ("TypeName: message"), traceback the full one."""
 
     error: str
+    traceback: str = ""
 
 
 Event = StepEvent | PhaseEvent | LogEvent | EpochEvent | CheckpointEvent | FinishedEvent | FailedEvent

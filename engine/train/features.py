@@ -8,11 +8,22 @@ trains from them: the expensive ViT forward leaves the training loop.
 from __future__ import annotations
 
 import hashlib
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from safetensors.torch import load_file, save
+
+from engine.errors import TrainingStopped
+from engine.fileio import atomic_write_bytes
+from engine.segmenter import normalise, vision_activations
+from engine.train.events import Event, PhaseEvent, StepEvent
 
 
 @dataclass(frozen=True)
@@ -94,20 +105,84 @@ class FeatureCache:
 
     def save(self, image_digest: str, view: View, activations: list, mask: np.ndarray) -> None:
         """activations: per extract layer (T, C) tensors; mask: float32 (S, S) target of this view."""
-        import torch
-        from safetensors.torch import save
-
-        from engine.fileio import atomic_write_bytes
-
         dtype = getattr(torch, self.dtype)
         tensors = {f"act{i}": a.detach().to(dtype).contiguous().cpu() for i, a in enumerate(activations)}
         tensors["mask"] = torch.from_numpy(np.asarray(mask, np.float32)).to(torch.float16)
         atomic_write_bytes(self.path(image_digest, view), save(tensors))
 
-    def load(self, image_digest: str, view: View) -> tuple[list, "torch.Tensor"]:
+    def load(self, image_digest: str, view: View) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(activations as fp32 tensors (T, C), mask (S, S) fp32)."""
-        from safetensors.torch import load_file
-
         tensors = load_file(self.path(image_digest, view))
         n = sum(1 for k in tensors if k.startswith("act"))
         return [tensors[f"act{i}"].float() for i in range(n)], tensors["mask"].float()
+
+
+@dataclass
+class CachedFeatures:
+    """The cache a run trains from: K views per training image, and the text embedding of every prompt.
+
+    digests[si][i]: content hash of set si's training item i; cond: prompt -> (D,) embedding;
+    built_views / build_seconds: what this run had to compute (0 when an earlier run cached it all).
+    """
+
+    cache: FeatureCache
+    views: list[View]
+    digests: list[list[str]]
+    cond: dict[str, torch.Tensor]
+    built_views: int
+    build_seconds: float
+
+
+def build_feature_cache(model, tokenizer, processor, sets: Sequence, *, root, image_size: int, dtype: str,
+                        views: list[View], device: torch.device, on_event: Callable[[Event], None],
+                        stop: threading.Event) -> CachedFeatures:
+    """Compute the vision activations of every (training image, view) not cached yet, and the prompts' embeddings.
+
+    sets: the run's TrainSets (`.train` items with `.image_path`, `.prompts`). Reports a "caching" phase and
+    one StepEvent(caching=True) per view computed; raises TrainingStopped once `stop` is set.
+    """
+    extract_layers = list(model.config.extract_layers)
+    cache = FeatureCache(root, model_fingerprint(model, image_size), dtype)
+    digests = [[file_digest(item.image_path) for item in s.train.items] for s in sets]
+    todo = [(si, i, v) for si, s in enumerate(sets) for i in range(len(s.train)) for v in views
+            if not cache.has(digests[si][i], v)]
+    start = time.perf_counter()
+    on_event(PhaseEvent("caching", f"caching features of {len(todo)} views"))
+    with torch.inference_mode():
+        for n, (si, i, view) in enumerate(todo):
+            if stop.is_set():
+                raise TrainingStopped()
+            image, mask = sets[si].train[i]
+            img, msk = render_view(image, mask, view, image_size)
+            pv = torch.from_numpy(normalise(img[None], processor.image_mean, processor.image_std))
+            acts = vision_activations(model, pv.to(device), extract_layers)
+            cache.save(digests[si][i], view, [a[0] for a in acts], msk)
+            on_event(StepEvent(epoch=0, step=n + 1, steps=len(todo), caching=True))
+        cond = {}
+        for p in dict.fromkeys(p for s in sets for p in s.prompts):
+            tokens = tokenizer([p], return_tensors="pt")
+            cond[p] = model.clip.get_text_features(**{k: v.to(device) for k, v in tokens.items()}).pooler_output[0]
+    return CachedFeatures(cache, views, digests, cond, len(todo), time.perf_counter() - start)
+
+
+@dataclass
+class CachedBatch:
+    """A batch read from the feature cache: acts, one (B, T, C) fp32 tensor per extract layer;
+    cond (B, D) prompt embeddings (a random synonym per item); target (B, S, S) fp32 in [0, 1]."""
+
+    acts: list[torch.Tensor]
+    cond: torch.Tensor
+    target: torch.Tensor
+
+
+def cached_batch(pairs: Sequence[tuple[int, int]], features: CachedFeatures, sets: Sequence,
+                 rng: random.Random) -> CachedBatch:
+    """The cached features of `pairs` ((set index, item index)), one random cached view per item."""
+    acts, masks, conds = None, [], []
+    for si, i in pairs:
+        view = features.views[rng.randrange(len(features.views))]
+        a, m = features.cache.load(features.digests[si][i], view)
+        acts = [[x] for x in a] if acts is None else [lst + [x] for lst, x in zip(acts, a)]
+        masks.append(m)
+        conds.append(features.cond[rng.choice(sets[si].prompts)])
+    return CachedBatch([torch.stack(a) for a in acts], torch.stack(conds), torch.stack(masks))

@@ -1,0 +1,37 @@
+"""The models a picker offers, and the short name a model gets in tables and folder names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engine.paths import is_onnx_export
+
+__all__ = ["model_choices", "model_label"]
+
+
+def model_label(source: str, precision: str = "fp32") -> str:
+    """A short name for a (source, precision) pair: folder name (run/best -> run), Hub id or "auto".
+
+    "/x/checkpoints/run-1/best" -> "run-1"; ("CIDAS/clipseg-rd64-refined", "bf16") -> "... (bf16)".
+    """
+    p = Path(str(source))
+    name = p.parent.name if p.name in ("best", "last") else (p.name if p.is_absolute() or p.exists() else str(source))
+    return f"{name} ({precision})" if precision != "fp32" else name
+
+
+def model_choices(checkpoints_dir: str | os.PathLike | None = None, export_dir: str | os.PathLike | None = None, *,
+                  torch_only: bool = False, default: str | None = None) -> list[tuple[str, str]]:
+    """(label, source) for the pickers (`engine.models.list_models`).
+
+    torch_only drops ONNX exports; `default`, when given and not listed, comes first as "<label> (default)".
+    """
+    # Deferred: engine.models loads torch, and `import app` must not (tests/test_app.py).
+    from engine.models import list_models
+
+    choices = list_models(checkpoints_dir, export_dir)
+    if torch_only:
+        choices = [(label, src) for label, src in choices if not is_onnx_export(src)]
+    if default is not None and default not in [src for _, src in choices]:
+        choices.insert(0, (f"{model_label(default)} (default)", default))
+    return choices

@@ -1,0 +1,155 @@
+"""Start, watch and stop the background training job from the Train tab's choices.
+
+`engine.train` is imported on first use (it loads torch; `import app` must not): `start_run` turns a
+`TrainRequest` (the tab's widget values) into data specs and TrainConfig fields, then starts the job.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.data.archive import as_data_path
+from engine.paths import DEFAULT_SETS
+from engine.prompts import parse_prompts
+
+if TYPE_CHECKING:
+    from engine.models.cache import ModelCache
+    from engine.train import TrainConfig
+    from engine.train.events import JobStatus
+
+__all__ = ["TrainRequest", "new_run_dir", "train_defaults", "training_data", "training_settings", "start_run",
+           "start_training", "training_status", "stop_training"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest:
+    """The Train tab's choices.
+
+    sets: shared set names (keys of engine.paths.DEFAULT_SETS) under the data root; set_prompts: the prompts
+    typed for each shared set (empty: its DEFAULT_SETS synonyms); zip_file / folder: the user's own set, each
+    with its prompts text (comma or newline separated). max_images: images per set, None or 0 for all.
+    """
+
+    model: str
+    epochs: int
+    lr: float
+    batch_size: int
+    image_size: int
+    unfreeze_vision_layers: int = 0
+    unfreeze_text_layers: int = 0
+    augment: bool = True
+    patience: int = 0
+    max_images: int | None = None
+    run_name: str = ""
+    sets: Sequence[str] = ()
+    set_prompts: Mapping[str, str] = field(default_factory=dict)
+    zip_file: str | None = None
+    zip_prompts: str = ""
+    folder: str = ""
+    folder_prompts: str = ""
+
+
+def _train_module():
+    try:
+        return importlib.import_module("engine.train")
+    except ImportError as exc:
+        raise RuntimeError(f"Training is not available in this installation ({exc}); install the full "
+                           "requirements.txt and restart the app.") from exc
+
+
+def train_defaults() -> TrainConfig:
+    """TrainConfig's defaults (`engine.train.make_config()`): the Train tab's slider values at start."""
+    return _train_module().make_config()
+
+
+def new_run_dir(checkpoints_dir: str | os.PathLike, name: str | None = None) -> Path:
+    """checkpoints_dir/<name>, or checkpoints_dir/run-YYYYmmdd-HHMMSS when no name is given."""
+    name = (name or "").strip()
+    if name:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", name):
+            raise ValueError(f"Run name {name!r} may use letters, digits, '.', '_' and '-' only (at most 80).")
+    else:
+        name = time.strftime("run-%Y%m%d-%H%M%S")
+    return Path(checkpoints_dir) / name
+
+
+def training_data(request: TrainRequest, data_root: str | os.PathLike) -> list[tuple[str, str | Sequence[str]]]:
+    """(path, prompts) per chosen set: the ticked shared sets, then the uploaded zip, then the folder."""
+    data: list[tuple[str, str | Sequence[str]]] = [
+        (str(Path(data_root) / name), request.set_prompts.get(name) or DEFAULT_SETS[name])
+        for name in request.sets or []]
+    if request.zip_file:
+        data.append((request.zip_file, request.zip_prompts))
+    if (request.folder or "").strip():
+        data.append((request.folder.strip(), request.folder_prompts))
+    return data
+
+
+def training_settings(request: TrainRequest, overrides: Mapping | None = None) -> dict:
+    """TrainConfig fields for a request, `overrides` applied last.
+
+    A limit of N images per set validates on max(2, N // 4) images per set; unfrozen layers select the
+    "last_n" recipe (they only train there; otherwise the decoder trains alone) unless `train` is given.
+    """
+    limit = int(request.max_images or 0) or None
+    settings = dict(model=request.model, epochs=int(request.epochs), lr=float(request.lr),
+                    batch_size=int(request.batch_size), image_size=int(request.image_size),
+                    unfreeze_vision_layers=int(request.unfreeze_vision_layers),
+                    unfreeze_text_layers=int(request.unfreeze_text_layers), augment=bool(request.augment),
+                    patience=int(request.patience), max_train_images=limit,
+                    max_val_images=limit and max(2, limit // 4))
+    settings.update(overrides or {})
+    if "train" not in settings and (settings["unfreeze_vision_layers"] or settings["unfreeze_text_layers"]):
+        settings["train"] = "last_n"
+    return settings
+
+
+def start_run(request: TrainRequest, *, data_root: str | os.PathLike, checkpoints_dir: str | os.PathLike,
+              uploads_dir: str | os.PathLike, cache: ModelCache | None = None,
+              overrides: Mapping | None = None) -> str:
+    """Start the background job for the Train tab's choices; returns the run folder (under checkpoints_dir)."""
+    return start_training(training_data(request, data_root), out=new_run_dir(checkpoints_dir, request.run_name),
+                          uploads_dir=uploads_dir, cache=cache, **training_settings(request, overrides))
+
+
+def start_training(data: Sequence[tuple[str, str | Sequence[str]]], *, out: str | os.PathLike,
+                   uploads_dir: str | os.PathLike, cache: ModelCache | None = None, preset: str | None = None,
+                   **settings) -> str:
+    """Start the background training job; returns its run folder.
+
+    data: (path, prompts) per labelled set; a path ending in .zip is safely extracted first; prompts are
+        comma/newline separated text or a list (synonyms of that set's class).
+    settings: TrainConfig fields (model, epochs, lr, batch_size, image_size, unfreeze_vision_layers, ...).
+    Raises ValueError for missing data or prompts, RuntimeError (`JobRunning`) while another job runs.
+    """
+    train = _train_module()
+    if not data:
+        raise ValueError("No training data chosen: tick a shared set, upload a .zip, or type a folder path.")
+    specs = [train.DataSpec(str(as_data_path(path, uploads_dir)), tuple(parse_prompts(prompts)))
+             for path, prompts in data]
+    cfg = train.make_config(preset, data=specs, out=str(out), **settings)
+    run_dir = train.get_job().start(cfg)  # raises JobRunning while another job runs
+    if cache is not None:
+        cache.evict(run_dir)  # a run trained again must be reloaded
+    return str(run_dir)
+
+
+def training_status() -> JobStatus:
+    """The background job's status (phase "idle" when it never started)."""
+    return _train_module().get_job().status()
+
+
+def stop_training() -> JobStatus:
+    """Ask the running job to stop (it stops within a step) and return its status."""
+    job = _train_module().get_job()
+    if not job.running:
+        raise ValueError("No training job is running; nothing to stop.")
+    job.stop()
+    return job.status()

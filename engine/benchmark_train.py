@@ -1,0 +1,105 @@
+"""`python -m engine benchmark --train`: seconds per training image, HF's plain forward vs the feature cache.
+
+Full-size rd64-refined architecture with random weights, 352x352, fp32 (and bf16 autocast where the CPU has
+native bf16), real photos from ../shared. Both ways run the training loop's own step (`engine.train.loop.make_step`)
+on one model, side by side in one process, interleaved so drift in machine load hits both alike; each figure
+is the best of two rounds. FLOPs are counted with torch's FlopCounterMode (matmuls and convolutions,
+forward and backward).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine.models import full_size_config, make_random_model_folder
+from engine.paths import SHARED_DATA
+from engine.segmenter import cpu_supports_bf16
+from engine.train.checkpoint import RunState
+from engine.train.config import DataSpec, make_config
+from engine.train.features import IDENTITY, build_feature_cache, cached_batch
+from engine.train.loop import make_optimiser, make_step
+from engine.train.model import build_trainee, resolve_device
+from engine.train.sampling import DecodedImages, image_batch, open_sets
+
+
+def step_flops(step: Callable[[Sequence], float], pairs: Sequence) -> float:
+    """Matmul and convolution FLOPs (forward and backward) of one training step, per image."""
+    with FlopCounterMode(display=False) as counter:
+        step(pairs)
+    return counter.get_total_flops() / len(pairs)
+
+
+def time_steps(step: Callable[[Sequence], float], pairs: Sequence, repeats: int) -> float:
+    """Seconds per image of `step(pairs)`: one warm-up step, then the mean of `repeats` timed ones."""
+    step(pairs)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step(pairs)
+    return (time.perf_counter() - start) / (repeats * len(pairs))
+
+
+def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int = 8, batch_size: int = 4) -> dict:
+    """Seconds per training image: HF's plain forward every step vs the feature cache (decoder-only training).
+
+    threads: CPU threads (set here: the benchmark is an entry point). Returns the JSON report (see the module doc).
+    """
+    repeats = repeats or 3
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = make_random_model_folder(Path(tmp) / "model", full_size_config())
+        cfg = make_config(None, model=str(model_dir), out=str(Path(tmp) / "run"), cache_dir=str(Path(tmp) / "cache"),
+                          data=[DataSpec(str(SHARED_DATA / "cracks"), ("segment crack",))], max_train_images=n_images,
+                          max_val_images=1, batch_size=batch_size, image_size=352, augment=False, amp=False,
+                          threads=threads, epochs=1)
+        sets = open_sets(cfg)
+        torch.manual_seed(cfg.seed)
+        trainee = build_trainee(cfg, resolve_device(cfg))  # decoder-only: the "cached" mode
+        opt = make_optimiser(trainee, cfg)
+        state = RunState(batch_size=batch_size, rng=random.Random(cfg.seed))
+        features = build_feature_cache(trainee.model, trainee.tokenizer, trainee.processor, sets, root=cfg.cache_dir,
+                                       image_size=cfg.image_size, dtype=cfg.cache_dtype, views=[IDENTITY],
+                                       device=trainee.device, on_event=lambda e: None, stop=threading.Event())
+        images = DecodedImages(sets)
+        batches = {
+            "cached": lambda pairs: cached_batch(pairs, features, sets, state.rng),
+            "plain": lambda pairs: image_batch(pairs, images, trainee.tokenizer, trainee.processor,
+                                               image_size=cfg.image_size, augment=False, rng=state.rng),
+        }
+
+        def step_for(mode: str, amp_dtype: torch.dtype | None):
+            return make_step(replace(trainee, mode=mode, amp_dtype=amp_dtype), opt, cfg, state, batches[mode],
+                             steps_per_epoch=math.ceil(n_images / batch_size))
+
+        pairs = [(0, i) for i in range(batch_size)]
+        timings = {}
+        precisions = [("fp32", None)] + ([("bf16", torch.bfloat16)] if cpu_supports_bf16() else [])
+        for _ in range(2):  # interleaved, so drift in machine load hits both ways alike
+            for precision, dtype in precisions:
+                for mode in ("plain", "cached"):
+                    timings.setdefault((precision, mode), []).append(time_steps(step_for(mode, dtype), pairs, repeats))
+        flops = {mode: step_flops(step_for(mode, None), pairs) for mode in ("plain", "cached")}
+    best = {k: min(v) for k, v in timings.items()}
+    plain, cached = best[("fp32", "plain")], best[("fp32", "cached")]
+    result = {"plain_s_per_image": plain, "cached_s_per_image": cached, "speedup": plain / cached,
+              "cache_build_s_per_image": features.build_seconds / n_images, "precision": "fp32",
+              # The speed-up the arithmetic allows: matmul/conv FLOPs per image of each way, and the rate reached.
+              "plain_gflop_per_image": flops["plain"] / 1e9, "cached_gflop_per_image": flops["cached"] / 1e9,
+              "flop_ratio": flops["plain"] / flops["cached"],
+              "plain_gflop_per_s": flops["plain"] / 1e9 / plain, "cached_gflop_per_s": flops["cached"] / 1e9 / cached}
+    if ("bf16", "plain") in best:
+        result["bf16_autocast"] = {"plain_s_per_image": best[("bf16", "plain")],
+                                   "cached_s_per_image": best[("bf16", "cached")],
+                                   "speedup": best[("bf16", "plain")] / best[("bf16", "cached")],
+                                   "cached_speedup_vs_fp32_plain": plain / best[("bf16", "cached")]}
+    return {**result, "threads": threads, "image_size": 352, "batch_size": batch_size,
+            "images": n_images, "repeats": repeats, "architecture": "CIDAS/clipseg-rd64-refined (random weights)"}

@@ -1,0 +1,177 @@
+"""Safe extraction of uploaded data set zips: every member checked before anything is written.
+
+A public server takes zips from anyone, so `safe_extract_zip` refuses absolute paths, "..", links, special
+files, encryption and zip bombs, and bounds the entries, bytes and compression ratio. `as_data_path` turns
+what a user gave (a folder, or a .zip) into a labelled-set folder on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import uuid
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from engine.errors import ArchiveError
+
+__all__ = ["MAX_ZIP_FILES", "MAX_ZIP_BYTES", "MAX_ZIP_RATIO", "RATIO_CHECK_BYTES", "ArchiveError", "safe_extract_zip",
+           "dataset_root", "extract_upload", "as_data_path"]
+
+MAX_ZIP_FILES = 20_000
+MAX_ZIP_BYTES = 2 * 1024**3  # total uncompressed size
+MAX_ZIP_RATIO = 100  # uncompressed / compressed; JPEG exports sit near 1, YOLO label text near 3
+RATIO_CHECK_BYTES = 8 * 1024**2  # ratios are judged only above this size (tiny files compress wildly)
+_CHUNK = 1024**2
+_SKIPPED_PREFIXES = ("__MACOSX/",)  # resource forks macOS Finder adds to zips
+_SKIPPED_NAMES = frozenset({".DS_Store", "Thumbs.db"})
+# Folders that belong to a data set layout (a split, or a split's parts): the set's root is above them.
+_LAYOUT_FOLDERS = frozenset({"train", "valid", "val", "validation", "test", "images", "labels", "masks"})
+
+
+def _member_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a member may not be extracted (unsafe path, link, device, encryption), or None."""
+    name = info.filename
+    if "\x00" in name:
+        return "has a NUL byte in its name"
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+        return "is an absolute path"
+    if ".." in PurePosixPath(posix).parts:
+        return "climbs out of the folder with '..'"
+    kind = stat.S_IFMT(info.external_attr >> 16)  # Unix file type in the high 16 bits (0 from DOS/Windows)
+    if kind == stat.S_IFLNK:
+        return "is a symbolic link"
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+        return "is not a regular file or folder"
+    if info.flag_bits & 0x1:
+        return "is encrypted"
+    return None
+
+
+def _check_members(zip_name: str, members: list[zipfile.ZipInfo], max_files: int, max_bytes: int,
+                   max_ratio: float) -> int:
+    """Refuse an archive from its headers alone (see `safe_extract_zip`); returns the declared total bytes."""
+    if len(members) > max_files:
+        raise ArchiveError(
+            f"{zip_name} holds {len(members):,} entries, over the limit of {max_files:,}; upload a smaller "
+            "subset or point to a folder on the server instead."
+        )
+    total = sum(m.file_size for m in members)
+    packed = sum(m.compress_size for m in members)
+    if total > max_bytes:
+        raise ArchiveError(
+            f"{zip_name} unpacks to {total / 1024**3:.2f} GB, over the limit of {max_bytes / 1024**3:.2f} GB; "
+            "upload a smaller subset or point to a folder on the server instead."
+        )
+    if total > RATIO_CHECK_BYTES and total > max_ratio * max(packed, 1):
+        raise ArchiveError(
+            f"{zip_name} expands {total / max(packed, 1):.0f}x (limit {max_ratio:.0f}x), which looks like a "
+            "zip bomb; upload the photos and labels as they are."
+        )
+    for m in members:
+        problem = _member_problem(m)
+        if problem:
+            raise ArchiveError(f"{zip_name}: entry {m.filename!r} {problem}; refusing the archive. "
+                               "Re-create the zip from the data set folder itself.")
+        if m.file_size > RATIO_CHECK_BYTES and m.file_size > max_ratio * max(m.compress_size, 1):
+            raise ArchiveError(
+                f"{zip_name}: entry {m.filename!r} expands {m.file_size / max(m.compress_size, 1):.0f}x "
+                f"(limit {max_ratio:.0f}x), which looks like a zip bomb; refusing the archive."
+            )
+    return total
+
+
+def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike, *, max_files: int = MAX_ZIP_FILES,
+                     max_bytes: int = MAX_ZIP_BYTES, max_ratio: float = MAX_ZIP_RATIO) -> Path:
+    """Extract an uploaded zip into `dest` (created; must be empty or absent) and return `dest`.
+
+    Every member is checked before anything is written: no absolute paths, no "..", no symbolic links or
+    special files (Unix mode in `external_attr`), no encryption, at most `max_files` entries and `max_bytes`
+    uncompressed, and no compression ratio above `max_ratio` (zip bombs) for the archive or any member larger
+    than RATIO_CHECK_BYTES. Bytes are counted again while writing, so a header that lies about its size cannot
+    overshoot. `__MACOSX/` and `.DS_Store` entries are skipped. On any failure `dest` is removed.
+    Raises ArchiveError (a ValueError) naming the offending member and the fix.
+    """
+    zip_path, dest = Path(zip_path), Path(dest)
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile as exc:
+        raise ArchiveError(f"{zip_path.name}: not a zip file ({exc}); upload the data set as a .zip archive.") from exc
+    except FileNotFoundError as exc:
+        raise ArchiveError(f"{zip_path}: no such file; upload the zip again.") from exc
+    with archive:
+        members = archive.infolist()
+        total = _check_members(zip_path.name, members, max_files, max_bytes, max_ratio)
+        if dest.exists() and any(dest.iterdir()):
+            raise ArchiveError(f"{dest} is not empty; extract into a new folder.")
+        dest.mkdir(parents=True, exist_ok=True)
+        root = dest.resolve()
+        try:
+            written = 0
+            for m in members:
+                name = m.filename.replace("\\", "/")
+                if name.startswith(_SKIPPED_PREFIXES) or PurePosixPath(name).name in _SKIPPED_NAMES:
+                    continue
+                target = (root / name).resolve()
+                if not target.is_relative_to(root):  # belt and braces after the name checks above
+                    raise ArchiveError(f"{zip_path.name}: entry {m.filename!r} leaves the folder; "
+                                       "refusing the archive.")
+                if m.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    out = open(target, "xb")
+                except FileExistsError as exc:
+                    raise ArchiveError(f"{zip_path.name}: entry {m.filename!r} appears twice; "
+                                       "re-create the zip.") from exc
+                with archive.open(m) as src, out:
+                    while chunk := src.read(_CHUNK):
+                        written += len(chunk)
+                        if written > min(total, max_bytes):
+                            raise ArchiveError(f"{zip_path.name}: entries hold more data than their headers declare; "
+                                               "refusing the archive.")
+                        out.write(chunk)
+        except zipfile.BadZipFile as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise ArchiveError(f"{zip_path.name} is damaged ({exc}); create the zip again and re-upload it.") from exc
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+    return dest
+
+
+def dataset_root(folder: str | os.PathLike) -> Path:
+    """The data set inside an extracted zip: descends through lone wrapper folders ("export/", "my-set/").
+
+    Stops above a folder named like a split or a split's part (train, valid, images, ...).
+    """
+    folder = Path(folder)
+    while True:
+        entries = [p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+        if len(entries) == 1 and entries[0].is_dir() and entries[0].name.lower() not in _LAYOUT_FOLDERS:
+            folder = entries[0]
+        else:
+            return folder
+
+
+def extract_upload(zip_path: str | os.PathLike, uploads_dir: str | os.PathLike) -> Path:
+    """Extract an uploaded data set zip into a fresh folder under `uploads_dir`; returns the data set root."""
+    dest = Path(uploads_dir) / f"{Path(zip_path).stem[:40]}-{uuid.uuid4().hex[:8]}"
+    return dataset_root(safe_extract_zip(zip_path, dest))
+
+
+def as_data_path(path: str | os.PathLike, uploads_dir: str | os.PathLike) -> Path:
+    """A labelled-set path as given, or, for a .zip, the root of its safely extracted copy."""
+    text = str(path).strip()
+    if not text:
+        raise ValueError("No data set given: tick a shared set, upload a .zip, or type a folder path.")
+    p = Path(text).expanduser()
+    if p.suffix.lower() == ".zip":
+        return extract_upload(p, uploads_dir)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such folder; check the data set path (it is read on the server).")
+    return p

@@ -1,0 +1,137 @@
+"""What a training run is told: the data sets and their prompts, `TrainConfig`, and presets of overrides.
+
+`asdict(cfg)` is saved as the run folder's config.json; `config_from_json` reads it back (for --resume).
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.paths import DEFAULT_SETS, FEATURE_CACHE_DIR, SHARED_DATA, in_repo
+
+
+@dataclass
+class DataSpec:
+    """A labelled set and its prompts (synonyms). `path`: a YOLOv8 root, a split folder, a COCO json, ..."""
+
+    path: str
+    prompts: tuple[str, ...]
+    train_split: str | None = "train"  # used when `path` is a root with several splits
+    val_split: str | None = "valid"
+
+
+@dataclass
+class TrainConfig:
+    data: list[DataSpec] = field(default_factory=list)
+    model: str = "auto"  # any model source, or "scratch" (a new model of `scratch_arch`, random init)
+    out: str = "checkpoints/run"
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 16
+    image_size: int = 352
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    focal_weight: float = 0.0
+    schedule: str = "cosine"  # "cosine" (linear warm-up, cosine decay) or "plateau" (halve on a val plateau)
+    warmup_epochs: float = 0.5
+    grad_clip: float = 1.0
+    patience: int = 5  # epochs without a better val mIoU before stopping early; 0 = never
+    seed: int = 0
+    train: str = "decoder"  # "decoder" (CLIPSeg paper recipe), "last_n", or "all"
+    unfreeze_vision_layers: int = 0  # with train="last_n": the last N layers the decoder reads up to
+    unfreeze_text_layers: int = 0
+    amp: bool = True  # CUDA: fp16 autocast + GradScaler. CPU: only with amp_dtype="bf16" and CPU support
+    amp_dtype: str = "auto"  # "auto" (fp16 on CUDA), "fp16", "bf16"
+    device: str = "auto"
+    threads: int | None = None  # CPU threads; applied by the entry point (`python -m engine train`), not here
+    feature_cache: bool = True
+    cache_dir: str = FEATURE_CACHE_DIR
+    cache_dtype: str = "float16"
+    cache_views: int = 4  # K augmented views cached per image (with augment on)
+    augment: bool = True
+    set_balance: float = 0.5  # sampling weight ∝ len(set) ** set_balance (0: sets equal, 1: by size)
+    max_train_images: int | None = None  # per set, for quick runs
+    max_val_images: int | None = None
+    scratch_arch: dict = field(default_factory=dict)  # CLIPSegConfig overrides for model="scratch"
+    foreground_prior: float = 0.05
+    film_init_std: float = 1e-3  # model="scratch": noise on the FiLM layers' identity init
+    select: str = "best"  # "best": keep the epoch with the best val score; "last": the final epoch
+    calibrate_on: str = "valid"  # split whose threshold sweep sets the model's threshold: "valid" or "train"
+    calibration_images: int = 100  # per set, with calibrate_on="train" (the first N, un-augmented)
+
+
+# Presets hold only what differs from the defaults.
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "quick": {"epochs": 2, "max_train_images": 32, "max_val_images": 16},
+    "tiny": {"epochs": 2, "batch_size": 2, "image_size": 64, "max_train_images": 6, "max_val_images": 4,
+             "feature_cache": False, "warmup_epochs": 0},
+    "full": {"train": "last_n", "unfreeze_vision_layers": 2, "lr": 2e-4, "epochs": 20, "feature_cache": False},
+    "starter": {
+        "model": "scratch", "out": "checkpoints/drywall-starter", "train": "all", "feature_cache": False,
+        "epochs": 80, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 16, "image_size": 224, "amp_dtype": "bf16",
+        "patience": 0, "warmup_epochs": 2, "set_balance": 0.5, "film_init_std": 0.05,
+        # The valid splits stay unseen: no epoch is picked on them and the threshold is set on train photos.
+        "select": "last", "calibrate_on": "train",
+        "scratch_arch": {
+            "vision_config": {"image_size": 224, "patch_size": 16, "hidden_size": 192, "intermediate_size": 768,
+                              "num_hidden_layers": 6, "num_attention_heads": 3},
+            "text_config": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2,
+                            "num_attention_heads": 2, "max_position_embeddings": 32},
+            "projection_dim": 128, "reduce_dim": 64, "extract_layers": [1, 3, 5],
+            "decoder_num_attention_heads": 4, "decoder_intermediate_size": 256,
+            "use_complex_transposed_convolution": True,
+        },
+    },
+}
+
+# Settings with a fixed set of values: name -> the values allowed.
+_CHOICES = {"train": ("decoder", "last_n", "all"), "select": ("best", "last"), "calibrate_on": ("valid", "train"),
+            "schedule": ("cosine", "plateau")}
+
+
+def default_data() -> list[DataSpec]:
+    """The sets in ../shared (engine.paths.DEFAULT_SETS) with the prompts inspectors type."""
+    return [DataSpec(str(SHARED_DATA / name), prompts) for name, prompts in DEFAULT_SETS.items()]
+
+
+def make_config(preset: str | None = None, **overrides) -> TrainConfig:
+    """A TrainConfig from the defaults, a preset's overrides, then explicit overrides (None values ignored).
+
+    Raises ValueError naming an unknown preset or setting, or a setting outside its allowed values.
+    """
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
+    values = {**PRESETS.get(preset or "default", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"Unknown training setting(s) {unknown}; valid ones: {', '.join(sorted(names))}.")
+    data = values.pop("data", None) or default_data()
+    values["data"] = [d if isinstance(d, DataSpec) else DataSpec(**d) for d in data]
+    cfg = TrainConfig(**values)
+    for name, allowed in _CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            choices = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
+            raise ValueError(f"{name} must be {choices}, not {getattr(cfg, name)!r}.")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise ValueError("epochs and batch_size must be >= 1 and lr > 0.")
+    return cfg
+
+
+def config_from_json(path) -> TrainConfig:
+    """The TrainConfig saved as a run's config.json (data entries back to DataSpec, prompts to tuples)."""
+    values = json.loads(Path(path).read_text())
+    values["data"] = [DataSpec(d["path"], tuple(d["prompts"]), d.get("train_split", "train"),
+                               d.get("val_split", "valid")) for d in values["data"]]
+    return make_config(None, **values)
+
+
+def run_folder(cfg: TrainConfig) -> Path:
+    """The run folder `cfg.out`, relative to the repository root unless absolute."""
+    return in_repo(cfg.out)

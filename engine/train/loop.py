@@ -1,0 +1,320 @@
+"""The training loop: `train(cfg)` runs one job in the caller's thread and returns its summary.
+
+Read top to bottom: `train` opens the data, builds the model and optimiser (or restores them with resume),
+then per epoch `train_one_epoch` (steps through `make_step`, with the out-of-memory retry), `validate`
+(the engine's own evaluation, plus `calibrate` for the threshold), and the run folder's writers in
+checkpoint.py. Progress goes out as typed events (events.py); the loop never prints.
+Thread counts are the entry point's business (`python -m engine train` applies cfg.threads).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.errors import TrainingStopped
+from engine.evaluate import best_threshold, evaluate
+from engine.paths import in_repo
+from engine.segmenter import Segmenter, normalise
+from engine.train.checkpoint import (Optimiser, RunState, append_metrics, model_meta, restore_state, resume_config,
+                                     run_summary, save_checkpoint, start_run_folder, training_state, write_summary)
+from engine.train.config import TrainConfig, run_folder
+from engine.train.events import (CheckpointEvent, EpochEvent, Event, FailedEvent, FinishedEvent, LogEvent,
+                                 PhaseEvent, StepEvent)
+from engine.train.features import IDENTITY, build_feature_cache, cached_batch, cached_views, render_view
+from engine.train.losses import segmentation_loss
+from engine.train.model import Trainee, batch_logits, build_trainee, make_accelerator, resolve_device
+from engine.train.sampling import DecodedImages, Pair, TrainSet, epoch_order, image_batch, open_sets, shard
+from engine.train.schedule import cosine_lr
+
+
+def train(cfg: TrainConfig, on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None,
+          *, resume: bool = False) -> dict:
+    """Run one training job in the caller's thread; returns the run summary (also in summary.json).
+
+    on_event gets the events of engine.train.events. `stop.set()` ends the run within one step, keeping the
+    last finished epoch's checkpoint (FinishedEvent(stopped=True)). resume: continue cfg.out from last/.
+    Errors are reported as a FailedEvent and re-raised.
+    """
+    on_event = on_event or (lambda event: None)
+    stop = stop or threading.Event()
+    try:
+        return _train(cfg, on_event, stop, resume)
+    except Exception as exc:
+        on_event(FailedEvent(f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        raise
+
+
+def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.Event, resume: bool) -> dict:
+    start = time.perf_counter()
+    run_dir = run_folder(cfg)
+    accelerator = make_accelerator()
+    world = accelerator.num_processes if accelerator is not None else 1
+    is_main = accelerator is None or accelerator.is_main_process  # only the first process writes the run folder
+
+    # 1. Data and model: a fresh start, or the saved config, weights and state of the run being resumed.
+    on_event(PhaseEvent("preparing", "reading data sets"))
+    sets = open_sets(cfg)
+    if resume:
+        cfg = resume_config(run_dir, cfg)
+    else:
+        torch.manual_seed(cfg.seed)
+    trainee = build_trainee(cfg, resolve_device(cfg), resume_from=run_dir / "last" if resume else None)
+    opt = make_optimiser(trainee, cfg)
+    state = RunState(batch_size=cfg.batch_size, rng=random.Random(cfg.seed))
+    if resume:
+        restore_state(run_dir, opt, state)
+    elif is_main:
+        start_run_folder(run_dir, cfg)
+    steps_per_epoch = math.ceil(sum(len(s.train) for s in sets) / state.batch_size / world)
+    batches, cache_build_s = make_batches(trainee, sets, cfg, state.rng, on_event, stop)
+    step = make_step(trainee, opt, cfg, state, batches, steps_per_epoch=steps_per_epoch, accelerator=accelerator)
+
+    # 2. The epochs.
+    trainee.model.train()
+    stopped, epoch = False, state.start_epoch - 1
+    try:
+        for epoch in range(state.start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            on_event(PhaseEvent("training", f"epoch {epoch}/{cfg.epochs}", epoch))
+            order = epoch_order([len(s.train) for s in sets], cfg.set_balance, state.rng)
+            if accelerator is not None:  # each process takes an equal share of the epoch
+                order = shard(order, world, accelerator.process_index)
+            losses = train_one_epoch(epoch, order, step, state, steps_per_epoch, on_event, stop)
+            on_event(PhaseEvent("validating", f"validating epoch {epoch}", epoch))
+            val = validate(trainee, sets, cfg)
+            lr = opt.optimizer.param_groups[0]["lr"]
+            if opt.plateau is not None:
+                opt.plateau.step(val.score)
+            record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
+                      "val_loss": val.val_loss, "lr": lr, "val": val.val, "threshold": val.threshold,
+                      "score": val.score, "seconds": round(time.perf_counter() - t0, 2)}
+            state.history.append(record)
+            improved = val.score > state.best_score or cfg.select == "last"
+            if improved:
+                state.best_score, state.best_epoch, state.bad_epochs = val.score, epoch, 0
+            else:
+                state.bad_epochs += 1
+            if is_main:
+                append_metrics(run_dir, record)
+                meta = model_meta(val, epoch, [p for s in sets for p in s.prompts], run_dir.name, cfg.image_size)
+                for folder in (["best"] if improved else []) + ["last"]:
+                    save_checkpoint(run_dir / folder, trainee.model, trainee.tokenizer, image_size=cfg.image_size,
+                                    meta=meta, state=training_state(opt, state, epoch) if folder == "last" else None)
+                    on_event(CheckpointEvent(epoch, str(run_dir / folder)))
+                write_summary(run_dir, run_summary(run_dir, state, trainee, finished=False, processes=world,
+                                                   seconds=time.perf_counter() - start, cache_build_s=cache_build_s))
+            if accelerator is not None:
+                accelerator.wait_for_everyone()
+            on_event(EpochEvent(epoch, record))
+            if cfg.patience and state.bad_epochs >= cfg.patience:
+                note(state, on_event, f"early stop: no better val mIoU for {cfg.patience} epochs")
+                break
+    except TrainingStopped:
+        stopped = True
+    summary = run_summary(run_dir, state, trainee, finished=not stopped, processes=world,
+                          seconds=time.perf_counter() - start, cache_build_s=cache_build_s)
+    if is_main:
+        write_summary(run_dir, summary)
+    on_event(FinishedEvent(epoch, summary, stopped=stopped))
+    return summary
+
+
+def note(state: RunState, on_event: Callable[[Event], None], message: str) -> None:
+    """A line for the user: kept in the run's log (summary.json) and sent as a LogEvent."""
+    state.log.append(message)
+    on_event(LogEvent(message))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Steps
+
+
+def make_optimiser(trainee: Trainee, cfg: TrainConfig) -> Optimiser:
+    """AdamW over the trainable parameters; a GradScaler for fp16; ReduceLROnPlateau with schedule="plateau"."""
+    params = [p for p in trainee.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=1) \
+        if cfg.schedule == "plateau" else None
+    scaler = torch.amp.GradScaler(trainee.device.type, enabled=trainee.amp_dtype == torch.float16)
+    return Optimiser(optimizer, scaler, plateau)
+
+
+def make_batches(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, rng: random.Random,
+                 on_event: Callable[[Event], None], stop: threading.Event):
+    """(batches(pairs) -> a batch for trainee.mode, seconds spent caching features or None).
+
+    In "cached" mode this builds (or reuses) the feature cache first; otherwise photos are rendered per step.
+    """
+    if trainee.mode == "cached":
+        features = build_feature_cache(
+            trainee.model, trainee.tokenizer, trainee.processor, sets, root=in_repo(cfg.cache_dir),
+            image_size=cfg.image_size, dtype=cfg.cache_dtype, device=trainee.device, on_event=on_event, stop=stop,
+            views=cached_views(cfg.cache_views, cfg.seed) if cfg.augment else [IDENTITY])
+        return (lambda pairs: cached_batch(pairs, features, sets, rng)), features.build_seconds
+    images = DecodedImages(sets)
+    return (lambda pairs: image_batch(pairs, images, trainee.tokenizer, trainee.processor, image_size=cfg.image_size,
+                                      augment=cfg.augment, rng=rng)), None
+
+
+def batch_loss(trainee: Trainee, batch, cfg: TrainConfig) -> torch.Tensor:
+    """The training loss (scalar, fp32) of one batch (CachedBatch or ImageBatch), the way trainee.mode says."""
+    logits = batch_logits(trainee, batch)
+    return segmentation_loss(logits, batch.target.to(trainee.device), bce=cfg.bce_weight, dice=cfg.dice_weight,
+                             focal=cfg.focal_weight)
+
+
+def train_step(trainee: Trainee, opt: Optimiser, batch, cfg: TrainConfig, *, lr: float | None = None,
+               accelerator=None) -> float:
+    """One optimiser step on one batch (CachedBatch or ImageBatch); returns the loss.
+
+    lr: set on every parameter group first (the cosine schedule), None to leave it. Under data parallelism
+    every process applies the mean gradient, so the replicas stay identical.
+    """
+    if lr is not None:
+        for group in opt.optimizer.param_groups:
+            group["lr"] = lr
+    opt.optimizer.zero_grad(set_to_none=True)
+    loss = batch_loss(trainee, batch, cfg)
+    opt.scaler.scale(loss).backward()
+    if accelerator is not None and accelerator.num_processes > 1:
+        for p in trainee.model.parameters():
+            if p.grad is not None:
+                p.grad = accelerator.reduce(p.grad, reduction="mean")
+    if cfg.grad_clip:
+        opt.scaler.unscale_(opt.optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in trainee.model.parameters() if p.requires_grad], cfg.grad_clip)
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    return float(loss.detach())
+
+
+def make_step(trainee: Trainee, opt: Optimiser, cfg: TrainConfig, state: RunState, batches, *,
+              steps_per_epoch: int, accelerator=None) -> Callable[[Sequence[Pair]], float]:
+    """step(pairs) -> loss: the run's learning rate for state.global_step, the batch, `train_step`, the count."""
+    total_steps, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
+
+    def step(pairs: Sequence[Pair]) -> float:
+        lr = None if opt.plateau is not None else cosine_lr(state.global_step, total_steps, warmup, cfg.lr)
+        loss = train_step(trainee, opt, batches(pairs), cfg, lr=lr, accelerator=accelerator)
+        state.global_step += 1
+        return loss
+
+    return step
+
+
+def step_with_oom_retry(step: Callable[[Sequence[Pair]], float], pairs: Sequence[Pair], state: RunState,
+                        on_event: Callable[[Event], None]) -> float:
+    """step(pairs); on CUDA out-of-memory, halve state.batch_size (logged) and run the pairs as two halves."""
+    try:
+        return step(pairs)
+    except torch.cuda.OutOfMemoryError:
+        if len(pairs) <= 1:
+            raise RuntimeError("CUDA out of memory even at batch size 1; lower image_size or train fewer layers.")
+        torch.cuda.empty_cache()
+        state.batch_size = max(1, len(pairs) // 2)
+        note(state, on_event, f"CUDA out of memory: batch size halved to {state.batch_size}")
+        half = len(pairs) // 2
+        return (step_with_oom_retry(step, pairs[:half], state, on_event)
+                + step_with_oom_retry(step, pairs[half:], state, on_event)) / 2
+
+
+def train_one_epoch(epoch: int, order: list[Pair], step: Callable[[Sequence[Pair]], float], state: RunState,
+                    steps_per_epoch: int, on_event: Callable[[Event], None], stop: threading.Event) -> list[float]:
+    """Step through `order` in batches of the live state.batch_size; returns the step losses.
+
+    Raises TrainingStopped before a step once `stop` is set.
+    """
+    losses = []
+    for i in range(steps_per_epoch):
+        if stop.is_set():
+            raise TrainingStopped()
+        pairs = order[i * state.batch_size:(i + 1) * state.batch_size]
+        if not pairs:
+            break
+        losses.append(step_with_oom_retry(step, pairs, state, on_event))
+        on_event(StepEvent(epoch, i + 1, steps_per_epoch, loss=losses[-1]))
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation
+
+
+@dataclass
+class Validation:
+    """One epoch's validation. val: prompt -> miou, dice, best_threshold, best_miou, precision, recall;
+    threshold: the model's default threshold; score: the mean per-image mIoU at it (what selects the epoch);
+    thresholds: prompt -> its own best threshold; val_loss: None without validation images."""
+
+    val: dict
+    val_loss: float | None
+    threshold: float
+    score: float
+    thresholds: dict
+
+
+def mean_sweep(sweeps: list[dict]) -> dict:
+    """Threshold -> mean over sets of per-image mIoU (sweeps: one {threshold: mIoU} per set)."""
+    return {t: float(np.mean([sw[t] for sw in sweeps])) for t in sweeps[0]} if sweeps else {0.5: 0.0}
+
+
+def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig) -> Validation:
+    """Per-set evaluation with engine.evaluate (the same code as `engine evaluate`) plus the val loss.
+
+    One default threshold for the model: the best mean (over sets) of the first prompt's per-image mIoU,
+    swept on the valid split, or on the first train photos with calibrate_on="train" (see `calibrate`).
+    """
+    model = trainee.model
+    model.eval()
+    seg = Segmenter(model, trainee.tokenizer, trainee.processor, threads=cfg.threads, device=str(trainee.device))
+    results, losses, sweeps = {}, [], []
+    with torch.inference_mode():
+        for s in sets:
+            if s.val is None or len(s.val) == 0:
+                continue
+            report = evaluate(seg, s.val, list(s.prompts), threshold=0.5, progress=False)
+            for p, r in report.prompts.items():
+                results[p] = {"miou": r.miou, "dice": r.dice, "best_threshold": r.best_threshold,
+                              "best_miou": r.best_miou, "precision": r.precision, "recall": r.recall}
+            sweeps.append(report.prompts[s.prompts[0]].sweep)
+            losses += [_val_loss(seg, trainee.processor, image, mask, s.prompts[0], cfg) for image, mask in
+                       (s.val[i] for i in range(len(s.val)))]
+        calibration = calibrate(seg, sets, cfg.calibration_images) if cfg.calibrate_on == "train" else None
+    model.train()
+    swept = mean_sweep(sweeps)
+    threshold, score = best_threshold(swept)
+    thresholds = {p: r["best_threshold"] for p, r in results.items()}
+    if calibration is not None:  # scored on the valid split at the threshold the train photos chose
+        threshold = best_threshold(mean_sweep([sw for sw, _ in calibration.values()]))[0]
+        score = swept.get(threshold, 0.0)
+        thresholds = {p: t for _, prompt_thresholds in calibration.values() for p, t in prompt_thresholds.items()}
+    return Validation(results, float(np.mean(losses)) if losses else None, threshold, score, thresholds)
+
+
+def _val_loss(seg: Segmenter, processor, image, mask, prompt: str, cfg: TrainConfig) -> float:
+    """The training loss of one un-augmented validation photo (image: RGB PIL, mask: bool (H, W))."""
+    img, msk = render_view(image, mask, IDENTITY, cfg.image_size)
+    pv = torch.from_numpy(normalise(img[None], processor.image_mean, processor.image_std))
+    logits = seg.logits(pv, [prompt])[:, 0]
+    return float(segmentation_loss(logits, torch.from_numpy(msk)[None].to(logits.device), bce=cfg.bce_weight,
+                                   dice=cfg.dice_weight, focal=cfg.focal_weight))
+
+
+def calibrate(seg: Segmenter, sets: list[TrainSet], n_images: int) -> dict[str, tuple[dict, dict]]:
+    """Per set path: (first prompt's threshold sweep, {prompt: that sweep's best threshold}) on its first
+    n_images train photos. One prompt per set keeps it cheap; its synonyms share the threshold."""
+    out = {}
+    for s in sets:
+        subset = s.train.subset(range(min(len(s.train), n_images)))
+        result = evaluate(seg, subset, [s.prompts[0]], threshold=0.5, progress=False).prompts[s.prompts[0]]
+        out[s.spec.path] = (result.sweep, {p: result.best_threshold for p in s.prompts})
+    return out

@@ -1,0 +1,144 @@
+"""What the loop trains on: the opened sets, the order of an epoch, and batches rendered from photos.
+
+Every random choice (the epoch order, the augmented view, the colour jitter, the prompt among synonyms) is
+drawn from the one `random.Random` the run owns, so a resumed run continues the same sequence.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.data import open_dataset
+from engine.segmenter import normalise
+from engine.train.config import DataSpec, TrainConfig
+from engine.train.features import IDENTITY, random_view, render_view
+
+Pair = tuple[int, int]  # (set index, item index in that set's train split)
+
+
+@dataclass
+class TrainSet:
+    """One DataSpec opened: its train and validation splits (LabelledSet) and its prompts (synonyms)."""
+
+    spec: DataSpec
+    train: object  # LabelledSet
+    val: object | None
+    prompts: tuple[str, ...]
+
+
+def open_sets(cfg: TrainConfig) -> list[TrainSet]:
+    """Open every set of cfg.data; without a validation split, 15% of train is held out (by source photo).
+
+    Raises ValueError for a set without prompts or training images, or when cfg.data is empty.
+    """
+    sets = []
+    for spec in cfg.data:
+        if not spec.prompts:
+            raise ValueError(f"Data set {spec.path} has no prompts: write it as PATH=\"prompt one,prompt two\".")
+        root = Path(spec.path)
+        has_splits = (root / (spec.train_split or "train")).is_dir()
+        if has_splits:
+            train = open_dataset(root, split=spec.train_split, prompts=spec.prompts, skip_bad=True)
+            val = open_dataset(root, split=spec.val_split, prompts=spec.prompts, skip_bad=True) \
+                if spec.val_split and (root / spec.val_split).is_dir() else None
+        else:
+            train, val = open_dataset(root, prompts=spec.prompts, skip_bad=True), None
+        if val is None:  # no validation split given: hold out 15%, keeping Roboflow copies of a photo together
+            train, val = train.split((0.85, 0.15), seed=cfg.seed)
+        if cfg.max_train_images:
+            train = train.subset(range(min(len(train), cfg.max_train_images)))
+        if cfg.max_val_images:
+            val = val.subset(range(min(len(val), cfg.max_val_images)))
+        if len(train) == 0:
+            raise ValueError(f"Data set {spec.path} has no training images.")
+        sets.append(TrainSet(spec, train, val, tuple(spec.prompts)))
+    if not sets:
+        raise ValueError("No training data: give at least one --data PATH=prompts.")
+    return sets
+
+
+def epoch_order(sizes: Sequence[int], balance: float, rng: random.Random) -> list[Pair]:
+    """(set index, item index) pairs for one epoch: each set drawn ∝ size ** balance, total = sum of sizes.
+
+    balance 1: every item once; balance 0: the sets equally often (a small set's items repeat, a large set's
+    are a random subset). Within a set every item comes once before any repeats; the pairs are shuffled.
+    """
+    total = sum(sizes)
+    weights = np.array([n ** balance for n in sizes], dtype=float)
+    counts = np.floor(weights / weights.sum() * total).astype(int)
+    counts[np.argmax(weights)] += total - counts.sum()
+    order = []
+    for si, (n, count) in enumerate(zip(sizes, counts)):
+        idx = []
+        while len(idx) < count:
+            chunk = list(range(n))
+            rng.shuffle(chunk)
+            idx.extend(chunk)
+        order.extend((si, i) for i in idx[:count])
+    rng.shuffle(order)
+    return order
+
+
+def shard(order: list[Pair], world: int, rank: int) -> list[Pair]:
+    """Process `rank`'s equal share of an epoch under data parallelism (the order padded by its own start)."""
+    return (order + order[: -len(order) % world])[rank::world]
+
+
+def jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Brightness / contrast / colour jitter on a uint8 (S, S, 3) image; returns uint8 (S, S, 3)."""
+    x = img.astype(np.float32)
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(0.75, 1.25) + mean * rng.uniform(0.75, 1.25)
+    x = x * rng.uniform(0.9, 1.1, size=3)
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+class DecodedImages:
+    """Training items decoded once per run, then kept in memory: `images(si, i)` -> (RGB PIL, bool (H, W))."""
+
+    def __init__(self, sets: list[TrainSet]):
+        self.sets = sets
+        self._items: dict[Pair, tuple] = {}
+
+    def __call__(self, si: int, i: int):
+        if (si, i) not in self._items:
+            self._items[(si, i)] = self.sets[si].train[i]
+        return self._items[(si, i)]
+
+
+@dataclass
+class ImageBatch:
+    """A batch rendered from photos (the plain and full ways).
+
+    pixel_values (B, 3, S, S) float32 normalised; input_ids, attention_mask (B, L) int64, one prompt per image;
+    target (B, S, S) float32 in [0, 1].
+    """
+
+    pixel_values: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    target: torch.Tensor
+
+
+def image_batch(pairs: Sequence[Pair], images: DecodedImages, tokenizer, processor, *, image_size: int,
+                augment: bool, rng: random.Random) -> ImageBatch:
+    """Render `pairs` at image_size: a random view and colour jitter each when augment, and a random synonym."""
+    imgs, masks, prompts = [], [], []
+    for si, i in pairs:
+        image, mask = images(si, i)
+        view = random_view(np.random.default_rng(rng.getrandbits(32))) if augment else IDENTITY
+        img, msk = render_view(image, mask, view, image_size)
+        if augment:
+            img = jitter(img, np.random.default_rng(rng.getrandbits(32)))
+        imgs.append(img)
+        masks.append(msk)
+        prompts.append(rng.choice(images.sets[si].prompts))
+    pv = torch.from_numpy(normalise(np.stack(imgs), processor.image_mean, processor.image_std))
+    tokens = tokenizer(prompts, padding=True, return_tensors="pt")
+    return ImageBatch(pv, tokens["input_ids"], tokens["attention_mask"], torch.from_numpy(np.stack(masks)))

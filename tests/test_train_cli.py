@@ -1,0 +1,30 @@
+"""`python -m engine train` (engine/cli.py cmd_train): a run from the command line, with --set threads."""
+
+import json
+
+import pytest
+import torch
+
+
+@pytest.mark.slow
+def test_cli_train(tiny_model_dir, shared_data, tmp_path):
+    from engine.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        code = main(["train", "--preset", "tiny", "--model", str(tiny_model_dir), "--out", str(tmp_path / "cli"),
+                     "--data", f"{shared_data / 'cracks'}=segment crack,segment wall crack", "--epochs", "1",
+                     "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "threads=1"])
+        assert torch.get_num_threads() == 1  # the entry point applied cfg.threads
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["epochs_done"] == 1
+    assert (tmp_path / "cli" / "README.md").is_file()  # the model card
+
+
+def test_cli_train_names_an_unknown_setting(capsys):
+    from engine.cli import main
+
+    assert main(["train", "--set", "learning_rate=1"]) == 1
+    assert "unknown setting 'learning_rate'" in capsys.readouterr().err

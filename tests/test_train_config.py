@@ -1,0 +1,56 @@
+"""engine/train/config.py: presets are small overrides, bad settings are named, config.json reads back."""
+
+import dataclasses
+import json
+
+import pytest
+
+from engine.paths import DEFAULT_SETS, REPO_ROOT, SHARED_DATA
+from engine.train.config import (PRESETS, DataSpec, TrainConfig, config_from_json, default_data, make_config,
+                                 run_folder)
+
+
+def test_presets_are_small_overrides_and_bad_settings_are_named():
+    assert all(len(p) <= 18 for p in PRESETS.values())  # overrides, not copies of the ~40 fields
+    cfg = make_config("quick", lr=5e-4)
+    assert cfg.epochs == PRESETS["quick"]["epochs"] and cfg.lr == 5e-4 and cfg.batch_size == TrainConfig.batch_size
+    with pytest.raises(ValueError, match="Unknown preset"):
+        make_config("nope")
+    with pytest.raises(ValueError, match="Unknown training setting"):
+        make_config(None, learning_rate=1)
+
+
+@pytest.mark.parametrize("name, bad, message", [
+    ("train", "everything", "train must be 'decoder', 'last_n' or 'all', not 'everything'"),
+    ("select", "worst", "select must be 'best' or 'last'"),
+    ("calibrate_on", "test", "calibrate_on must be 'valid' or 'train'"),
+    ("schedule", "step", "schedule must be 'cosine' or 'plateau'"),
+    ("epochs", 0, "epochs and batch_size must be >= 1"),
+    ("lr", -1.0, "lr > 0"),
+])
+def test_settings_outside_their_values_are_refused(name, bad, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(None, **{name: bad})
+
+
+def test_none_overrides_keep_the_preset_value():
+    assert make_config("tiny", epochs=None).epochs == PRESETS["tiny"]["epochs"]
+
+
+def test_default_data_is_the_shared_sets_with_their_prompts():
+    data = default_data()
+    assert [(d.path, d.prompts) for d in data] == [(str(SHARED_DATA / n), p) for n, p in DEFAULT_SETS.items()]
+    assert make_config().data == data
+
+
+def test_config_json_reads_back(tmp_path):
+    cfg = make_config("starter", data=[DataSpec("/x/cracks", ("segment crack",), "train", None)])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(dataclasses.asdict(cfg)))
+    again = config_from_json(path)
+    assert again == cfg and again.data[0].prompts == ("segment crack",) and again.data[0].val_split is None
+
+
+def test_run_folder_is_relative_to_the_repo(tmp_path):
+    assert run_folder(make_config(None, out="checkpoints/x")) == REPO_ROOT / "checkpoints" / "x"
+    assert run_folder(make_config(None, out=str(tmp_path))) == tmp_path

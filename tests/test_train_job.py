@@ -1,0 +1,68 @@
+"""engine/train/job.py: the background job runs one at a time, stops, reports failures, and its JobStatus."""
+
+import dataclasses
+import time
+
+import pytest
+
+from engine.train import (DataSpec, EpochEvent, FailedEvent, FinishedEvent, JobRunning, JobStatus, LogEvent,
+                          PhaseEvent, StepEvent, TrainingJob)
+from engine.train.job import fold_event
+from train_helpers import tiny_cfg  # noqa: F401  (a fixture)
+
+
+@pytest.mark.slow
+def test_job_runs_in_the_background_one_at_a_time_and_stops(tiny_cfg):
+    job = TrainingJob()
+    job.start(tiny_cfg(epochs=50))
+    with pytest.raises(JobRunning, match="a training job is already running"):
+        job.start(tiny_cfg(epochs=1))
+    deadline = time.time() + 60
+    while not job.status().history and time.time() < deadline:
+        time.sleep(0.05)
+    status = job.status()
+    assert status.phase in ("training", "validating") and status.epochs == 50
+    assert {"epoch", "step", "steps", "eta_s", "last_metrics", "history", "run_dir"} <= \
+        {f.name for f in dataclasses.fields(status)}
+    status.history.clear()  # a copy: the job's own status is untouched
+    assert job.status().history
+    job.stop()
+    assert job.wait(timeout=30)
+    final = job.status()
+    assert final.phase == "stopped"
+    assert len(final.history) < 50
+    assert final.summary["finished"] is False and final.message == f"stopped: best epoch {final.summary['best_epoch']}"
+
+
+@pytest.mark.slow
+def test_job_reports_failures_without_raising(tiny_cfg, tmp_path):
+    job = TrainingJob()
+    job.start(tiny_cfg(data=[DataSpec(str(tmp_path / "missing"), ("segment crack",))]))
+    assert job.wait(timeout=30)
+    status = job.status()
+    assert status.phase == "failed" and "missing" in status.error
+
+
+def test_events_fold_into_the_status():
+    s = JobStatus(phase="preparing", epochs=3)
+    s = fold_event(s, PhaseEvent("caching", "caching features of 4 views"))
+    s = fold_event(s, StepEvent(0, 2, 4, caching=True))
+    assert (s.phase, s.step, s.steps, s.epoch, s.message) == ("caching", 2, 4, 0, "caching features of 4 views")
+    s = fold_event(s, PhaseEvent("training", "epoch 1/3", 1))
+    s = fold_event(s, StepEvent(1, 1, 5, loss=0.7), eta=lambda e, epochs: 42.0)
+    assert (s.phase, s.epoch, s.step, s.eta_s) == ("training", 1, 1, 42.0)
+    s = fold_event(s, LogEvent("CUDA out of memory: batch size halved to 2"))
+    assert s.log == ["CUDA out of memory: batch size halved to 2"] and s.phase == "training"
+    record = {"epoch": 1, "train_loss": 0.5}
+    s = fold_event(s, EpochEvent(1, record))
+    assert s.history == [record] and s.last_metrics == record
+    s = fold_event(s, FinishedEvent(1, {"best_epoch": 1}))
+    assert (s.phase, s.eta_s, s.message, s.summary) == ("finished", 0.0, "finished: best epoch 1", {"best_epoch": 1})
+    assert not s.active
+    failed = fold_event(JobStatus(phase="training"), FailedEvent("ValueError: no data"))
+    assert (failed.phase, failed.error, failed.message) == ("failed", "ValueError: no data", "ValueError: no data")
+
+
+def test_a_new_job_is_idle():
+    status = TrainingJob().status()
+    assert status == JobStatus() and status.phase == "idle" and not status.active

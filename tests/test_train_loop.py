@@ -1,0 +1,202 @@
+"""engine/train/loop.py: the cache-equals-forward check, run folders, Stop, resume, AMP on the CPU, the
+out-of-memory retry, and a two-process data-parallel run under Accelerate."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPSegForImageSegmentation
+
+from engine.errors import TrainingStopped
+from engine.models import load_clipseg, load_segmenter
+from engine.train import (CheckpointEvent, DataSpec, EpochEvent, FinishedEvent, LogEvent, StepEvent, make_config,
+                          train)
+from engine.train.checkpoint import RunState
+from engine.train.loop import (batch_loss, make_batches, make_optimiser, make_step, mean_sweep, step_with_oom_retry,
+                               train_one_epoch)
+from engine.train.model import build_trainee
+from engine.train.sampling import DecodedImages, image_batch, open_sets
+from train_helpers import REPO_ROOT, tiny_cfg  # noqa: F401  (a fixture)
+
+
+def _setup(cfg):
+    """What train() builds before its first epoch: sets, model, optimiser, state, batches."""
+    sets = open_sets(cfg)
+    trainee = build_trainee(cfg, torch.device("cpu"))
+    state = RunState(batch_size=cfg.batch_size, rng=random.Random(cfg.seed))
+    batches, _ = make_batches(trainee, sets, cfg, state.rng, lambda e: None, threading.Event())
+    return sets, trainee, make_optimiser(trainee, cfg), state, batches
+
+
+@pytest.mark.slow
+def test_cached_loss_equals_hf_forward_loss(tiny_cfg):
+    """Augmentation off, fp32 cache: the decoder trained from cached features sees exactly HF's forward."""
+    cfg = tiny_cfg(feature_cache=True, augment=False, cache_dtype="float32", batch_size=4)
+    sets, trainee, _, state, cached_batches = _setup(cfg)
+    assert trainee.mode == "cached"
+    pairs = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    rng_state = state.rng.getstate()
+    cached = batch_loss(trainee, cached_batches(pairs), cfg)
+    state.rng.setstate(rng_state)  # the same prompt choices for the plain batch
+    plain_batch = image_batch(pairs, DecodedImages(sets), trainee.tokenizer, trainee.processor, image_size=64,
+                              augment=False, rng=state.rng)
+    plain = batch_loss(replace(trainee, mode="plain"), plain_batch, cfg)
+    assert abs(cached.item() - plain.item()) <= 1e-4
+    assert cached.item() > 0.1
+
+
+@pytest.mark.slow
+def test_run_folder_is_complete_and_loadable(tiny_cfg, tmp_path):
+    events = []
+    summary = train(tiny_cfg(), on_event=lambda e: events.append(e))
+    run = tmp_path / "run"
+    assert {"config.json", "metrics.jsonl", "best", "last", "summary.json"} <= {p.name for p in run.iterdir()}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]["val"]) == {"segment crack", "segment wall crack", "segment taping area"}
+    assert {"train_loss", "val_loss", "lr", "seconds"} <= set(rows[0])
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["device"] == "cpu" and saved["precision"] == "float32" and saved["trained_parameters"] > 0
+    assert saved["best_epoch"] == summary["best_epoch"] in (1, 2)
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    # best/ is a Hugging Face folder: the engine and transformers both load it, with the calibrated threshold.
+    seg = load_segmenter(run)
+    best_row = rows[saved["best_epoch"] - 1]
+    assert seg.threshold == pytest.approx(best_row["threshold"])
+    CLIPSegForImageSegmentation.from_pretrained(run / "best")
+    kinds = {type(e) for e in events}
+    assert {StepEvent, EpochEvent, CheckpointEvent, FinishedEvent} <= kinds
+    assert [e.record for e in events if isinstance(e, EpochEvent)] == rows
+    assert events[-1] == FinishedEvent(2, summary, stopped=False)
+
+
+@pytest.mark.slow
+def test_select_last_with_a_threshold_set_on_train_photos(tiny_cfg, shared_data, tmp_path):
+    """The valid split stays unseen: best/ is the final epoch and its threshold comes from the train sweep."""
+    from engine.data import open_dataset
+    from engine.evaluate import best_threshold, evaluate
+
+    cracks = DataSpec(str(shared_data / "cracks"), ("segment crack",))
+    summary = train(tiny_cfg(epochs=3, select="last", calibrate_on="train", calibration_images=4, data=[cracks]))
+    assert summary["best_epoch"] == 3
+    seg = load_segmenter(tmp_path / "run")
+    photos = open_dataset(cracks.path, split="train", prompts=cracks.prompts)
+    sweep = evaluate(seg, photos.subset(range(4)), ["segment crack"], progress=False).prompts["segment crack"].sweep
+    assert seg.threshold == pytest.approx(best_threshold(sweep)[0])
+    with pytest.raises(ValueError, match="calibrate_on"):
+        make_config(None, calibrate_on="test")
+
+
+@pytest.mark.slow
+def test_stop_keeps_the_last_finished_epoch(tiny_cfg, tmp_path):
+    stop = threading.Event()
+    steps_after_stop, finished = [], []
+
+    def on_event(e):
+        if isinstance(e, EpochEvent) and e.epoch == 1:
+            stop.set()
+        elif isinstance(e, StepEvent) and stop.is_set():
+            steps_after_stop.append(e)
+        elif isinstance(e, FinishedEvent):
+            finished.append(e)
+
+    summary = train(tiny_cfg(epochs=5), on_event=on_event, stop=stop)
+    assert summary["finished"] is False and summary["epochs_done"] == 1
+    assert steps_after_stop == []  # stopped before the next step ran
+    assert finished[0].stopped
+    meta = json.loads((tmp_path / "run" / "last" / "drywall_qa.json").read_text())
+    assert meta["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tiny_cfg, tmp_path):
+    straight = train(tiny_cfg(out=str(tmp_path / "straight"), epochs=2))
+    stop = threading.Event()
+    train(tiny_cfg(out=str(tmp_path / "resumed"), epochs=2),
+          on_event=lambda e: stop.set() if isinstance(e, EpochEvent) else None, stop=stop)
+    resumed = train(tiny_cfg(out=str(tmp_path / "resumed"), epochs=2), resume=True)
+    assert straight["epochs_done"] == resumed["epochs_done"] == 2
+    a = load_clipseg(tmp_path / "straight" / "last")[0].state_dict()
+    b = load_clipseg(tmp_path / "resumed" / "last")[0].state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert resumed["source_model"] == "resume:resumed"
+
+
+def test_resume_without_a_run_says_what_to_do(tiny_cfg):
+    events = []
+    with pytest.raises(ValueError, match="Cannot resume"):
+        train(tiny_cfg(), on_event=events.append, resume=True)
+    assert events[-1].error.startswith("ValueError: Cannot resume") and "Traceback" in events[-1].traceback
+
+
+@pytest.mark.slow
+def test_amp_path_runs_on_the_cpu(tiny_cfg):
+    """fp16 autocast + GradScaler: the CUDA recipe, exercised on the CPU."""
+    summary = train(tiny_cfg(epochs=1, amp=True, amp_dtype="fp16"))
+    assert summary["precision"] == "float16"
+    assert np.isfinite(summary["best"]["train_loss"])
+
+
+@pytest.mark.slow
+def test_cuda_oom_halves_the_batch(tiny_cfg):
+    cfg = tiny_cfg(batch_size=4)
+    _, trainee, opt, state, batches = _setup(cfg)
+    real_step, calls, events = make_step(trainee, opt, cfg, state, batches, steps_per_epoch=3), [], []
+
+    def step(pairs):
+        calls.append(len(pairs))
+        if len(pairs) > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real_step(pairs)
+
+    loss = step_with_oom_retry(step, [(0, 0), (0, 1), (0, 2), (0, 3)], state, events.append)
+    assert calls == [4, 2, 2] and state.batch_size == 2 and np.isfinite(loss)
+    assert any("batch size halved to 2" in line for line in state.log)
+    assert events == [LogEvent("CUDA out of memory: batch size halved to 2")]
+    assert state.global_step == 2
+
+
+def test_one_epoch_steps_in_batches_and_stops_before_a_step():
+    state, seen, events = RunState(batch_size=2, rng=random.Random(0)), [], []
+    order = [(0, i) for i in range(5)]
+    losses = train_one_epoch(3, order, lambda pairs: seen.append(list(pairs)) or float(len(pairs)), state, 3,
+                             events.append, threading.Event())
+    assert seen == [order[0:2], order[2:4], order[4:5]] and losses == [2.0, 2.0, 1.0]
+    assert events == [StepEvent(3, 1, 3, loss=2.0), StepEvent(3, 2, 3, loss=2.0), StepEvent(3, 3, 3, loss=1.0)]
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(TrainingStopped):
+        train_one_epoch(1, order, lambda pairs: seen.append(pairs) or 0.0, state, 3, events.append, stop)
+    assert len(seen) == 3
+
+
+def test_mean_sweep_averages_the_sets_per_threshold():
+    assert mean_sweep([{0.3: 0.2, 0.5: 0.4}, {0.3: 0.6, 0.5: 0.0}]) == pytest.approx({0.3: 0.4, 0.5: 0.2})
+    assert mean_sweep([]) == {0.5: 0.0}
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_run(tiny_model_dir, shared_data, tmp_path):
+    """`accelerate launch` with two processes (torchrun launcher, gloo on the CPU): rank 0 alone writes."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "engine", "train", "--preset", "tiny", "--model", str(tiny_model_dir), "--out", str(out),
+           "--data", f"{shared_data / 'cracks'}=segment crack", "--set", f"cache_dir={tmp_path / 'cache'}"]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["finished"]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one writer: no duplicated lines
+    assert result.stdout.count("finished: best epoch") == 1

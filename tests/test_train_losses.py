@@ -1,0 +1,52 @@
+"""engine/train/losses.py: known values on small tensors."""
+
+import math
+
+import pytest
+import torch
+
+from engine.train.losses import focal_loss, segmentation_loss, soft_dice_loss
+
+LN2 = math.log(2)
+
+
+def test_soft_dice_is_zero_for_a_perfect_confident_prediction():
+    target = torch.ones(2, 3, 3)
+    assert soft_dice_loss(torch.full((2, 3, 3), 50.0), target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_soft_dice_of_an_undecided_prediction_on_an_empty_mask():
+    # p = 0.5 on 4 pixels, no foreground: 1 - (0 + 1) / (2 + 0 + 1) = 2/3
+    assert soft_dice_loss(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)).item() == pytest.approx(2 / 3)
+
+
+def test_soft_dice_averages_over_samples():
+    logits = torch.stack([torch.full((2, 2), 50.0), torch.zeros(2, 2)])
+    target = torch.stack([torch.ones(2, 2), torch.zeros(2, 2)])
+    assert soft_dice_loss(logits, target).item() == pytest.approx((0 + 2 / 3) / 2, abs=1e-6)
+
+
+def test_focal_loss_at_p_one_half():
+    # bce = ln 2 per pixel, p_t = 0.5: (1 - 0.5)^2 * ln 2
+    assert focal_loss(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)).item() == pytest.approx(LN2 / 4)
+    assert focal_loss(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), gamma=0).item() == pytest.approx(LN2)
+
+
+def test_segmentation_loss_weights_its_terms():
+    logits, target = torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)
+    assert segmentation_loss(logits, target, bce=1, dice=0).item() == pytest.approx(LN2)
+    assert segmentation_loss(logits, target, bce=0, dice=1).item() == pytest.approx(2 / 3)
+    total = segmentation_loss(logits, target, bce=2, dice=3, focal=1).item()
+    assert total == pytest.approx(2 * LN2 + 3 * 2 / 3 + LN2 / 4)
+    assert segmentation_loss(logits, target, bce=0, dice=0).item() == 0.0
+
+
+def test_segmentation_loss_is_fp32_for_half_inputs():
+    loss = segmentation_loss(torch.zeros(1, 2, 2, dtype=torch.bfloat16), torch.zeros(1, 2, 2, dtype=torch.bfloat16))
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(LN2 + 2 / 3)
+
+
+def test_segmentation_loss_has_gradients():
+    logits = torch.zeros(1, 2, 2, requires_grad=True)
+    segmentation_loss(logits, torch.ones(1, 2, 2)).backward()
+    assert (logits.grad < 0).all()  # raising the logits towards the all-foreground target lowers the loss

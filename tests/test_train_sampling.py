@@ -1,0 +1,77 @@
+"""engine/train/sampling.py: the epoch order, data-parallel shards, jitter, and batches from real photos."""
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from engine.train.sampling import DecodedImages, epoch_order, image_batch, jitter, open_sets, shard
+from train_helpers import tiny_cfg  # noqa: F401  (a fixture)
+
+
+def test_balance_one_draws_every_item_once():
+    order = epoch_order([5, 3], 1.0, random.Random(0))
+    assert sorted(order) == [(0, i) for i in range(5)] + [(1, i) for i in range(3)]
+
+
+def test_balance_zero_draws_the_sets_equally_often():
+    sizes = [10, 2]
+    order = epoch_order(sizes, 0.0, random.Random(0))
+    per_set = Counter(si for si, _ in order)
+    assert len(order) == sum(sizes) and per_set == {0: 6, 1: 6}
+    assert Counter(i for si, i in order if si == 1) == {0: 3, 1: 3}  # a small set's items repeat evenly
+    assert len({i for si, i in order if si == 0}) == 6  # a large set's: a subset, none twice
+
+
+def test_in_between_balance_weights_by_size_to_the_power():
+    sizes = [90, 10]
+    per_set = Counter(si for si, _ in epoch_order(sizes, 0.5, random.Random(0)))
+    assert per_set[0] + per_set[1] == 100 and per_set == {0: 75, 1: 25}  # sqrt: 9.49 vs 3.16
+
+
+def test_order_is_shuffled_and_seeded():
+    a, b = epoch_order([20, 20], 1.0, random.Random(3)), epoch_order([20, 20], 1.0, random.Random(3))
+    assert a == b
+    assert a != sorted(a)
+    assert epoch_order([20, 20], 1.0, random.Random(4)) != a
+
+
+def test_shards_are_equal_and_cover_the_epoch():
+    order = [(0, i) for i in range(7)]
+    parts = [shard(order, 3, r) for r in range(3)]
+    assert [len(p) for p in parts] == [3, 3, 3]
+    assert set().union(*map(set, parts)) == set(order)
+    assert shard(order, 1, 0) == order
+
+
+def test_jitter_keeps_shape_and_dtype_and_is_seeded():
+    img = np.full((8, 8, 3), 128, np.uint8)
+    out = jitter(img, np.random.default_rng(0))
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert np.array_equal(out, jitter(img, np.random.default_rng(0)))
+    assert not np.array_equal(out, img)
+
+
+@pytest.mark.slow
+def test_image_batch_from_real_photos(tiny_cfg):
+    from engine.models import image_processor
+    from engine.models.tokenizer import build_tokenizer
+
+    cfg = tiny_cfg()
+    sets = open_sets(cfg)
+    assert [len(s.train) for s in sets] == [6, 6] and [len(s.val) for s in sets] == [4, 4]
+    images = DecodedImages(sets)
+    assert images(0, 1) is images(0, 1)  # decoded once
+    batch = image_batch([(0, 0), (1, 2), (0, 1)], images, build_tokenizer(), image_processor(64), image_size=64,
+                        augment=True, rng=random.Random(0))
+    assert batch.pixel_values.shape == (3, 3, 64, 64) and batch.target.shape == (3, 64, 64)
+    assert batch.input_ids.shape == batch.attention_mask.shape and batch.input_ids.shape[0] == 3
+    assert 0.0 <= batch.target.min() and batch.target.max() <= 1.0
+
+
+def test_a_set_without_prompts_is_refused(shared_data):
+    from engine.train import DataSpec, make_config
+
+    with pytest.raises(ValueError, match="has no prompts"):
+        open_sets(make_config(None, data=[DataSpec(str(shared_data / "cracks"), ())]))
