@@ -26,10 +26,10 @@ from engine.paths import SHARED_DATA
 from engine.segmenter import cpu_supports_bf16
 from engine.train.checkpoint import RunState
 from engine.train.config import DataSpec, make_config
-from engine.train.features import IDENTITY, build_feature_cache, cached_batch
+from engine.train.features import IDENTITY, build_feature_cache
 from engine.train.loop import make_optimiser, make_step
 from engine.train.model import build_trainee, resolve_device
-from engine.train.sampling import DecodedImages, image_batch, open_sets
+from engine.train.sampling import DecodedImages, cached_batch, image_batch, open_sets
 
 
 def step_flops(step: Callable[[Sequence], float], pairs: Sequence) -> float:

@@ -38,7 +38,7 @@ def _setup(cfg):
 @pytest.mark.slow
 def test_cached_loss_equals_hf_forward_loss(tiny_cfg):
     """Augmentation off, fp32 cache: the decoder trained from cached features sees exactly HF's forward."""
-    cfg = tiny_cfg(feature_cache=True, augment=False, cache_dtype="float32", batch_size=4)
+    cfg = tiny_cfg(feature_cache=True, augment=False, cache_dtype="float32", batch_size=4, negative_rate=0.0)
     sets, trainee, _, state, cached_batches = _setup(cfg)
     assert trainee.mode == "cached"
     pairs = [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -200,3 +200,25 @@ def test_two_process_data_parallel_run(tiny_model_dir, shared_data, tmp_path):
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one writer: no duplicated lines
     assert result.stdout.count("finished: best epoch") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("feature_cache", [True, False])
+def test_negatives_carry_another_sets_prompt_and_an_empty_target(tiny_cfg, feature_cache):
+    """negative_rate: some items are asked for the other set's concept, with an all-zero target; the rest keep
+    their own prompt and mask. The same in the cached and the plain mode."""
+    cfg = tiny_cfg(feature_cache=feature_cache, negative_rate=0.5, batch_size=12)
+    sets, trainee, _, state, batches = _setup(cfg)
+    assert trainee.mode == ("cached" if feature_cache else "plain")
+    pairs = [(si, i) for si in (0, 1) for i in range(6)]
+    negatives = positives = 0
+    for _ in range(4):
+        batch = batches(pairs)
+        for (si, _i), prompt, target in zip(pairs, batch.prompts, batch.target):
+            if prompt in sets[si].prompts:
+                positives += 1
+            else:
+                assert prompt in sets[1 - si].prompts
+                assert float(target.abs().sum()) == 0.0
+                negatives += 1
+    assert 10 <= negatives <= 38 and negatives + positives == 48

@@ -75,3 +75,18 @@ def test_a_set_without_prompts_is_refused(shared_data):
 
     with pytest.raises(ValueError, match="has no prompts"):
         open_sets(make_config(None, data=[DataSpec(str(shared_data / "cracks"), ())]))
+
+
+def test_pick_prompt_draws_negatives_only_from_other_sets():
+    from engine.train.sampling import TrainSet, pick_prompt
+
+    sets = [TrainSet(None, None, None, ("segment crack", "segment wall crack")),
+            TrainSet(None, None, None, ("segment taping area",))]
+    rng = random.Random(0)
+    draws = [pick_prompt(0, sets, 0.3, rng) for _ in range(2000)]
+    negatives = [p for p, negative in draws if negative]
+    assert set(negatives) == {"segment taping area"}
+    assert {p for p, negative in draws if not negative} == {"segment crack", "segment wall crack"}
+    assert 0.26 < len(negatives) / len(draws) < 0.34
+    assert not any(negative for _, negative in (pick_prompt(0, sets[:1], 0.9, rng) for _ in range(200)))
+    assert not any(negative for _, negative in (pick_prompt(1, sets, 0.0, rng) for _ in range(200)))

@@ -55,6 +55,9 @@ class TrainConfig:
     cache_views: int = 4  # K augmented views cached per image (with augment on)
     augment: bool = True
     set_balance: float = 0.5  # sampling weight ∝ len(set) ** set_balance (0: sets equal, 1: by size)
+    # Share of training samples that pair a photo with another set's prompt and an empty target (the concept
+    # asked for is absent), so that a prompt for something absent gives nothing. Needs two or more sets.
+    negative_rate: float = 0.3
     max_train_images: int | None = None  # per set, for quick runs
     max_val_images: int | None = None
     scratch_arch: dict = field(default_factory=dict)  # CLIPSegConfig overrides for model="scratch"
@@ -119,6 +122,8 @@ def make_config(preset: str | None = None, **overrides) -> TrainConfig:
         if getattr(cfg, name) not in allowed:
             choices = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
             raise ValueError(f"{name} must be {choices}, not {getattr(cfg, name)!r}.")
+    if not 0.0 <= cfg.negative_rate < 1.0:
+        raise ValueError(f"negative_rate is a share of training samples in [0, 1), not {cfg.negative_rate!r}.")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise ValueError("epochs and batch_size must be >= 1 and lr > 0.")
     return cfg

@@ -163,26 +163,3 @@ def build_feature_cache(model, tokenizer, processor, sets: Sequence, *, root, im
             tokens = tokenizer([p], return_tensors="pt")
             cond[p] = model.clip.get_text_features(**{k: v.to(device) for k, v in tokens.items()}).pooler_output[0]
     return CachedFeatures(cache, views, digests, cond, len(todo), time.perf_counter() - start)
-
-
-@dataclass
-class CachedBatch:
-    """A batch read from the feature cache: acts, one (B, T, C) fp32 tensor per extract layer;
-    cond (B, D) prompt embeddings (a random synonym per item); target (B, S, S) fp32 in [0, 1]."""
-
-    acts: list[torch.Tensor]
-    cond: torch.Tensor
-    target: torch.Tensor
-
-
-def cached_batch(pairs: Sequence[tuple[int, int]], features: CachedFeatures, sets: Sequence,
-                 rng: random.Random) -> CachedBatch:
-    """The cached features of `pairs` ((set index, item index)), one random cached view per item."""
-    acts, masks, conds = None, [], []
-    for si, i in pairs:
-        view = features.views[rng.randrange(len(features.views))]
-        a, m = features.cache.load(features.digests[si][i], view)
-        acts = [[x] for x in a] if acts is None else [lst + [x] for lst, x in zip(acts, a)]
-        masks.append(m)
-        conds.append(features.cond[rng.choice(sets[si].prompts)])
-    return CachedBatch([torch.stack(a) for a in acts], torch.stack(conds), torch.stack(masks))

@@ -29,10 +29,11 @@ from engine.train.checkpoint import (Optimiser, RunState, append_metrics, model_
 from engine.train.config import TrainConfig, run_folder
 from engine.train.events import (CheckpointEvent, EpochEvent, Event, FailedEvent, FinishedEvent, LogEvent,
                                  PhaseEvent, StepEvent)
-from engine.train.features import IDENTITY, build_feature_cache, cached_batch, cached_views, render_view
+from engine.train.features import IDENTITY, build_feature_cache, cached_views, render_view
 from engine.train.losses import segmentation_loss
 from engine.train.model import Trainee, batch_logits, build_trainee, make_accelerator, resolve_device
-from engine.train.sampling import DecodedImages, Pair, TrainSet, epoch_order, image_batch, open_sets, shard
+from engine.train.sampling import (DecodedImages, Pair, TrainSet, cached_batch, epoch_order, image_batch, open_sets,
+                                   shard)
 from engine.train.schedule import cosine_lr
 
 
@@ -75,6 +76,8 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
     elif is_main:
         start_run_folder(run_dir, cfg)
     steps_per_epoch = math.ceil(sum(len(s.train) for s in sets) / state.batch_size / world)
+    if cfg.negative_rate > 0 and len(sets) == 1:
+        note(state, on_event, "one data set: no absent-concept negatives (they pair a photo with another set's prompt)")
     batches, cache_build_s = make_batches(trainee, sets, cfg, state.rng, on_event, stop)
     step = make_step(trainee, opt, cfg, state, batches, steps_per_epoch=steps_per_epoch, accelerator=accelerator)
 
@@ -159,10 +162,10 @@ def make_batches(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, rng: 
             trainee.model, trainee.tokenizer, trainee.processor, sets, root=in_repo(cfg.cache_dir),
             image_size=cfg.image_size, dtype=cfg.cache_dtype, device=trainee.device, on_event=on_event, stop=stop,
             views=cached_views(cfg.cache_views, cfg.seed) if cfg.augment else [IDENTITY])
-        return (lambda pairs: cached_batch(pairs, features, sets, rng)), features.build_seconds
+        return (lambda pairs: cached_batch(pairs, features, sets, rng, cfg.negative_rate)), features.build_seconds
     images = DecodedImages(sets)
     return (lambda pairs: image_batch(pairs, images, trainee.tokenizer, trainee.processor, image_size=cfg.image_size,
-                                      augment=cfg.augment, rng=rng)), None
+                                      augment=cfg.augment, rng=rng, negative_rate=cfg.negative_rate)), None
 
 
 def batch_loss(trainee: Trainee, batch, cfg: TrainConfig) -> torch.Tensor:

@@ -20,8 +20,7 @@ from engine.models import (fit_config_to_tokenizer, image_processor, load_clipse
 from engine.models.tokenizer import build_tokenizer
 from engine.segmenter import cpu_supports_bf16, vision_activations
 from engine.train.config import TrainConfig
-from engine.train.features import CachedBatch
-from engine.train.sampling import ImageBatch
+from engine.train.sampling import CachedBatch, ImageBatch
 
 
 @dataclass

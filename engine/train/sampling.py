@@ -17,7 +17,7 @@ import torch
 from engine.data import open_dataset
 from engine.segmenter import normalise
 from engine.train.config import DataSpec, TrainConfig
-from engine.train.features import IDENTITY, random_view, render_view
+from engine.train.features import IDENTITY, CachedFeatures, random_view, render_view
 
 Pair = tuple[int, int]  # (set index, item index in that set's train split)
 
@@ -90,6 +90,16 @@ def shard(order: list[Pair], world: int, rank: int) -> list[Pair]:
     return (order + order[: -len(order) % world])[rank::world]
 
 
+def pick_prompt(si: int, sets: Sequence[TrainSet], negative_rate: float, rng: random.Random) -> tuple[str, bool]:
+    """(prompt, negative) for an item of set si: one of its own synonyms, or with probability negative_rate
+    (and only with two or more sets) a prompt of another set, whose target is then empty: the concept asked
+    for is absent from the photo, and the model must learn to answer with nothing."""
+    if negative_rate > 0 and len(sets) > 1 and rng.random() < negative_rate:
+        other = rng.choice([j for j in range(len(sets)) if j != si])
+        return rng.choice(sets[other].prompts), True
+    return rng.choice(sets[si].prompts), False
+
+
 def jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Brightness / contrast / colour jitter on a uint8 (S, S, 3) image; returns uint8 (S, S, 3)."""
     x = img.astype(np.float32)
@@ -117,18 +127,20 @@ class ImageBatch:
     """A batch rendered from photos (the plain and full ways).
 
     pixel_values (B, 3, S, S) float32 normalised; input_ids, attention_mask (B, L) int64, one prompt per image;
-    target (B, S, S) float32 in [0, 1].
+    target (B, S, S) float32 in [0, 1]; prompts: the B prompts as text.
     """
 
     pixel_values: torch.Tensor
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     target: torch.Tensor
+    prompts: list[str]
 
 
 def image_batch(pairs: Sequence[Pair], images: DecodedImages, tokenizer, processor, *, image_size: int,
-                augment: bool, rng: random.Random) -> ImageBatch:
-    """Render `pairs` at image_size: a random view and colour jitter each when augment, and a random synonym."""
+                augment: bool, rng: random.Random, negative_rate: float = 0.0) -> ImageBatch:
+    """Render `pairs` at image_size: a random view and colour jitter each when augment, and a random synonym,
+    or (negative_rate) another set's prompt with an all-zero target (see `pick_prompt`)."""
     imgs, masks, prompts = [], [], []
     for si, i in pairs:
         image, mask = images(si, i)
@@ -136,9 +148,41 @@ def image_batch(pairs: Sequence[Pair], images: DecodedImages, tokenizer, process
         img, msk = render_view(image, mask, view, image_size)
         if augment:
             img = jitter(img, np.random.default_rng(rng.getrandbits(32)))
+        prompt, negative = pick_prompt(si, images.sets, negative_rate, rng)
         imgs.append(img)
-        masks.append(msk)
-        prompts.append(rng.choice(images.sets[si].prompts))
+        masks.append(np.zeros_like(msk) if negative else msk)
+        prompts.append(prompt)
     pv = torch.from_numpy(normalise(np.stack(imgs), processor.image_mean, processor.image_std))
     tokens = tokenizer(prompts, padding=True, return_tensors="pt")
-    return ImageBatch(pv, tokens["input_ids"], tokens["attention_mask"], torch.from_numpy(np.stack(masks)))
+    return ImageBatch(pv, tokens["input_ids"], tokens["attention_mask"], torch.from_numpy(np.stack(masks)), prompts)
+
+
+@dataclass
+class CachedBatch:
+    """A batch read from the feature cache: acts, one (B, T, C) fp32 tensor per extract layer;
+    cond (B, D) prompt embeddings (a random synonym per item); target (B, S, S) fp32 in [0, 1];
+    prompts: the B prompts as text."""
+
+    acts: list[torch.Tensor]
+    cond: torch.Tensor
+    target: torch.Tensor
+    prompts: list[str]
+
+
+def cached_batch(pairs: Sequence[tuple[int, int]], features: CachedFeatures, sets: Sequence,
+                 rng: random.Random, negative_rate: float = 0.0) -> CachedBatch:
+    """The cached features of `pairs` ((set index, item index)), one random cached view per item.
+
+    A negative (negative_rate, see `pick_prompt`) reuses the photo's cached features with another
+    set's prompt embedding and an all-zero target: no backbone work.
+    """
+    acts, masks, conds, prompts = None, [], [], []
+    for si, i in pairs:
+        view = features.views[rng.randrange(len(features.views))]
+        a, m = features.cache.load(features.digests[si][i], view)
+        acts = [[x] for x in a] if acts is None else [lst + [x] for lst, x in zip(acts, a)]
+        prompt, negative = pick_prompt(si, sets, negative_rate, rng)
+        masks.append(torch.zeros_like(m) if negative else m)
+        conds.append(features.cond[prompt])
+        prompts.append(prompt)
+    return CachedBatch([torch.stack(a) for a in acts], torch.stack(conds), torch.stack(masks), prompts)
