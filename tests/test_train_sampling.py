@@ -90,3 +90,12 @@ def test_pick_prompt_draws_negatives_only_from_other_sets():
     assert 0.26 < len(negatives) / len(draws) < 0.34
     assert not any(negative for _, negative in (pick_prompt(0, sets[:1], 0.9, rng) for _ in range(200)))
     assert not any(negative for _, negative in (pick_prompt(1, sets, 0.0, rng) for _ in range(200)))
+
+
+def test_negatives_begin_at_negative_start():
+    from engine.train import make_config
+    from engine.train.sampling import negative_rate_at
+
+    cfg = make_config(None, negative_rate=0.25, negative_start=0.3)
+    assert [negative_rate_at(cfg, step, 100) for step in (0, 29, 30, 99)] == [0.0, 0.0, 0.25, 0.25]
+    assert negative_rate_at(make_config(None, negative_rate=0.25), 0, 100) == 0.25

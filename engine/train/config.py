@@ -58,6 +58,7 @@ class TrainConfig:
     # Share of training samples that pair a photo with another set's prompt and an empty target (the concept
     # asked for is absent), so that a prompt for something absent gives nothing. Needs two or more sets.
     negative_rate: float = 0.3
+    negative_start: float = 0.0  # share of the run's steps before negatives begin (a model from scratch: 0.3)
     max_train_images: int | None = None  # per set, for quick runs
     max_val_images: int | None = None
     scratch_arch: dict = field(default_factory=dict)  # CLIPSegConfig overrides for model="scratch"
@@ -79,6 +80,9 @@ PRESETS: dict[str, dict] = {
         "model": "scratch", "out": "checkpoints/drywall-starter", "train": "all", "feature_cache": False,
         "epochs": 80, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 16, "image_size": 224, "amp_dtype": "bf16",
         "patience": 0, "warmup_epochs": 2, "set_balance": 0.5, "film_init_std": 0.05,
+        # Negatives from the first step kept this model at an empty mask (train loss 1.20 at epoch 8, against
+        # 1.06 without them); from 30% of the run on, it first learns the concepts, then to tell them apart.
+        "negative_rate": 0.3, "negative_start": 0.3,
         # The valid splits stay unseen: no epoch is picked on them and the threshold is set on train photos.
         "select": "last", "calibrate_on": "train",
         "scratch_arch": {
@@ -124,6 +128,8 @@ def make_config(preset: str | None = None, **overrides) -> TrainConfig:
             raise ValueError(f"{name} must be {choices}, not {getattr(cfg, name)!r}.")
     if not 0.0 <= cfg.negative_rate < 1.0:
         raise ValueError(f"negative_rate is a share of training samples in [0, 1), not {cfg.negative_rate!r}.")
+    if not 0.0 <= cfg.negative_start <= 1.0:
+        raise ValueError(f"negative_start is a share of the run's steps in [0, 1], not {cfg.negative_start!r}.")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise ValueError("epochs and batch_size must be >= 1 and lr > 0.")
     return cfg

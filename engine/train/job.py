@@ -1,12 +1,19 @@
-"""The background training job (the app's Train tab): one run at a time, a `JobStatus` snapshot at any moment."""
+"""The background training job (the app's Train tab): one run at a time, a `JobStatus` snapshot at any moment.
+
+A job belongs to whoever started it (`owner`, e.g. the browser session): only the owner may stop it. It never
+writes into an existing folder (unless resuming) nor into the bundled model's, and a wall-clock limit stops it
+like the Stop button does (keeping its best epoch so far).
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from engine.errors import JobRunning
+from engine.paths import STARTER_DIR
 from engine.train.config import TrainConfig, run_folder
 from engine.train.events import (EpochEvent, Event, FailedEvent, FinishedEvent, JobStatus, LogEvent, PhaseEvent,
                                  StepEvent)
@@ -21,33 +28,64 @@ class TrainingJob:
         self._stop = threading.Event()
         self._status = JobStatus()
         self._eta_origin: tuple[float, int] | None = None
+        self._owner: str | None = None
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, cfg: TrainConfig, resume: bool = False) -> str:
-        """Start `train(cfg)` in the background; returns the run folder. Raises JobRunning if one runs."""
+    @property
+    def owner(self) -> str | None:
+        """Who started the current (or last) job; None: anyone may stop it (the CLI, a test)."""
+        return self._owner
+
+    def start(self, cfg: TrainConfig, resume: bool = False, *, owner: str | None = None,
+              time_limit_s: float | None = None) -> str:
+        """Start `train(cfg)` in the background; returns the run folder.
+
+        owner: who may stop it; time_limit_s: wall-clock seconds after which it stops as if Stop were pressed.
+        Raises JobRunning if one runs, FileExistsError for an existing run folder (unless `resume`) and
+        PermissionError for the bundled model's folder.
+        """
+        run_dir = run_folder(cfg)
+        if run_dir.resolve() == STARTER_DIR.resolve():
+            raise PermissionError(f"{STARTER_DIR.name!r} is the bundled model and read-only; pick another run name.")
         with self._lock:
             if self.running:
-                raise JobRunning(f"a training job is already running ({self._status.run_dir}); "
+                raise JobRunning(f"a training job is already running ({Path(self._status.run_dir or '').name}); "
                                  "wait for it to finish or press Stop first.")
+            if not resume and run_dir.exists():
+                raise FileExistsError(f"A run named {run_dir.name!r} already exists and runs are never "
+                                      "overwritten; choose another run name.")
             self._stop = threading.Event()
-            run_dir = str(run_folder(cfg))
-            self._status = JobStatus(phase="preparing", epochs=cfg.epochs, run_dir=run_dir, started=time.time())
+            self._owner = owner
+            self._status = JobStatus(phase="preparing", epochs=cfg.epochs, run_dir=str(run_dir), started=time.time())
             self._eta_origin = None
-            self._thread = threading.Thread(target=self._run, args=(cfg, resume), name="drywall-train", daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(cfg, resume, time_limit_s), name="drywall-train",
+                                            daemon=True)
             self._thread.start()
-            return run_dir
+            return str(run_dir)
 
-    def _run(self, cfg: TrainConfig, resume: bool) -> None:
+    def _run(self, cfg: TrainConfig, resume: bool, time_limit_s: float | None) -> None:
         # The loop (and torch) load with the first run, so the app can show an idle status without them.
         from engine.train.loop import train
 
+        timer = None
+        if time_limit_s:
+            timer = threading.Timer(time_limit_s, self._time_up, args=(time_limit_s,))
+            timer.daemon = True
+            timer.start()
         try:
             train(cfg, self._on_event, self._stop, resume=resume)
         except Exception:  # reported through the FailedEvent
             pass
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _time_up(self, seconds: float) -> None:
+        self._on_event(LogEvent(f"wall-clock limit of {seconds / 60:g} min reached: stopping after this step"))
+        self._stop.set()
 
     def _on_event(self, e: Event) -> None:
         with self._lock:
@@ -63,7 +101,11 @@ class TrainingJob:
         t0, done0 = self._eta_origin
         return (now - t0) / max(1, done - done0) * (epochs * e.steps - done) if done > done0 else None
 
-    def stop(self) -> None:
+    def stop(self, by: str | None = None) -> None:
+        """Ask the job to stop within a step. by: who asks; PermissionError unless the owner (or no owner)."""
+        if by is not None and self._owner is not None and by != self._owner:
+            raise PermissionError("This training job was started by another visitor; only they can stop it. "
+                                  "You can watch its progress here.")
         self._stop.set()
 
     def wait(self, timeout: float | None = None) -> bool:

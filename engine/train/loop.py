@@ -32,8 +32,8 @@ from engine.train.events import (CheckpointEvent, EpochEvent, Event, FailedEvent
 from engine.train.features import IDENTITY, build_feature_cache, cached_views, render_view
 from engine.train.losses import segmentation_loss
 from engine.train.model import Trainee, batch_logits, build_trainee, make_accelerator, resolve_device
-from engine.train.sampling import (DecodedImages, Pair, TrainSet, cached_batch, epoch_order, image_batch, open_sets,
-                                   shard)
+from engine.train.sampling import (DecodedImages, Pair, TrainSet, cached_batch, epoch_order, image_batch,
+                                   negative_rate_at, open_sets, shard)
 from engine.train.schedule import cosine_lr
 
 
@@ -78,7 +78,9 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
     steps_per_epoch = math.ceil(sum(len(s.train) for s in sets) / state.batch_size / world)
     if cfg.negative_rate > 0 and len(sets) == 1:
         note(state, on_event, "one data set: no absent-concept negatives (they pair a photo with another set's prompt)")
-    batches, cache_build_s = make_batches(trainee, sets, cfg, state.rng, on_event, stop)
+    total_steps = steps_per_epoch * cfg.epochs
+    batches, cache_build_s = make_batches(trainee, sets, cfg, state.rng, on_event, stop,
+                                          rate=lambda: negative_rate_at(cfg, state.global_step, total_steps))
     step = make_step(trainee, opt, cfg, state, batches, steps_per_epoch=steps_per_epoch, accelerator=accelerator)
 
     # 2. The epochs.
@@ -152,20 +154,22 @@ def make_optimiser(trainee: Trainee, cfg: TrainConfig) -> Optimiser:
 
 
 def make_batches(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, rng: random.Random,
-                 on_event: Callable[[Event], None], stop: threading.Event):
+                 on_event: Callable[[Event], None], stop: threading.Event, *, rate: Callable[[], float] | None = None):
     """(batches(pairs) -> a batch for trainee.mode, seconds spent caching features or None).
 
     In "cached" mode this builds (or reuses) the feature cache first; otherwise photos are rendered per step.
+    rate() is the share of negatives for the next batch (default: cfg.negative_rate throughout).
     """
+    rate = rate or (lambda: cfg.negative_rate)
     if trainee.mode == "cached":
         features = build_feature_cache(
             trainee.model, trainee.tokenizer, trainee.processor, sets, root=in_repo(cfg.cache_dir),
             image_size=cfg.image_size, dtype=cfg.cache_dtype, device=trainee.device, on_event=on_event, stop=stop,
             views=cached_views(cfg.cache_views, cfg.seed) if cfg.augment else [IDENTITY])
-        return (lambda pairs: cached_batch(pairs, features, sets, rng, cfg.negative_rate)), features.build_seconds
+        return (lambda pairs: cached_batch(pairs, features, sets, rng, rate())), features.build_seconds
     images = DecodedImages(sets)
     return (lambda pairs: image_batch(pairs, images, trainee.tokenizer, trainee.processor, image_size=cfg.image_size,
-                                      augment=cfg.augment, rng=rng, negative_rate=cfg.negative_rate)), None
+                                      augment=cfg.augment, rng=rng, negative_rate=rate())), None
 
 
 def batch_loss(trainee: Trainee, batch, cfg: TrainConfig) -> torch.Tensor:

@@ -90,6 +90,13 @@ def shard(order: list[Pair], world: int, rank: int) -> list[Pair]:
     return (order + order[: -len(order) % world])[rank::world]
 
 
+def negative_rate_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The share of negatives at optimiser step `step` of `total_steps`: none before cfg.negative_start of the
+    run, cfg.negative_rate after. A model trained from scratch first learns what the concepts look like; asked
+    to also tell them apart from the first step, it settles on an empty mask for every prompt."""
+    return cfg.negative_rate if step >= cfg.negative_start * total_steps else 0.0
+
+
 def pick_prompt(si: int, sets: Sequence[TrainSet], negative_rate: float, rng: random.Random) -> tuple[str, bool]:
     """(prompt, negative) for an item of set si: one of its own synonyms, or with probability negative_rate
     (and only with two or more sets) a prompt of another set, whose target is then empty: the concept asked
