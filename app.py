@@ -1,6 +1,6 @@
 """Drywall QA: the Gradio app (layout and wiring only; everything that computes lives in `engine/`).
 
-    python app.py [--host 0.0.0.0] [--port 7860] [--share]
+    python app.py [--host 0.0.0.0] [--port 7860] [--share] [--public]
 
 Four tabs: Segment (a photo and prompts -> overlay, heatmap, masks), Train (a background fine-tuning job with
 live curves), Compare (several models on one labelled set) and Export (ONNX with a parity and speed report).
@@ -8,18 +8,25 @@ Each handler below is a module-level function: it turns widget values into one `
 result back into widget values, so a test can call it without HTTP. What handlers share (the model cache,
 the folders) travels in an `AppContext` bound as their first argument. Engine errors (ValueError, OSError,
 RuntimeError, with the fix in their message) reach the user as `gr.Error`.
-The named endpoints (/segment, /train_start, /train_status, /train_stop, /compare, /export) are the app's API
-for `gradio_client`. `import app` builds nothing; `build_app()` makes the Blocks.
+The named endpoints (/segment, /segment_batch, /train_start, /train_status, /train_stop, /compare, /export,
+/download_run, /push) are the app's API for `gradio_client`. `import app` builds nothing; `build_app()` makes the Blocks.
+Public mode (`--public`, or on a Space where SPACE_ID is set; `engine.app.public`) hides the server-folder
+inputs, offers and accepts only the listed models, caps each request's cost and keeps server paths out of
+every message. In every mode a training job belongs to the browser session that started it.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import html
+import importlib.util
+import inspect
 import logging
 import os
-import tempfile
+import signal
+import sys
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,10 +37,17 @@ import gradio as gr
 
 from engine.app import (COMPARE_HEADERS, EXPORT_HEADERS, IDLE_TEXT, TABLE_HEADERS, WORST_HEADERS, TrainRequest,
                         compare_models, eval_data_for, example_rows, export_model, image_id_for, legend_html,
-                        model_choices, segment_photo, start_run, status_dict, stop_training, table,
+                        model_choices, segment_photo, slider_threshold, start_run, status_dict, stop_training, table,
                         train_defaults, training_status, training_view)
+from engine.app.batch import MAX_BATCH_PHOTOS, batch_photos, segment_batch as run_batch
+from engine.app.choices import public_choices
+from engine.app.download import download_run as zip_of_run, push_message, push_run_to_hub
+from engine.app.housekeeping import job_paths, make_work_dir, prune, remove_work_dir, stale_work_dirs
+from engine.app.jobs import owns_job
+from engine.app.public import (PublicSettings, allowed_models, check_compare, check_count, check_model,
+                               check_training, public_status, scrub_paths)
 from engine.errors import ImageError
-from engine.paths import CHECKPOINTS_DIR, DEFAULT_SETS, EXAMPLES_DIR, EXPORT_DIR, SHARED_DATA
+from engine.paths import CHECKPOINTS_DIR, DEFAULT_SETS, EXAMPLES_DIR, EXPORT_DIR, SHARED_DATA, STARTER_DIR
 from engine.prompts import parse_prompts
 
 if TYPE_CHECKING:
@@ -43,6 +57,7 @@ log = logging.getLogger("drywall_qa.app")
 
 QUICK_PICKS = tuple(prompts[0] for prompts in DEFAULT_SETS.values())  # "segment crack", "segment taping area"
 POLL_SECONDS = 1.5
+KEEP_FILES_S = 24 * 3600  # at start, the work dir's files older than this go (a work dir given by the caller)
 
 CSS = """
 .dq-header h1 { margin-bottom: 0.1em; }
@@ -55,10 +70,14 @@ CSS = """
 """
 
 
-def launch_options() -> dict:
-    """What `launch()` needs besides host and port: theme, CSS (Gradio 6 takes them here), example files."""
-    return dict(theme=gr.themes.Soft(primary_hue="orange", secondary_hue="blue", neutral_hue="slate"), css=CSS,
-                allowed_paths=[str(EXAMPLES_DIR)])
+def launch_options(public: PublicSettings | None = None) -> dict:
+    """What `launch()` needs besides host and port: theme, CSS (Gradio 6 takes them here), example files,
+    and in public mode the upload cap (`max_file_size`)."""
+    options = dict(theme=gr.themes.Soft(primary_hue="orange", secondary_hue="blue", neutral_hue="slate"), css=CSS,
+                   allowed_paths=[str(EXAMPLES_DIR)])
+    if public is not None and public.enabled:
+        options["max_file_size"] = public.limits.max_file_size
+    return options
 
 
 @dataclass
@@ -67,7 +86,7 @@ class AppContext:
 
     checkpoints_dir, export_dir: where runs and ONNX exports are listed and written; data_root: the shared
     labelled sets (cracks/, joints/); work_dir: masks, uploads and export zips; examples: [photo, prompts]
-    rows; train_overrides: TrainConfig fields applied to every run started here.
+    rows; train_overrides: TrainConfig fields applied to every run started here; public: public mode and its caps.
     """
 
     cache: ModelCache
@@ -78,38 +97,99 @@ class AppContext:
     default_model: str = "auto"
     examples: list[list[str]] = field(default_factory=list)
     train_overrides: dict = field(default_factory=dict)
+    public: PublicSettings = field(default_factory=PublicSettings)
 
     @property
     def uploads_dir(self) -> Path:
         return self.work_dir / "uploads"
 
+    def tidy(self, max_age_s: float | None = None) -> list[Path]:
+        """Delete the oldest of the app's own files past the disk cap (`housekeeping.prune`): the work dir's
+        uploads, masks and export zips (and features/, a feature cache placed there); in public mode runs and
+        exports too. Never the bundled or default model, nor what a running training job uses."""
+        folders = [self.work_dir / kind for kind in ("uploads", "masks", "exports", "features")]
+        if self.public.enabled:
+            folders += [self.checkpoints_dir, self.export_dir]
+        keep = [STARTER_DIR, self.default_model]
+        if "engine.train" in sys.modules:  # else no job has run in this process (and torch stays unloaded)
+            status = training_status()
+            keep += job_paths(status.run_dir) if status.active else []
+        return prune(folders, self.public.limits.disk_bytes, keep=keep, max_age_s=max_age_s)
+
     def call_dir(self, kind: str) -> Path:
-        """A fresh folder for one request's files (Gradio serves files from the temp dir)."""
+        """A fresh folder for one request's files (Gradio serves files from the temp dir); older ones are
+        pruned first when the app's files are over the disk cap (`tidy`)."""
+        self.tidy()
         path = self.work_dir / kind / uuid.uuid4().hex[:12]
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def choices(self, torch_only: bool = False) -> list[tuple[str, str]]:
-        """(label, source) for a model picker, the default model first when it is not listed."""
-        return model_choices(self.checkpoints_dir, self.export_dir, torch_only=torch_only,
-                             default=self.default_model)
+        """(label, value) for a model picker, the default model first when it is not listed (public mode: a
+        folder's value is its label, see `public_choices`)."""
+        choices = model_choices(self.checkpoints_dir, self.export_dir, torch_only=torch_only,
+                                default=self.default_model)
+        return public_choices(choices) if self.public.enabled else choices
+
+    @property
+    def default_value(self) -> str:
+        """The pickers' starting value: the default model's own value in `choices()`."""
+        if not self.public.enabled:
+            return self.default_model
+        listed = model_choices(self.checkpoints_dir, self.export_dir, default=self.default_model)
+        label = next(label for label, source in listed if source == self.default_model)
+        return public_choices([(label, self.default_model)])[0][1]
+
+    def model_source(self, value: str | None) -> str:
+        """The model source a picker value names (empty: the default). Public mode: only the listed models and
+        `public.extra_models`; anything else gets one message that names nothing (`check_model`). The pickers
+        allow custom values, so that this check (over the current list, new runs included) is the one refusal."""
+        value = value or self.default_model
+        if not self.public.enabled:
+            return value
+        listed = model_choices(self.checkpoints_dir, self.export_dir, default=self.default_model)
+        return check_model(value, allowed_models(listed, self.public.extra_models))
+
+    def prompts(self, text: str | None) -> list[str]:
+        """The prompts typed (`parse_prompts`), at most `public.limits.prompts` of them in public mode."""
+        chosen = parse_prompts(text)
+        if self.public.enabled:
+            check_count("Prompts", len(chosen), self.public.limits.prompts, "prompts per request")
+        return chosen
+
+    @property
+    def roots(self) -> list[Path]:
+        """The app's folders, scrubbed from public error messages."""
+        return [self.work_dir, self.checkpoints_dir, self.export_dir, self.data_root]
+
+
+def viewer(request: gr.Request | None) -> str | None:
+    """Who is asking: the logged-in user, else the browser session (each gradio_client has its own)."""
+    if request is None:
+        return None
+    return getattr(request, "username", None) or getattr(request, "session_hash", None)
 
 
 def user_errors(fn):
-    """Turn engine errors into `gr.Error(message)` and anything else into a short note; log the traceback."""
+    """Turn engine errors into `gr.Error(message)` and anything else into a short note; log the traceback.
+
+    In public mode (an AppContext argument says so) the message loses every server path (`scrub_paths`).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        ctx = next((a for a in args if isinstance(a, AppContext)), None)
+        clean = (lambda m: scrub_paths(m, ctx.roots)) if ctx is not None and ctx.public.enabled else str
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
         except (ValueError, OSError, RuntimeError) as exc:
             log.info("%s: %s", fn.__name__, exc)
-            raise gr.Error(str(exc), print_exception=False) from None
+            raise gr.Error(clean(str(exc)), print_exception=False) from None
         except Exception as exc:
             log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"Unexpected error ({type(exc).__name__}: {exc}); see the server log.",
+            raise gr.Error(clean(f"Unexpected error ({type(exc).__name__}: {exc}); see the server log."),
                            print_exception=False) from None
 
     return wrapper
@@ -117,9 +197,14 @@ def user_errors(fn):
 
 def bind(handler, ctx: AppContext):
     """`handler` with `ctx` as its first argument. Gradio names the API's parameters after the rest, and the
-    event after the handler."""
-    bound = partial(handler, ctx)
-    bound.__name__ = handler.__name__
+    event after the handler; a real function (not a partial), so Gradio sees a `gr.Request` annotation."""
+
+    @functools.wraps(handler)
+    def bound(*args, **kwargs):
+        return handler(ctx, *args, **kwargs)
+
+    signature = inspect.signature(handler)
+    bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
     return bound
 
 
@@ -136,12 +221,14 @@ def segment(ctx: AppContext, image, prompts, model, threshold):
     if not path:
         raise ValueError("No photo yet: upload one (JPEG, PNG, WebP) or pick an example below.")
     name = (image.get("orig_name") if isinstance(image, dict) else None) or Path(path).name
-    try:
-        result = segment_photo(ctx.cache.get(model or ctx.default_model), path, parse_prompts(prompts),
-                               threshold=None if threshold is None else float(threshold),
+    segmenter = ctx.cache.get(ctx.model_source(model))
+    try:  # the slider at the model's default means "each prompt's own threshold"; moved, it applies to all
+        result = segment_photo(segmenter, path, ctx.prompts(prompts), threshold=slider_threshold(segmenter, threshold),
                                image_id=image_id_for(name), out_dir=ctx.call_dir("masks"))
     except ImageError as exc:  # name the file as the user knows it, not by its upload cache path
         raise ImageError(str(exc).replace(str(path), name)) from None
+    if result.warning:  # a prompt outside the model's trained list
+        gr.Warning(result.warning)
     return result.overlay, [str(p) for p in result.mask_paths], table(result.rows, TABLE_HEADERS), result
 
 
@@ -150,15 +237,16 @@ def show_views(result):
     """After /segment: (before/after pair, heatmap, legend HTML with the model and threshold)."""
     if result is None:
         return gr.skip(), gr.skip(), gr.skip()
+    precision = f" · {html.escape(result.precision)}" if result.precision else ""
     caption = (f'<span class="dq-muted">model {html.escape(result.model)} · threshold {result.threshold:.2f}'
-               f" · {result.ms:.0f} ms</span>")
+               f" · {result.ms:.0f} ms{precision}</span>")
     return (result.photo, result.overlay), result.heatmap, legend_html(result.legend) + caption
 
 
 @user_errors
 def model_threshold(ctx: AppContext, model):
     """The threshold slider at the chosen model's calibrated threshold."""
-    return gr.Slider(value=round(float(ctx.cache.get(model).threshold), 2))
+    return gr.Slider(value=round(float(ctx.cache.get(ctx.model_source(model)).threshold), 2))
 
 
 @user_errors
@@ -170,17 +258,27 @@ def add_prompt(text, pick):
 @user_errors
 def train_start(ctx: AppContext, sets, cracks_prompts, joints_prompts, zip_file, zip_prompts, folder, folder_prompts,
                 model, run_name, epochs, lr, batch_size, image_size, unfreeze_vision, unfreeze_text, augment,
-                patience, max_images):
-    """/train_start: start the background job from the Train tab's widgets; returns a message."""
-    request = TrainRequest(
-        model=model or ctx.default_model, epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
+                patience, max_images, negative_rate=None, request: gr.Request | None = None):
+    """/train_start: start the background job from the Train tab's widgets; returns a message.
+
+    The job belongs to the caller's session (`viewer`); public mode refuses folders and settings over the caps
+    and stops the job after `limits.train_minutes`.
+    """
+    public = ctx.public.enabled
+    wanted = TrainRequest(
+        model=ctx.model_source(model), epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
         unfreeze_vision_layers=unfreeze_vision, unfreeze_text_layers=unfreeze_text, augment=augment,
-        patience=patience, max_images=max_images, run_name=run_name, sets=sets or (),
+        patience=patience, max_images=max_images, negative_rate=negative_rate, run_name=run_name, sets=sets or (),
         set_prompts={"cracks": cracks_prompts, "joints": joints_prompts}, zip_file=zip_file,
         zip_prompts=zip_prompts, folder=folder, folder_prompts=folder_prompts)
-    run_dir = start_run(request, data_root=ctx.data_root, checkpoints_dir=ctx.checkpoints_dir,
-                        uploads_dir=ctx.uploads_dir, cache=ctx.cache, overrides=ctx.train_overrides)
-    return f"Training started: run folder `{run_dir}`. Progress and curves update below."
+    if public:
+        check_training(wanted, ctx.public.limits)
+    ctx.tidy()  # room for the upload's extracted copy and the run
+    run_dir = start_run(wanted, data_root=ctx.data_root, checkpoints_dir=ctx.checkpoints_dir,
+                        uploads_dir=ctx.uploads_dir, cache=ctx.cache, overrides=ctx.train_overrides,
+                        owner=viewer(request), time_limit_s=ctx.public.limits.train_minutes * 60 if public else None)
+    shown = Path(run_dir).name if public else run_dir
+    return f"Training started: run folder `{shown}`. Progress and curves update below."
 
 
 def start_polling():
@@ -188,30 +286,36 @@ def start_polling():
     return gr.Timer(active=True)
 
 
+def status_views(ctx: AppContext, status, request: gr.Request | None):
+    """(progress Markdown, curves figure, status JSON) as this viewer sees them: read-only when another
+    session started the job; in public mode the run by its name and no server path."""
+    shown = public_status(status, ctx.roots) if ctx.public.enabled else status
+    markdown, figure = training_view(shown, owns_job(viewer(request)))
+    return markdown, figure, status_dict(shown)
+
+
 @user_errors
-def train_status():
+def train_status(ctx: AppContext, request: gr.Request | None = None):
     """/train_status: (progress Markdown, curves figure, the status as JSON)."""
-    status = training_status()
-    markdown, figure = training_view(status)
-    return markdown, figure, status_dict(status)
+    return status_views(ctx, training_status(), request)
 
 
 @user_errors
-def poll(ctx: AppContext, last_key):
+def poll(ctx: AppContext, last_key, request: gr.Request | None = None):
     """Timer tick: the status, plus whether to keep ticking; a finished run is evicted and listed."""
     status = training_status()
-    markdown, figure = training_view(status)
     key = f"{status.phase}:{status.run_dir}"
     if not status.active and key != last_key and status.run_dir:
         ctx.cache.evict(status.run_dir)
-    return markdown, figure, status_dict(status), key, gr.Timer(active=status.active)
+    return (*status_views(ctx, status, request), key, gr.Timer(active=status.active))
 
 
 @user_errors
-def train_stop():
-    """/train_stop: ask the running job to stop; returns a message."""
-    status = stop_training()
-    return f"Stop requested for `{status.run_dir}`; the job stops after the current step."
+def train_stop(ctx: AppContext, request: gr.Request | None = None):
+    """/train_stop: ask the running job to stop (only the session that started it may); returns a message."""
+    status = stop_training(viewer(request))
+    name = Path(status.run_dir or "").name if ctx.public.enabled else status.run_dir
+    return f"Stop requested for `{name}`; the job stops after the current step."
 
 
 @user_errors
@@ -230,9 +334,13 @@ def show_data_inputs(choice):
 @user_errors
 def compare(ctx: AppContext, models, precisions, data_choice, folder, zip_file, prompts, limit):
     """/compare: (scores table, curves figure, gallery of (image, caption), worst-cases table)."""
+    if ctx.public.enabled:  # no server folder, the listed models only, bounded counts
+        check_compare(len(models or []), data_choice, limit, ctx.public.limits)
+    sources = [ctx.model_source(m) for m in models or []]
     data, default_prompts = eval_data_for(data_choice, data_root=ctx.data_root, folder=folder, zip_file=zip_file)
-    chosen = parse_prompts(prompts) if (prompts or "").strip() else list(default_prompts)
-    result = compare_models(ctx.cache, models or [], data, chosen, precisions=precisions or ["fp32"],
+    chosen = ctx.prompts(prompts) if (prompts or "").strip() else list(default_prompts)
+    ctx.tidy()  # room for the upload's extracted copy (compare_models deletes it once scored)
+    result = compare_models(ctx.cache, sources, data, chosen, precisions=precisions or ["fp32"],
                             limit=int(limit or 0) or None, uploads_dir=ctx.uploads_dir)
     return (table(result.rows, COMPARE_HEADERS), result.curves, result.gallery,
             table(result.worst, WORST_HEADERS))
@@ -241,46 +349,118 @@ def compare(ctx: AppContext, models, precisions, data_choice, folder, zip_file, 
 @user_errors
 def export(ctx: AppContext, model, precision, progress=gr.Progress()):
     """/export: (parity and speed table, the report in Markdown, the zip's path)."""
-    result = export_model(model, ctx.export_dir, int8=precision == "int8", cache=ctx.cache,
+    result = export_model(ctx.model_source(model), ctx.export_dir, int8=precision == "int8", cache=ctx.cache,
                           example=ctx.examples[0][0] if ctx.examples else None, prompts=QUICK_PICKS,
                           zip_dir=ctx.call_dir("exports"), progress=lambda f, m: progress(f, desc=m))
-    return table(result.rows, EXPORT_HEADERS), f"```\n{result.report}\n```", str(result.zip_path)
+    report = scrub_paths(result.report, ctx.roots) if ctx.public.enabled else result.report
+    return table(result.rows, EXPORT_HEADERS), f"```\n{report}\n```", str(result.zip_path)
+
+
+@user_errors
+def segment_batch(ctx: AppContext, files, prompts, model, threshold, progress=gr.Progress()):
+    """/segment_batch: (masks zip, predictions.csv, report.html) for several photos or a zip of photos."""
+    paths = [f.get("path") if isinstance(f, dict) else f for f in files or []]
+    segmenter = ctx.cache.get(ctx.model_source(model))  # cheap refusals first: model, prompts, photo count
+    chosen = ctx.prompts(prompts)
+    cap = ctx.public.limits.batch_photos if ctx.public.enabled else MAX_BATCH_PHOTOS
+    out_dir = ctx.call_dir("masks")
+    photos = batch_photos([(p, Path(p).name) for p in paths if p], out_dir / "photos", max_photos=cap)
+    if segmenter.prompt_warning(chosen):
+        gr.Warning(segmenter.prompt_warning(chosen))
+    result = run_batch(segmenter, photos, chosen, out_dir=out_dir, threshold=slider_threshold(segmenter, threshold),
+                       progress=lambda f, m: progress(f, desc=m))
+    if result.failed:
+        gr.Warning(f"{len(result.failed)} photo(s) could not be read: " + "; ".join(result.failed.values()))
+    return str(result.zip_path), str(result.csv_path), str(result.report_path)
+
+
+@user_errors
+def download_run(ctx: AppContext, model):
+    """/download_run: a zip of the run's Hugging Face folder (best model, model card, metrics.jsonl)."""
+    if not (model or "").strip():
+        raise ValueError("No run chosen: pick a training run in the list, then download it.")
+    return str(zip_of_run(ctx.model_source(model), ctx.call_dir("exports")))
+
+
+@user_errors
+def download_trained(ctx: AppContext):
+    """The Train tab's download: the zip of the current (or last) training job's run."""
+    run_dir = training_status().run_dir if "engine.train" in sys.modules else None
+    if not run_dir:
+        raise ValueError("No run trained in this app yet: train one, or pick a run in the Export tab.")
+    return str(zip_of_run(run_dir, ctx.call_dir("exports")))
+
+
+@user_errors
+def push_to_hub(ctx: AppContext, model, repo_id, private, oauth_token: gr.OAuthToken | None = None):
+    """The "Push to the Hub" button: the run's folder and card to `repo_id`, with the signed-in user's token
+    (locally, without sign-in, the one `hf auth login` saved; a public app never uses its own token)."""
+    token = getattr(oauth_token, "token", None)
+    if ctx.public.enabled and not token:
+        raise PermissionError("Sign in with Hugging Face first (the button beside Push), or download the run as a "
+                              "zip and upload it yourself.")
+    result = push_run_to_hub(ctx.model_source(model), repo_id, private=bool(private), token=token)
+    return push_message(result)
 
 
 # ---------------------------------------------------------------------------------------------- layout
 
 
+def _own_work_dir() -> Path:
+    """A fresh work dir (housekeeping.make_work_dir), deleted when the process exits; work dirs that killed
+    app processes left behind are deleted first."""
+    for stale in stale_work_dirs():
+        remove_work_dir(stale)
+    work_dir = make_work_dir()
+    atexit.register(remove_work_dir, work_dir)
+    return work_dir
+
+
 def make_context(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: str | os.PathLike | None = None,
                  data_root: str | os.PathLike | None = None, examples_dir: str | os.PathLike | None = None,
                  work_dir: str | os.PathLike | None = None, default_model: str = "auto", cache_size: int = 4,
-                 train_overrides: dict | None = None) -> AppContext:
-    """The handlers' context with the repo's defaults (engine.paths) for what is not given; loads no model."""
+                 train_overrides: dict | None = None, public: PublicSettings | None = None) -> AppContext:
+    """The handlers' context with the repo's defaults (engine.paths) for what is not given; loads no model.
+
+    public: None reads the environment (`PublicSettings.from_env`: on on a Space), else as given.
+    """
     from engine.models.cache import ModelCache  # deferred: engine.models loads torch; `import app` must not
 
     examples_dir = Path(examples_dir or EXAMPLES_DIR)
+    public = public or PublicSettings.from_env()
+    work_dir = Path(work_dir or _own_work_dir())
+    overrides = dict(train_overrides or {})
+    if public.enabled:  # the feature cache in the work dir, where the disk cap (AppContext.tidy) prunes it
+        overrides.setdefault("cache_dir", str(work_dir / "features"))
     return AppContext(
         cache=ModelCache(maxsize=cache_size), checkpoints_dir=Path(checkpoints_dir or CHECKPOINTS_DIR),
         export_dir=Path(export_dir or EXPORT_DIR), data_root=Path(data_root or SHARED_DATA),
-        work_dir=Path(work_dir or tempfile.mkdtemp(prefix="drywall-qa-app-")), default_model=default_model,
+        work_dir=work_dir, default_model=default_model,
         examples=example_rows(examples_dir, QUICK_PICKS[:1]) if examples_dir.is_dir() else [],
-        train_overrides=dict(train_overrides or {}))
+        train_overrides=overrides, public=public)
 
 
 def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: str | os.PathLike | None = None,
               data_root: str | os.PathLike | None = None, examples_dir: str | os.PathLike | None = None,
               work_dir: str | os.PathLike | None = None, default_model: str = "auto", cache_size: int = 4,
-              train_overrides: dict | None = None) -> gr.Blocks:
+              train_overrides: dict | None = None, public: PublicSettings | None = None) -> gr.Blocks:
     """The Drywall QA Blocks. Loads no model: models load on first use into an LRU of `cache_size`.
 
     checkpoints_dir, export_dir: where runs and ONNX exports are listed and written (default: the repo's);
     data_root: the shared labelled sets (cracks/, joints/); work_dir: masks, uploads and export zips;
-    train_overrides: TrainConfig fields applied to every run started here (e.g. feature_cache=False).
+    train_overrides: TrainConfig fields applied to every run started here (e.g. feature_cache=False);
+    public: public mode and its caps (None: from the environment, on on a Space; `engine.app.public`).
     """
     ctx = make_context(checkpoints_dir=checkpoints_dir, export_dir=export_dir, data_root=data_root,
                        examples_dir=examples_dir, work_dir=work_dir, default_model=default_model,
-                       cache_size=cache_size, train_overrides=train_overrides)
+                       cache_size=cache_size, train_overrides=train_overrides, public=public)
+    ctx.tidy(max_age_s=KEEP_FILES_S)  # uploads, masks and exports left from a day ago go at start
     shared_sets = [name for name in DEFAULT_SETS if (ctx.data_root / name).is_dir()]
     defaults = train_defaults()  # TrainConfig's own values start the sliders
+    public, caps = ctx.public.enabled, ctx.public.limits  # public: no server folders, sliders end at the caps
+
+    def top(local_max, cap):
+        return min(local_max, cap) if public else local_max
 
     with gr.Blocks(title="Drywall QA", delete_cache=(3600, 24 * 3600)) as demo:
         gr.Markdown(
@@ -301,10 +481,11 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                                              elem_id="seg-prompts")
                         with gr.Row():
                             pick_buttons = [gr.Button(f"+ {p}", size="sm", variant="secondary") for p in QUICK_PICKS]
-                        seg_model = gr.Dropdown(ctx.choices(), value=ctx.default_model, label="Model",
+                        seg_model = gr.Dropdown(ctx.choices(), value=ctx.default_value, label="Model",
                                                 allow_custom_value=True, elem_id="seg-model")
                         threshold = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="Threshold",
-                                              info="Starts at the model's calibrated threshold.")
+                                              info="At the model's default each prompt uses its own calibrated "
+                                                   "threshold; moved, it applies to every prompt.")
                         segment_btn = gr.Button("Segment", variant="primary", elem_id="segment-btn")
                     with gr.Column(scale=3, min_width=400):
                         with gr.Tabs():
@@ -328,6 +509,20 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                     gr.Examples(ctx.examples, inputs=[image, prompts], cache_examples=False, examples_per_page=12,
                                 label="Example walls (made by engine/synth.py; click one, then Segment)",
                                 example_labels=[f"{Path(p).stem}: {t.replace(chr(10), ', ')}" for p, t in ctx.examples])
+                with gr.Accordion("Batch: several photos, or a zip of photos", open=False):
+                    with gr.Row(equal_height=False):
+                        with gr.Column(scale=2, min_width=320):
+                            batch_files = gr.File(label="Photos or a .zip of photos", file_count="multiple",
+                                                  file_types=["image", ".zip"], type="filepath", height=160,
+                                                  elem_id="batch-files")
+                            batch_btn = gr.Button("Segment all", variant="primary", elem_id="batch-btn")
+                            gr.Markdown(f"The prompts, model and threshold above apply to every photo; at most "
+                                        f"{caps.batch_photos if public else MAX_BATCH_PHOTOS} photos per batch.",
+                                        elem_classes="dq-muted")
+                        with gr.Column(scale=3, min_width=400):
+                            batch_zip = gr.File(label="Masks (zip of {photo}__{prompt}.png)", interactive=False)
+                            batch_csv = gr.File(label="predictions.csv", interactive=False)
+                            batch_report = gr.File(label="Report (HTML, opens offline)", interactive=False)
                 seg_result = gr.State(None)
 
             # ---------------------------------------------------------------------------- Train
@@ -336,8 +531,8 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                     with gr.Column(scale=1, min_width=320):
                         gr.Markdown("### Data")
                         sets = gr.CheckboxGroup(shared_sets, value=shared_sets[:1], label="Shared labelled sets",
-                                                info=f"from {ctx.data_root}" if shared_sets else
-                                                f"none found in {ctx.data_root}", visible=bool(shared_sets))
+                                                info=None if public else f"from {ctx.data_root}",
+                                                visible=bool(shared_sets))
                         cracks_prompts = gr.Textbox(", ".join(DEFAULT_SETS["cracks"]), label="Prompts for cracks",
                                                     visible="cracks" in shared_sets)
                         joints_prompts = gr.Textbox(", ".join(DEFAULT_SETS["joints"]), label="Prompts for joints",
@@ -346,40 +541,54 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                             zip_file = gr.File(label="Upload a .zip (Roboflow YOLOv8 or COCO export)",
                                                file_types=[".zip"], type="filepath")
                             zip_prompts = gr.Textbox(label="Prompts for the zip", placeholder="segment crack")
-                            folder = gr.Textbox(label="...or a folder on the server",
+                            folder = gr.Textbox(label="...or a folder on the server", visible=not public,
                                                 placeholder="/data/my-walls (YOLOv8 root, split folder or COCO)")
-                            folder_prompts = gr.Textbox(label="Prompts for the folder", placeholder="segment crack")
+                            folder_prompts = gr.Textbox(label="Prompts for the folder", placeholder="segment crack",
+                                                        visible=not public)
                     with gr.Column(scale=1, min_width=320):
                         gr.Markdown("### Settings")
-                        train_model = gr.Dropdown(ctx.choices(torch_only=True), value=ctx.default_model,
+                        train_model = gr.Dropdown(ctx.choices(torch_only=True), value=ctx.default_value,
                                                   label="Start from", allow_custom_value=True)
                         run_name = gr.Textbox(label="Run name", placeholder="empty: run-<date>-<time>",
+                                              info="A new name: existing runs are never overwritten.",
                                               elem_id="run-name")
-                        epochs = gr.Slider(1, 100, value=defaults.epochs, step=1, label="Epochs",
-                                           elem_id="train-epochs")
+                        epochs = gr.Slider(1, top(100, caps.epochs), value=top(defaults.epochs, caps.epochs), step=1,
+                                           label="Epochs", elem_id="train-epochs")
                         lr = gr.Slider(1e-6, 5e-3, value=defaults.lr, step=1e-6, label="Learning rate",
                                        info="Type an exact value in the box, e.g. 0.0001.")
-                        batch_size = gr.Slider(1, 64, value=defaults.batch_size, step=1, label="Batch size",
-                                               elem_id="train-batch")
-                        image_size = gr.Slider(64, 704, value=defaults.image_size, step=32, label="Image size (px)",
+                        batch_size = gr.Slider(1, top(64, caps.batch_size), step=1, label="Batch size",
+                                               value=top(defaults.batch_size, caps.batch_size), elem_id="train-batch")
+                        image_size = gr.Slider(64, top(704, caps.image_size), step=32, label="Image size (px)",
+                                               value=top(defaults.image_size, caps.image_size),
                                                info="CLIPSeg works at 352; smaller trains faster.",
                                                elem_id="train-size")
                         with gr.Row():
-                            unfreeze_vision = gr.Slider(0, 12, value=defaults.unfreeze_vision_layers, step=1,
-                                                        label="Vision layers to unfreeze")
-                            unfreeze_text = gr.Slider(0, 12, value=defaults.unfreeze_text_layers, step=1,
-                                                      label="Text layers to unfreeze")
+                            layers = top(12, caps.unfreeze_layers)
+                            unfreeze_vision = gr.Slider(0, layers, value=min(defaults.unfreeze_vision_layers, layers),
+                                                        step=1, label="Vision layers to unfreeze")
+                            unfreeze_text = gr.Slider(0, layers, value=min(defaults.unfreeze_text_layers, layers),
+                                                      step=1, label="Text layers to unfreeze")
                         with gr.Row():
                             augment = gr.Checkbox(value=defaults.augment, label="Augment (flips, crops, colour)")
                             patience = gr.Slider(0, 20, value=defaults.patience, step=1,
                                                  label="Early-stopping patience (0 = off)")
-                        max_images = gr.Slider(0, 1000, value=0, step=1, label="Images per set (0 = all)",
+                        max_images = gr.Slider(int(public), top(1000, caps.train_images), step=1,
+                                               value=caps.train_images if public else 0,
+                                               label="Images per set" if public else "Images per set (0 = all)",
                                                info="A small number makes a quick trial run.", elem_id="train-images")
+                        negative_rate = gr.Slider(0.0, 0.9, value=defaults.negative_rate, step=0.05,
+                                                  label="Absent-concept negatives",
+                                                  info="Share of samples that pair a photo with another set's "
+                                                       "prompt and an empty mask, so that a prompt for something "
+                                                       "absent gives nothing (needs two or more sets).")
                 with gr.Row():
                     train_btn = gr.Button("Train", variant="primary", elem_id="train-btn")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
                     status_btn = gr.Button("Refresh status", variant="secondary")
+                    trained_btn = gr.Button("Download the run (zip)", variant="secondary")
                 train_msg = gr.Markdown(label="train_message")
+                trained_file = gr.File(label="The run as a Hugging Face folder (zip)", interactive=False,
+                                       visible=False)
                 progress_md = gr.Markdown(IDLE_TEXT, label="progress",
                                           elem_id="train-progress")
                 curves = gr.Plot(label="Training curves")
@@ -394,18 +603,21 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                     with gr.Column(scale=1, min_width=320):
                         cmp_models = gr.Dropdown(ctx.choices(), multiselect=True, label="Models or runs",
                                                  info="Pick two or more; ONNX exports run as they were exported.",
-                                                 allow_custom_value=True)
+                                                 allow_custom_value=True,
+                                                 max_choices=caps.compare_models if public else None)
                         precisions = gr.CheckboxGroup(["fp32", "bf16"], value=["fp32"], label="Torch precision")
-                        data_choices = [(f"{n} (shared, valid split)", n) for n in shared_sets] + [
-                            ("a folder on the server", "folder"), ("an uploaded zip", "zip")]
+                        data_choices = [(f"{n} (shared, valid split)", n) for n in shared_sets] + (
+                            [] if public else [("a folder on the server", "folder")]) + [("an uploaded zip", "zip")]
                         data_choice = gr.Radio(data_choices, value=data_choices[0][1], label="Labelled set")
                         cmp_folder = gr.Textbox(label="Folder", placeholder="a split folder or a YOLOv8/COCO root",
-                                                visible=not shared_sets)
+                                                visible=data_choices[0][1] == "folder")
                         cmp_zip = gr.File(label="Zip (YOLOv8 or COCO export)", file_types=[".zip"], type="filepath",
                                           visible=False, height=140)
                         cmp_prompts = gr.Textbox(label="Prompts", lines=2,
                                                  placeholder="empty: the set's own (shared sets: their synonyms)")
-                        limit = gr.Slider(0, 500, value=20, step=1, label="Images (0 = all)",
+                        limit = gr.Slider(int(public), top(500, caps.compare_images), step=1,
+                                          value=top(20, caps.compare_images),
+                                          label="Images" if public else "Images (0 = all)",
                                           info="Fewer images give a quicker, rougher answer.")
                         compare_btn = gr.Button("Compare", variant="primary")
                     with gr.Column(scale=2, min_width=400):
@@ -423,18 +635,32 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
             with gr.Tab("Export", id="export"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=320):
-                        exp_model = gr.Dropdown(ctx.choices(torch_only=True), value=ctx.default_model,
+                        exp_model = gr.Dropdown(ctx.choices(torch_only=True), value=ctx.default_value,
                                                 label="Model to export", allow_custom_value=True)
                         exp_precision = gr.Radio(["fp32", "int8"], value="fp32", label="Precision",
                                                  info="int8 quantizes the encoders and also keeps fp32 graphs.")
                         export_btn = gr.Button("Export to ONNX", variant="primary")
-                        gr.Markdown(f"Exports go to `{ctx.export_dir}` and appear in every model picker.",
+                        gr.Markdown("Exports appear in every model picker." if public else
+                                    f"Exports go to `{ctx.export_dir}` and appear in every model picker.",
                                     elem_classes="dq-muted")
+                        gr.Markdown("### Keep the model")
+                        download_btn = gr.Button("Download the run (zip)", elem_id="download-btn")
+                        gr.Markdown("A Hugging Face folder (model, card, metrics.jsonl): load it with "
+                                    "`CLIPSegForImageSegmentation.from_pretrained`, or unzip it into `checkpoints/`.",
+                                    elem_classes="dq-muted")
+                        repo_box = gr.Textbox(label="Hub repo", placeholder="your-name/drywall-cracks")
+                        private_box = gr.Checkbox(value=True, label="Private repo")
+                        with gr.Row():
+                            if oauth_available():
+                                gr.LoginButton()
+                            push_btn = gr.Button("Push to the Hub", elem_id="push-btn")
+                        push_msg = gr.Markdown()
                     with gr.Column(scale=2, min_width=400):
                         exp_table = gr.Dataframe(headers=EXPORT_HEADERS, label="Parity and speed",
                                                  interactive=False)
                         exp_report = gr.Markdown(label="report")
                         exp_file = gr.File(label="Download the export (zip)", interactive=False)
+                        run_file = gr.File(label="The run as a Hugging Face folder (zip)", interactive=False)
 
         gr.Markdown(
             "Data: Roboflow \"cracks-3ii36\" (10xConstruction) and \"drywall-join-detect\" (objectdetect-pu6rn), "
@@ -457,11 +683,11 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
 
         train_inputs = [sets, cracks_prompts, joints_prompts, zip_file, zip_prompts, folder, folder_prompts,
                         train_model, run_name, epochs, lr, batch_size, image_size, unfreeze_vision, unfreeze_text,
-                        augment, patience, max_images]
+                        augment, patience, max_images, negative_rate]
         train_btn.click(bind(train_start, ctx), train_inputs, train_msg, api_name="train_start",
                         concurrency_limit=1).success(start_polling, None, timer, api_visibility="private", queue=False)
-        stop_btn.click(train_stop, None, train_msg, api_name="train_stop", concurrency_limit=None)
-        status_btn.click(train_status, None, [progress_md, curves, status_json], api_name="train_status",
+        stop_btn.click(bind(train_stop, ctx), None, train_msg, api_name="train_stop", concurrency_limit=None)
+        status_btn.click(bind(train_status, ctx), None, [progress_md, curves, status_json], api_name="train_status",
                          concurrency_limit=None)
         timer.tick(bind(poll, ctx), phase_key, [progress_md, curves, status_json, phase_key, timer],
                    api_visibility="private", concurrency_limit=None, show_progress="hidden")
@@ -477,12 +703,31 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                          api_name="export", concurrency_limit=1).success(bind(refresh_pickers, ctx), None, pickers,
                                                                           api_visibility="private")
 
+        batch_btn.click(bind(segment_batch, ctx), [batch_files, prompts, seg_model, threshold],
+                        [batch_zip, batch_csv, batch_report], api_name="segment_batch", concurrency_limit=1,
+                        concurrency_id="model")
+        trained_btn.click(bind(download_trained, ctx), None, trained_file, api_visibility="private",
+                          concurrency_limit=1).success(lambda: gr.File(visible=True), None, trained_file,
+                                                       api_visibility="private", queue=False)
+        download_btn.click(bind(download_run, ctx), exp_model, run_file, api_name="download_run", concurrency_limit=1)
+        push_btn.click(bind(push_to_hub, ctx), [exp_model, repo_box, private_box], push_msg, api_name="push",
+                       concurrency_limit=1)
+
         # A new visitor sees the current models, the default model's threshold and a job someone else started.
         demo.load(bind(refresh_pickers, ctx), None, pickers, api_visibility="private", queue=False)
         demo.load(bind(model_threshold, ctx), seg_model, threshold, api_visibility="private", show_progress="minimal")
         demo.load(bind(poll, ctx), phase_key, [progress_md, curves, status_json, phase_key, timer],
                   api_visibility="private")
     return demo.queue(default_concurrency_limit=1)
+
+
+def oauth_available() -> bool:
+    """True on a Hugging Face Space (SPACE_ID set) with `gradio[oauth]` (authlib, itsdangerous) installed: there
+    the app shows a Sign-in button and Push uses the visitor's OAuth token. Elsewhere (locally, where Gradio's
+    sign-in would demand a saved Hub login just to start) there is no button and Push uses the token that
+    `hf auth login` saved."""
+    return bool(os.environ.get("SPACE_ID")) and all(
+        importlib.util.find_spec(name) is not None for name in ("authlib", "itsdangerous"))
 
 
 def set_threads() -> None:
@@ -502,12 +747,20 @@ def main(argv: list[str] | None = None) -> None:
                         help="port (default: $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--model", default="auto", help="default model in the pickers (default: auto)")
+    parser.add_argument("--public", action="store_true",
+                        help="public mode: no server folders, listed models only, capped requests (README "
+                             "'Public mode'; on by default on a Space, where SPACE_ID is set)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     set_threads()
-    demo = build_app(default_model=args.model)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
+    public = PublicSettings.from_env(force=args.public)
+    if public.enabled:
+        log.info("public mode: %s", public.limits)
+    # SIGTERM (a Space stopping) exits like Ctrl+C, so atexit removes the work dir.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    demo = build_app(default_model=args.model, public=public)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(public))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from engine.data import open_dataset
-from engine.evaluate import evaluate
+from engine.evaluate import evaluate_sets
 from engine.fileio import atomic_write_json
 from engine.images import ImageError, list_images
-from engine.masks import write_masks
+from engine.prediction import PREDICTIONS_CSV, write_prediction, write_predictions_csv
 from engine.prompts import parse_data_arg
+from engine.report import report_photo, write_report
 from engine.train import DataSpec, EpochEvent, LogEvent, StepEvent, TrainConfig, make_config
 
 # torch, transformers, onnxruntime and the modules built on them (models, training loop, model card, export,
@@ -39,6 +40,7 @@ EPILOG = """examples:
   python -m engine evaluate --model checkpoints/drywall-starter --data ../shared/data/drywall-qa/cracks/valid --prompt "segment crack" --json out.json
   python -m engine train --preset starter
   python -m engine export --model checkpoints/drywall-starter --out export/starter --int8
+  python -m engine push --run checkpoints/my-run --repo your-name/drywall-cracks --private
   python -m engine benchmark --json bench.json
 """
 
@@ -58,21 +60,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the model's own)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--batch-size", type=int, default=4, help="photos per forward pass (default: 4)")
+    p.add_argument("--report", default=None, metavar="HTML",
+                   help="also write an HTML report (one row per photo, an overlay thumbnail per prompt, totals "
+                        "per prompt; self-contained, opens offline), e.g. --report report.html")
 
     p = sub.add_parser("evaluate", help="per-prompt IoU, Dice, precision, recall on a labelled set",
                        description="Evaluate a model on a labelled set (YOLOv8 export or split folder, COCO JSON, "
                                    "or images/ + masks/) and print a table; --json writes the same numbers.")
     p.add_argument("--model", default="auto", help="model source (default: auto)")
-    p.add_argument("--data", required=True, help="labelled set: a split folder, a YOLOv8 root with --split, a COCO json, ...")
+    p.add_argument("--data", action="append", required=True, metavar="PATH[=PROMPTS]",
+                   help="labelled set: a split folder, a YOLOv8 root with --split, a COCO json, ...; repeat as "
+                        'PATH="prompt a,prompt b" for several sets: each prompt is then also run on the other '
+                        "sets' photos as an absent concept (false alarms, presence AUROC)")
     p.add_argument("--split", default=None, help="split of a YOLOv8 export root (train, valid, test)")
-    p.add_argument("--prompt", action="append", required=True, help="prompt to evaluate; repeat for several")
+    p.add_argument("--prompt", action="append", default=[], help="prompt to evaluate (with one plain --data PATH); "
+                                                                 "repeat for several")
     p.add_argument("--json", default=None, help="write the report as JSON here")
-    p.add_argument("--threshold", type=float, default=None, help="threshold (default: the model's own)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="one threshold for every prompt (default: each prompt's calibrated one, else the model's)")
     p.add_argument("--k-worst", type=int, default=5, help="how many worst images to list (default: 5)")
     p.add_argument("--skip-bad", action="store_true", help="skip images with bad labels (with a warning)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "int8"],
                    help="fp32 (default: the same scores on every CPU), auto, bf16 (torch), int8 (exports made with --int8)")
+
+    p = sub.add_parser("calibrate", help="set a model's per-prompt thresholds on train photos, absent concepts counted",
+                       description="Pick each prompt's pixel and presence threshold on the sets' train photos, "
+                                   "counting the other sets' photos as absent concepts (an empty mask there scores "
+                                   "IoU 1), and rewrite the model folder's drywall_qa.json (atomically).")
+    p.add_argument("--model", required=True, help="a model folder or a training run (its best/, else last/)")
+    p.add_argument("--data", action="append", required=True, metavar="PATH=PROMPTS",
+                   help='a set and its prompts, e.g. ../shared/data/drywall-qa/cracks="segment crack,segment wall crack"')
+    p.add_argument("--split", default="train", help="split of each set to calibrate on (default: train)")
+    p.add_argument("--images", type=int, default=100, help="photos per set (the first N; default: 100)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
 
     p = sub.add_parser("train", help="fine-tune (or train from scratch) on labelled sets",
                        description="Train a CLIPSeg model. Each --data is PATH=prompt1,prompt2 (synonyms).")
@@ -95,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="auto", help="model source (default: auto)")
     p.add_argument("--out", required=True, help="output folder, e.g. export/starter")
     p.add_argument("--int8", action="store_true", help="also quantize the encoders to int8 (dynamic)")
+
+    p = sub.add_parser("push", help="push a training run to the Hugging Face Hub as a model repo with its card",
+                       description="Upload a run's best model as a Hugging Face folder (weights, tokenizer, "
+                                   "drywall_qa.json, a model card with model-index metrics, metrics.jsonl, "
+                                   "training_config.json) to a model repo, created if needed. Uses the token "
+                                   "saved by `hf auth login` (or HF_TOKEN).")
+    p.add_argument("--run", required=True, help="a training run, e.g. checkpoints/my-run (or a model folder)")
+    p.add_argument("--repo", required=True, help="the Hub repo id, e.g. your-name/drywall-cracks")
+    p.add_argument("--private", action="store_true", help="create the repo private (default: public)")
 
     p = sub.add_parser("benchmark", help="measure inference (or --train: training) speed side by side",
                        description="Side-by-side timings in one run on the full-size rd64-refined architecture "
@@ -120,22 +150,36 @@ def cmd_predict(args) -> int:
     from engine.models import load_segmenter
 
     segmenter = load_segmenter(args.model, threads=args.threads)
-    threshold = segmenter.threshold if args.threshold is None else args.threshold
+    warn_unknown_prompts(segmenter, args.prompt)
+    segmenter.check_prompts(args.prompt)
     out = Path(args.out)
-    failed = 0
+    failed, rows, entries = 0, [], []
     with tqdm(total=len(paths), desc="predict", unit="img") as bar:
         for start in range(0, len(paths), args.batch_size):
-            for path, maps in _predict_chunk(segmenter, paths[start:start + args.batch_size], args.prompt):
-                if isinstance(maps, ImageError):
+            for path, pred in _predict_chunk(segmenter, paths[start:start + args.batch_size], args.prompt,
+                                             args.threshold):
+                if isinstance(pred, ImageError):
                     failed += 1
-                    tqdm.write(f"error: {maps}", file=sys.stderr)
+                    tqdm.write(f"error: {pred}", file=sys.stderr)
                 else:
-                    write_masks({p: m >= threshold for p, m in maps.items()}, path.stem, out)
+                    photo_rows = write_prediction(pred, path.stem, str(path), out)
+                    rows += photo_rows
+                    if args.report:
+                        entries.append(report_photo(pred, path, str(path), photo_rows))
                 bar.update(1)
-    print(f"wrote {len(paths) - failed} x {len(args.prompt)} masks to {out} (threshold {threshold:.2f}, model {segmenter.name})")
+    if rows:
+        write_predictions_csv(rows, out / PREDICTIONS_CSV)
+    if args.report and entries:
+        print(f"wrote {write_report(entries, args.report, model=segmenter.name, threshold=_threshold_text(args))}")
+    print(f"wrote {len(paths) - failed} x {len(args.prompt)} masks and {PREDICTIONS_CSV} to {out} "
+          f"(threshold {_threshold_text(args)}, model {segmenter.name})")
     if failed:
         print(f"{failed} of {len(paths)} images could not be read (see above)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _threshold_text(args) -> str:
+    return "each prompt's own" if args.threshold is None else f"{args.threshold:.2f}"
 
 
 def _unique_images(paths: list[Path]) -> list[Path]:
@@ -153,37 +197,95 @@ def _unique_images(paths: list[Path]) -> list[Path]:
     return list(seen.values())
 
 
-def _predict_chunk(segmenter, paths: list[Path], prompts: list[str]):
-    """Yield (path, {prompt: probability map}) for each path, or (path, the ImageError) for one that cannot be read.
+def _predict_chunk(segmenter, paths: list[Path], prompts: list[str], threshold: float | None):
+    """Yield (path, Prediction) for each path, or (path, the ImageError) for one that cannot be read.
 
     One forward pass for the whole chunk; when a photo in it cannot be read, the photos are run one by one, so
     the readable ones still get their masks.
     """
     try:
-        yield from zip(paths, segmenter.predict_batch(paths, prompts))
+        yield from zip(paths, segmenter.prediction_batch(paths, prompts, threshold=threshold))
         return
     except ImageError:
         pass
     for path in paths:
         try:
-            maps = segmenter.predict(path, prompts)
+            pred = segmenter.prediction(path, prompts, threshold=threshold)
         except ImageError as exc:
             yield path, exc
         else:
-            yield path, maps
+            yield path, pred
 
 
 def cmd_evaluate(args) -> int:
     from engine.models import load_segmenter
 
+    specs = eval_specs(args.data, args.prompt)  # checked before the model loads
+    sets = [(open_dataset(path, split=args.split, prompts=prompts, skip_bad=args.skip_bad,
+                          name=set_name(path) if len(specs) > 1 else None), list(prompts)) for path, prompts in specs]
     segmenter = load_segmenter(args.model, threads=args.threads, precision=args.precision)
-    dataset = open_dataset(args.data, split=args.split, prompts=tuple(args.prompt), skip_bad=args.skip_bad)
-    report = evaluate(segmenter, dataset, args.prompt, threshold=args.threshold, k_worst=args.k_worst)
-    print(f"model {segmenter.name} on {dataset.name} ({len(dataset)} images)")
+    warn_unknown_prompts(segmenter, [p for _, prompts in specs for p in prompts])
+    report = evaluate_sets(segmenter, sets, threshold=args.threshold, k_worst=args.k_worst)
+    print(f"model {segmenter.name} on " + ", ".join(f"{ds.name} ({len(ds)} images)" for ds, _ in sets))
     print(report.format_table())
     if args.json:
         atomic_write_json(args.json, {"model": segmenter.name, **report.to_dict()})
         print(f"wrote {args.json}")
+    return 0
+
+
+def eval_specs(data: list[str], prompts: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """--data items (and --prompt for the one-set form) -> [(path, prompts)], checked."""
+    specs = [parse_data_arg(str(d)) for d in data]
+    if len(specs) == 1 and not specs[0][1]:
+        if not prompts:
+            raise ValueError("No prompt: add --prompt \"segment crack\", or write --data PATH=\"segment crack\".")
+        return [(specs[0][0], tuple(prompts))]
+    if prompts:
+        raise ValueError("--prompt goes with one plain --data PATH; with PATH=prompts (or several sets) name the "
+                         "prompts after '=' instead.")
+    missing = [path for path, p in specs if not p]
+    if missing:
+        raise ValueError(f"With several sets each --data needs its prompts: write {missing[0]}=\"segment crack\".")
+    return specs
+
+
+def set_name(path: str) -> str:
+    """A set's name in reports: its folder and the one above ("cracks/valid"), so two splits named valid differ."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def warn_unknown_prompts(segmenter, prompts) -> None:
+    """On stderr: the prompts outside a model's trained list ("this model was trained on: ...")."""
+    message = segmenter.prompt_warning(prompts) if hasattr(segmenter, "prompt_warning") else None
+    if message:
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def cmd_calibrate(args) -> int:
+    """`python -m engine calibrate --model FOLDER_OR_RUN --data PATH=PROMPTS ... [--images N]`."""
+    specs = [parse_data_arg(str(d)) for d in args.data]
+    missing = [path for path, prompts in specs if not prompts]
+    if missing:
+        raise ValueError(f"Each --data needs its prompts: write {missing[0]}=\"segment crack\".")
+    from engine.calibrate import calibrate_model, write_thresholds
+    from engine.models import load_segmenter, resolve_source
+
+    source = resolve_source(args.model)
+    if source.kind not in ("folder", "run"):
+        raise ValueError(f"Model {args.model!r} is a {source.kind} model; calibrate a local model folder or a run "
+                         "(an ONNX export keeps the thresholds of the model it was exported from).")
+    sets = [(open_dataset(path, split=args.split, prompts=prompts, name=set_name(path)), list(prompts))
+            for path, prompts in specs]
+    segmenter = load_segmenter(source, threads=args.threads, precision="fp32")
+    calibration = calibrate_model(segmenter, sets, args.images, progress=True)
+    for p, c in calibration.items():
+        print(f"{p}: threshold {c.threshold:.2f}, presence {c.presence_threshold:.3f} "
+              f"(mean IoU {c.score:.3f} over {c.n_own} own + {c.n_absent} absent photos)")
+    path = write_thresholds(source.path, calibration,
+                            source=f"{args.split} splits, first {args.images} photos per set")
+    print(f"wrote {path}")
     return 0
 
 
@@ -279,6 +381,15 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    """`python -m engine push --run checkpoints/NAME --repo user/name [--private]`."""
+    from engine.hub import push_run
+
+    result = push_run(args.run, args.repo, private=args.private)
+    print(f"pushed {len(result.files)} files to {result.url} ({'private' if result.private else 'public'})")
+    return 0
+
+
 def cmd_benchmark(args) -> int:
     """`python -m engine benchmark [--train] [--json FILE] [--model M] [--threads N] [--repeats R]`."""
     from engine.benchmark import format_table, run_inference_benchmark
@@ -297,8 +408,8 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
-COMMANDS = {"predict": cmd_predict, "evaluate": cmd_evaluate, "train": cmd_train, "export": cmd_export,
-            "benchmark": cmd_benchmark}
+COMMANDS = {"predict": cmd_predict, "evaluate": cmd_evaluate, "calibrate": cmd_calibrate, "train": cmd_train, "export": cmd_export,
+            "push": cmd_push, "benchmark": cmd_benchmark}
 
 
 def main(argv: list[str] | None = None) -> int:

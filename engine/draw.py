@@ -96,12 +96,13 @@ def mask_edges(mask: np.ndarray, width: int = 1) -> np.ndarray:
 
 
 def overlay(image, masks: Mapping[str, np.ndarray], alpha: float = 0.45, outline: bool = True) -> Image.Image:
-    """Colour each mask over the image, one palette colour per prompt in dict order.
+    """Colour each mask over the image, one palette colour per prompt in dict order; overlaps stay readable.
 
-    Inside mask k the pixel becomes ``(1 - alpha) * pixel + alpha * colour_for(k)`` (later masks are
-    blended over earlier ones where they overlap); with ``outline`` the mask's boundary (about
-    ``min(H, W) / 400`` px thick, at least 1) is painted in the solid colour. Pixels outside every mask
-    are left untouched.
+    Inside the masks the pixel becomes ``(1 - alpha) * pixel + alpha * c``, where ``c`` is the mean colour of
+    the masks covering it (so where two masks overlap both colours show in the mix, and neither hides the
+    other); with ``outline`` every mask's boundary (about ``min(H, W) / 400`` px thick, at least 1) is then
+    painted in its solid colour over all fills, so each prompt's outline stays visible inside another's mask
+    (where two outlines cross, the later prompt's is on top). Pixels outside every mask are left untouched.
 
     Args:
         image: PIL image or (H, W, 3) uint8 array.
@@ -117,18 +118,26 @@ def overlay(image, masks: Mapping[str, np.ndarray], alpha: float = 0.45, outline
     out = _to_rgb_array(image).astype(np.float32)
     h, w = out.shape[:2]
     width = max(1, min(h, w) // 400)
-    for k, (name, mask) in enumerate(masks.items()):
+    checked = []
+    for name, mask in masks.items():
         mask = np.asarray(mask)
         if mask.shape != (h, w):
             raise ValueError(
                 f"mask {name!r} has shape {mask.shape} but the image is {(h, w)}; "
                 "masks must be (H, W) at the image's own size"
             )
-        mask = mask.astype(bool, copy=False)
-        colour = np.array(colour_for(k), dtype=np.float32)
-        out[mask] = (1.0 - alpha) * out[mask] + alpha * colour
-        if outline:
-            out[mask_edges(mask, width)] = colour
+        checked.append(mask.astype(bool, copy=False))
+    count = np.zeros((h, w), dtype=np.float32)
+    colour_sum = np.zeros((h, w, 3), dtype=np.float32)
+    for k, mask in enumerate(checked):
+        count += mask
+        colour_sum[mask] += np.array(colour_for(k), dtype=np.float32)
+    covered = count > 0
+    mean_colour = colour_sum[covered] / count[covered, None]
+    out[covered] = (1.0 - alpha) * out[covered] + alpha * mean_colour
+    if outline:
+        for k, mask in enumerate(checked):
+            out[mask_edges(mask, width)] = np.array(colour_for(k), dtype=np.float32)
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
 
 

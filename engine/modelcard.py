@@ -1,7 +1,8 @@
 """A model card (README.md) for a training run: how it was trained, on what, and its scores.
 
-The scores come from `engine.evaluate.evaluate` at the model's own threshold on each set's validation split,
-so `python -m engine evaluate --model RUN --data SET/valid --prompt PROMPT` reproduces them.
+The scores come from `engine.evaluate.evaluate_sets` at each prompt's own threshold on every set's validation
+split, each prompt also run on the other sets' photos as an absent concept, so `python -m engine evaluate
+--model RUN --data SET/valid=PROMPTS --data OTHER/valid=PROMPTS` reproduces them.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from engine.data import open_dataset
-from engine.evaluate import evaluate
+from engine.evaluate import evaluate_sets
 from engine.fileio import atomic_write_json, atomic_write_text
 from engine.models import load_segmenter
 from engine.paths import REPO_ROOT
@@ -24,17 +27,20 @@ ATTRIBUTION = {
 
 
 def evaluate_run(run_dir, threads: int | None = None) -> dict:
-    """{set name: {prompt: PromptReport.to_dict() row}} on each training set's validation split."""
+    """{set name: {prompt: PromptReport.to_dict() row}} on each training set's validation split; with several
+    sets each row also holds its absent-concept figures on the other sets' photos."""
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
     segmenter = load_segmenter(run_dir, threads=threads, precision="fp32")
-    results = {}
+    sets = []
     for spec in cfg["data"]:
         root = Path(spec["path"])
         split = spec.get("val_split") or "valid"
-        dataset = open_dataset(root / split if (root / split).is_dir() else root, prompts=tuple(spec["prompts"]))
-        report = evaluate(segmenter, dataset, list(spec["prompts"]), progress=False)
-        results[f"{root.name}/{split}"] = report.to_dict()["prompts"]
+        dataset = open_dataset(root / split if (root / split).is_dir() else root, prompts=tuple(spec["prompts"]),
+                               name=f"{root.name}/{split}")
+        sets.append((dataset, list(spec["prompts"])))
+    rows = evaluate_sets(segmenter, sets, progress=False).to_dict()["prompts"]
+    results = {str(ds.name): {p: rows[p] for p in prompts} for ds, prompts in sets}
     return {"threshold": segmenter.threshold, "sets": results}
 
 
@@ -79,7 +85,7 @@ def render_card(run_dir, scores: dict) -> str:
           f"{ATTRIBUTION.get(Path(d['path']).name, 'see its source')}" for d in cfg["data"]],
         "", "Both sets are split by source photo (no photo in two splits). The train splits were used for training"
         f"{'' if _valid_unseen(cfg) else ', the valid splits for model selection and the scores below'}.", "",
-        f"## Scores (validation splits, threshold {scores['threshold']:.2f})", "",
+        f"## Scores (validation splits, each prompt at its own threshold; default {scores['threshold']:.2f})", "",
         "| set | prompt | images | mIoU (per image) | Dice | precision | recall |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -87,10 +93,29 @@ def render_card(run_dir, scores: dict) -> str:
         for prompt, r in prompts.items():
             lines.append(f"| {set_name} | {prompt} | {r['n_images']} | {r['miou']:.3f} | {r['dice']:.3f} | "
                          f"{r['precision']:.3f} | {r['recall']:.3f} |")
+    lines += _absent_table(scores)
     lines += ["", "Reproduce a row with `python -m engine evaluate --model checkpoints/drywall-starter --data "
               "../shared/data/drywall-qa/cracks/valid --prompt \"segment crack\"`.", "",
               _honesty(cfg), ""]
     return "\n".join(lines)
+
+
+def _absent_table(scores: dict) -> list[str]:
+    """Each prompt on the other sets' photos (absent concept): false alarms, area, presence AUROC; [] if none."""
+    rows = [(set_name, p, r) for set_name, prompts in scores["sets"].items() for p, r in prompts.items()
+            if r.get("absent")]
+    if not rows:
+        return []
+    lines = ["", "Absent concepts: each prompt on the other sets' validation photos, where its concept is not "
+             "labelled. A false alarm is a mask over 1% of the photo (an upper bound: such a photo may hold the "
+             "concept unlabelled).", "",
+             "| prompt | threshold | other sets' photos | false alarms | mean area | presence AUROC |",
+             "|---|---|---|---|---|---|"]
+    for _, p, r in rows:
+        a, auc = r["absent"], r.get("presence_auroc")
+        lines.append(f"| {p} | {r['threshold']:.2f} | {a['n_images']} | {a['false_alarm_rate']:.1%} | "
+                     f"{a['mean_area']:.2%} | {'-' if auc is None else f'{auc:.3f}'} |")
+    return lines
 
 
 def _valid_unseen(cfg: dict) -> bool:
@@ -120,3 +145,96 @@ def write_card(run_dir, threads: int | None = None) -> Path:
     scores = evaluate_run(run_dir, threads)
     atomic_write_json(Path(run_dir) / "scores.json", scores)
     return atomic_write_text(Path(run_dir) / "README.md", render_card(run_dir, scores))
+
+
+# -- the card of any run, for its download and its Hub repo (issue 13) ---------------------------------------
+
+LICENSE = "apache-2.0"  # CLIPSeg's; the shared data sets are CC BY 4.0 (named in the card's Data section)
+OWN_SET = "the user's own labelled set"
+CARD_METRICS = ("miou", "dice", "precision", "recall")  # per prompt, as training's validation logs them
+
+
+def run_scores(run_dir) -> dict[str, dict[str, dict]]:
+    """{set name: {prompt: {miou, dice, precision, recall, ...}}} of a run's best model, without running it:
+    scores.json (`write_card`'s evaluation) when present, else the best epoch's validation row (summary.json)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "scores.json").is_file():
+        return json.loads((run_dir / "scores.json").read_text())["sets"]
+    cfg = json.loads((run_dir / "config.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    val = (summary.get("best") or {}).get("val") or {}
+    sets = {}
+    for spec in cfg.get("data") or []:
+        name = f"{Path(spec['path']).name}/{spec.get('val_split') or 'valid'}"
+        sets[name] = {p: val[p] for p in spec["prompts"] if p in val}
+    return sets
+
+
+def _base_model(cfg: dict) -> str | None:
+    """The Hub id a run started from, or None (from scratch, or from a local folder)."""
+    model = str(cfg.get("model") or "")
+    if model == "auto":
+        return "CIDAS/clipseg-rd64-refined"
+    parts = model.split("/")
+    return model if len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~")) else None
+
+
+def card_metadata(run_dir, name: str | None = None) -> dict:
+    """The card's YAML front matter: library, pipeline tag, license, base model, data sets, and `model-index`
+    with one result per (set, prompt) holding its validation metrics (the Hub shows them on the model page)."""
+    run_dir = Path(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    name = name or run_dir.name
+    results = []
+    for set_name, prompts in run_scores(run_dir).items():
+        for prompt, row in prompts.items():
+            metrics = [{"type": m, "name": f"{prompt}: {m}", "value": round(float(row[m]), 4)}
+                       for m in CARD_METRICS if row.get(m) is not None]
+            results.append({"task": {"type": "image-segmentation", "name": f"Segmentation: {prompt}"},
+                            "dataset": {"name": set_name, "type": set_name.split("/")[0],
+                                        "split": set_name.split("/")[-1]},
+                            "metrics": metrics})
+    meta = {"library_name": "transformers", "pipeline_tag": "image-segmentation", "license": LICENSE,
+            "tags": ["clipseg", "drywall-qa", "text-prompted-segmentation"],
+            "datasets": sorted({f"drywall-qa/{Path(d['path']).name}" for d in cfg.get("data") or []})}
+    base = _base_model(cfg)
+    if base:
+        meta["base_model"] = base
+    meta["model-index"] = [{"name": name, "results": results}]
+    return meta
+
+
+def run_card(run_dir, name: str | None = None) -> str:
+    """README.md of a run's Hugging Face folder: YAML front matter (`card_metadata`), then the metrics, the
+    data and the training settings. It names no server path (a data set by its folder name), so a public
+    app may hand it out."""
+    run_dir = Path(run_dir)
+    name = name or run_dir.name
+    cfg = json.loads((run_dir / "config.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    meta = card_metadata(run_dir, name)
+    start = meta.get("base_model") or ("a new model (from scratch)" if cfg.get("model") == "scratch"
+                                       else f"a local model ({Path(str(cfg.get('model'))).name})")
+    settings = {k: cfg[k] for k in ("epochs", "lr", "batch_size", "image_size", "train", "unfreeze_vision_layers",
+                                    "unfreeze_text_layers", "augment", "negative_rate", "select", "calibrate_on")
+                if k in cfg}
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+             f"# {name}", "",
+             f"CLIPSeg (`CLIPSegForImageSegmentation`) fine-tuned with Drywall QA from {start}. Load it with "
+             "`CLIPSegForImageSegmentation.from_pretrained(folder)`, or unzip it into the app's `checkpoints/` "
+             "and pick it in any model list; `drywall_qa.json` holds its calibrated per-prompt thresholds.", "",
+             f"## Scores (validation, best epoch {summary.get('best_epoch', '?')})", "",
+             "| set | prompt | mIoU | Dice | precision | recall |", "|---|---|---|---|---|---|"]
+    for set_name, prompts in run_scores(run_dir).items():
+        for prompt, r in prompts.items():
+            lines.append(f"| {set_name} | {prompt} | " + " | ".join(f"{float(r.get(m, float('nan'))):.3f}"
+                                                                    for m in CARD_METRICS) + " |")
+    lines += ["", "## Data", ""]
+    lines += [f"- `{Path(d['path']).name}` (prompts: {', '.join(repr(p) for p in d['prompts'])}): "
+              f"{ATTRIBUTION.get(Path(d['path']).name, OWN_SET)}" for d in cfg.get("data") or []]
+    lines += ["", "## Training", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in settings.items()]
+    lines += [f"| epochs done | {summary.get('epochs_done', '?')} |", "",
+              "`training_config.json` holds every setting and `metrics.jsonl` every epoch's losses and validation "
+              "scores.", ""]
+    return "\n".join(lines)

@@ -19,6 +19,8 @@ from PIL import Image
 from torch import nn
 
 from engine.images import image_size, load_image
+from engine.prediction import Prediction, presence_score, resolve_thresholds, sigmoid
+from engine.precision import choose_precision
 from engine.prompts import as_prompt_list
 
 # Longest side an uploaded photo is decoded at before it is resized to the model's input (352 px): a 12000 px
@@ -57,21 +59,67 @@ def preprocess_images(images, size: int, mean, std, resample: int = 2) -> np.nda
 class SegmenterBase:
     """The plain-types interface every backend shares (torch here, onnxruntime in `engine.onnx.runtime`).
 
-    A backend sets `input_size`, `threshold`, `name` and `backend`, and implements `preprocess(images)` ->
-    pixel_values (B, 3, S, S) and `logits(pixel_values, prompts)` -> (B, P, S, S) float32 before sigmoid
-    (a torch tensor or a numpy array). `last_ms` is the model time per photo of the latest call.
+    A backend sets `input_size`, `threshold`, `name`, `backend`, `meta` (drywall_qa.json: "thresholds",
+    "presence_thresholds", "prompts") and `tokenizer`, and implements `preprocess(images)` -> pixel_values
+    (B, 3, S, S) and `logits(pixel_values, prompts)` -> (B, P, S, S) float32 before sigmoid (a torch tensor or a
+    numpy array). `last_ms` is the model time per photo of the latest call; `max_text_tokens` the text
+    encoder's limit (None when unknown).
     """
 
     backend = "base"
     last_ms = 0.0
+    meta: dict = {}
+    max_text_tokens: int | None = None
 
     def predict(self, image, prompts: str | Sequence[str]) -> dict[str, np.ndarray]:
-        """One photo (path, bytes, PIL or numpy) -> {prompt: float32 (H, W) in [0, 1]} at its displayed size."""
+        """One photo (path, bytes, PIL or numpy) -> {prompt: float32 (H, W) in [0, 1]} at its displayed size.
+
+        The raw maps, at full size (4 bytes a pixel per prompt): `prediction` is the bounded path with
+        presence and per-prompt thresholds.
+        """
         return self.predict_batch([image], prompts)[0]
 
     def predict_batch(self, images: Sequence, prompts: str | Sequence[str]) -> list[dict[str, np.ndarray]]:
         """Several photos in one forward pass; each result is at that photo's own size."""
         prompts = as_prompt_list(prompts)
+        logits, sizes = self._logits_for(images, prompts)
+        return [probability_maps(logits[i], prompts, size) for i, size in enumerate(sizes)]
+
+    def prediction(self, image, prompts: str | Sequence[str], *, threshold: float | None = None) -> Prediction:
+        """One photo -> a `Prediction` at model resolution: presence, found / not found, masks on demand.
+
+        threshold: None for each prompt's calibrated threshold (`thresholds_for`); a number overrides the
+        pixel and the presence threshold of every prompt.
+        """
+        return self.prediction_batch([image], prompts, threshold=threshold)[0]
+
+    def prediction_batch(self, images: Sequence, prompts: str | Sequence[str], *,
+                         threshold: float | None = None) -> list[Prediction]:
+        """Several photos in one forward pass -> one `Prediction` each (nothing at the photos' full size)."""
+        prompts = as_prompt_list(prompts)
+        thresholds = self.thresholds_for(prompts, threshold)
+        presence_thresholds = self.presence_thresholds_for(prompts, threshold)
+        logits, sizes = self._logits_for(images, prompts)
+        logits = np.asarray(logits, dtype=np.float32)
+        out = []
+        for row, size in zip(logits, sizes):
+            maps = dict(zip(prompts, row))
+            presence = {p: presence_score(sigmoid(m)) for p, m in maps.items()}
+            out.append(Prediction(maps, size, dict(thresholds), dict(presence_thresholds), presence, self.last_ms))
+        return out
+
+    def evaluation_maps(self, image, prompts: str | Sequence[str], *, threshold: float | None = None):
+        """({prompt: full-size raw probability map, as `predict`}, {prompt: presence}) from one forward pass.
+
+        For evaluation, which scores full-size maps against full-size labels (photos of data-set size).
+        """
+        pred = self.prediction(image, prompts, threshold=threshold)
+        maps = probability_maps(np.stack([pred.logits[p] for p in pred.prompts]), pred.prompts, pred.size)
+        return maps, pred.presence
+
+    def _logits_for(self, images: Sequence, prompts: list[str]):
+        """(logits (B, P, S, S) before sigmoid, [(width, height) displayed per photo]); sets last_ms."""
+        self.check_prompts(prompts)
         loaded, sizes = [], []
         for src in images:
             im, size = _load_with_size(src)
@@ -79,14 +127,57 @@ class SegmenterBase:
             sizes.append(size)
         start = time.perf_counter()
         logits = self.logits(self.preprocess(loaded), prompts)
-        results = [probability_maps(logits[i], prompts, size) for i, size in enumerate(sizes)]
         self.last_ms = (time.perf_counter() - start) * 1000 / max(1, len(images))
-        return results
+        return logits, sizes
+
+    # -- thresholds and prompts --------------------------------------------------------------------------
+
+    def thresholds_for(self, prompts: Sequence[str], override: float | None = None) -> dict[str, float]:
+        """{prompt: pixel threshold}: override, else drywall_qa.json "thresholds"[p], else `self.threshold`."""
+        return resolve_thresholds(prompts, self.threshold, self.meta.get("thresholds"), override)
+
+    def presence_thresholds_for(self, prompts: Sequence[str], override: float | None = None) -> dict[str, float]:
+        """{prompt: presence threshold}: override, else "presence_thresholds"[p], else the pixel threshold."""
+        pixel = self.thresholds_for(prompts, override)
+        if override is not None:
+            return pixel
+        calibrated = self.meta.get("presence_thresholds") or {}
+        return {p: float(calibrated.get(p, pixel[p])) for p in prompts}
+
+    @property
+    def trained_prompts(self) -> list[str]:
+        """The prompts drywall_qa.json says the model was trained on ([] for a Hub model, which reads any text)."""
+        prompts = self.meta.get("prompts") or []
+        if isinstance(prompts, dict):  # {name: [synonyms]}
+            prompts = [p for group in prompts.values() for p in ([group] if isinstance(group, str) else group)]
+        return [str(p) for p in prompts]
+
+    def prompt_warning(self, prompts: str | Sequence[str]) -> str | None:
+        """A line for the user when a prompt is outside the model's trained prompts, else None."""
+        trained = self.trained_prompts
+        unknown = [p for p in as_prompt_list(prompts) if trained and p not in trained]
+        if not unknown:
+            return None
+        return (f"{', '.join(repr(p) for p in unknown)}: not a prompt this model learned, its mask means little; "
+                f"this model was trained on: {', '.join(repr(p) for p in trained)}.")
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        """Raise ValueError naming the limit when a prompt is longer than the text encoder takes."""
+        limit = self.max_text_tokens
+        if not limit:
+            return
+        for p in prompts:
+            n = len(self.tokenizer(p)["input_ids"])
+            if n > limit:
+                raise ValueError(f"Prompt {p[:60]!r}{'...' if len(p) > 60 else ''} is {n} tokens long; this model's "
+                                 f"text encoder takes at most {limit} tokens (max_position_embeddings, "
+                                 "start and end included): shorten it to a few words, e.g. 'segment crack'.")
 
     def masks(self, image, prompts: str | Sequence[str], threshold: float | None = None) -> dict[str, np.ndarray]:
-        """{prompt: bool (H, W)}: the probability maps at `threshold` (default: the model's own)."""
-        t = self.threshold if threshold is None else float(threshold)
-        return {p: m >= t for p, m in self.predict(image, prompts).items()}
+        """{prompt: bool (H, W)}: each prompt's mask at its own threshold (or `threshold` for all), empty when
+        the prompt is not found (see `engine.prediction`)."""
+        pred = self.prediction(image, prompts, threshold=threshold)
+        return {p: pred.mask(p) for p in pred.prompts}
 
     def predict_ensemble(self, image, synonyms: dict[str, Sequence[str]]) -> dict[str, np.ndarray]:
         """Prompt ensemble: {name: [synonym, ...]} -> {name: mean of the synonyms' probability maps}."""
@@ -120,7 +211,8 @@ class Segmenter(SegmenterBase):
     model: a `CLIPSegForImageSegmentation`; tokenizer and processor: its CLIP tokenizer and ViT image
     processor (size, mean and std are read from it). `threshold` is the model's calibrated default.
     `precision`: "fp32", "bf16" (the text and vision towers' matmuls in bf16, everything else in fp32; see
-    `bf16_matmuls`), or "auto" (bf16 where the CPU has native bf16 instructions, else fp32).
+    `bf16_matmuls`), or "auto" (the faster of the two as measured on this machine: `engine.precision`;
+    `precision_reason` says why, e.g. "fp32: bf16 measured 1.7x slower here").
     threads: the CPU threads this segmenter is meant to run with, kept as `self.threads` (default: torch's
     current setting). It is not applied here: torch's thread count is process-wide, and the entry points (the
     CLI, the app, the benchmark child) set it once.
@@ -131,8 +223,11 @@ class Segmenter(SegmenterBase):
     def __init__(self, model, tokenizer, processor, *, threshold: float = 0.4, name: str = "model",
                  threads: int | None = None, precision: str = "fp32", device: str = "cpu", meta: dict | None = None):
         self.threads = threads or torch.get_num_threads()
-        if precision == "auto":
-            precision = "bf16" if device == "cpu" and cpu_supports_bf16() else "fp32"
+        self.precision_reason = f"{precision}: asked for"
+        if precision == "auto":  # measured on this machine (engine.precision), never guessed from CPU flags
+            choice = choose_precision(self.threads) if device == "cpu" else None
+            precision = choice.precision if choice else "fp32"
+            self.precision_reason = choice.reason if choice else "fp32: bf16 is measured on the CPU only"
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', not {precision!r}.")
         self.precision = precision
@@ -151,6 +246,7 @@ class Segmenter(SegmenterBase):
         self.name = name
         self.meta = dict(meta or {})
         self.extract_layers = list(model.config.extract_layers)
+        self.max_text_tokens = int(model.config.text_config.max_position_embeddings)
         self._text_cache: dict[str, torch.Tensor] = {}
 
     # -- preprocessing -------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from engine.app.views import status_markdown
 from engine.prompts import parse_prompts
 from engine.train import get_job
 
-ENDPOINTS = ["/segment", "/train_start", "/train_status", "/train_stop", "/compare", "/export"]
+ENDPOINTS = ["/segment", "/segment_batch", "/train_start", "/train_status", "/train_stop", "/compare", "/export",
+             "/download_run", "/push"]
 
 
 def free_port() -> int:
@@ -41,7 +42,8 @@ def served(tmp_path_factory, shared_data):
     from gradio_client import Client
 
     try:
-        yield {"client": Client(url, verbose=False), "root": root, "tiny_a": str(tiny_a), "tiny_b": str(tiny_b)}
+        yield {"client": Client(url, verbose=False), "url": url, "root": root, "tiny_a": str(tiny_a),
+               "tiny_b": str(tiny_b)}
     finally:
         get_job().stop()
         get_job().wait(30)
@@ -66,7 +68,7 @@ def test_segment_handler_returns_overlay_table_and_masks(ctx, shared_data):
     assert all(Path(m).is_relative_to(ctx.work_dir / "masks") for m in masks)
     with Image.open(photo) as im, Image.open(masks[1]) as mask:
         assert mask.size == im.size and overlay.size == result.photo.size
-    assert table["headers"] == ["prompt", "area %", "max score", "ms"]
+    assert table["headers"] == ["prompt", "found", "area %", "presence", "max score", "threshold", "ms"]
     assert [row[0] for row in table["data"]] == ["segment crack", "segment taping area"]
     pair, heatmap, legend = app.show_views(result)
     assert pair == (result.photo, result.overlay) and heatmap is result.heatmap
@@ -104,8 +106,8 @@ def test_small_handlers(ctx, tiny_model_dir):
     assert app.start_polling().active is True
 
 
-def test_train_status_handler_renders_the_job_status():
-    markdown, figure, status = app.train_status()
+def test_train_status_handler_renders_the_job_status(ctx):
+    markdown, figure, status = app.train_status(ctx)
     assert markdown == status_markdown(get_job().status())
     assert status["phase"] == get_job().status().phase and isinstance(status["history"], list)
     assert figure.layout is not None
@@ -121,7 +123,7 @@ def test_train_handlers_refuse_without_starting_a_job(ctx):
         app.train_start(ctx, **{**args, "sets": ["cracks"], "run_name": "../up"})
     if not get_job().running:
         with pytest.raises(gr.Error, match="No training job is running"):
-            app.train_stop()
+            app.train_stop(ctx)
 
 
 def test_compare_handler_needs_a_zip_when_zip_is_chosen(ctx, tiny_model_dir):
@@ -170,9 +172,11 @@ def test_segment_a_real_photo(served, shared_data):
     with Image.open(photo) as im, Image.open(masks[0]) as mask, Image.open(overlay) as over:
         assert mask.size == im.size == over.size
         assert set(np.unique(np.asarray(mask))) <= {0, 255}
-    assert table["headers"] == ["prompt", "area %", "max score", "ms"]
+    assert table["headers"] == ["prompt", "found", "area %", "presence", "max score", "threshold", "ms"]
     assert [row[0] for row in table["data"]] == ["segment crack", "segment taping area"]
-    assert all(0 <= row[1] <= 100 and 0 <= row[2] <= 1 and row[3] > 0 for row in table["data"])
+    # prompt, found, area %, presence, max score, threshold, ms
+    assert all(row[1] in ("found", "not found") and 0 <= row[2] <= 100 and 0 <= row[3] <= 1 and 0 <= row[4] <= 1
+               and row[5] == 0.5 and row[6] > 0 for row in table["data"])
 
 
 @pytest.mark.slow
@@ -253,11 +257,35 @@ def test_stop_a_run_mid_way(served):
     _wait(client, lambda s: s["phase"] == "training" and s["step"] >= 1 or s["phase"] in ("failed", "finished"))
     with pytest.raises(AppError, match="already running"):
         client.predict(**_train_args(served, run_name="third"), api_name="/train_start")
+    # Another browser session (a second client) watches the job read-only and cannot stop it.
+    from gradio_client import Client
+
+    other = Client(served["url"], verbose=False)
+    with pytest.raises(AppError, match="started by another visitor; only they can stop it"):
+        other.predict(api_name="/train_stop")
+    assert "Read-only" in other.predict(api_name="/train_status")[0]
+    assert _status(client)["phase"] in ("training", "validating") and get_job().running
     assert "Stop requested" in client.predict(api_name="/train_stop")
     status = _wait(client, lambda s: s["phase"] in ("stopped", "finished", "failed"), timeout_s=60)
     assert status["phase"] == "stopped" and status["epoch"] < 100, status
     with pytest.raises(AppError, match="No training job is running"):
         client.predict(api_name="/train_stop")
+
+
+@pytest.mark.slow
+def test_runs_never_overwrite_a_folder(served):
+    """Locally too: the bundled model's name and an existing run's name are refused, the model untouched."""
+    from gradio_client.exceptions import AppError
+
+    from engine.paths import STARTER_DIR
+
+    before = {p: p.read_bytes() for p in sorted(STARTER_DIR.rglob("*")) if p.is_file()}
+    with pytest.raises(AppError, match="'drywall-starter' is the bundled model and read-only"):
+        served["client"].predict(**_train_args(served, run_name="drywall-starter"), api_name="/train_start")
+    with pytest.raises(AppError, match="A run named 'tiny-b' already exists and runs are never overwritten"):
+        served["client"].predict(**_train_args(served, run_name="tiny-b"), api_name="/train_start")
+    assert {p: p.read_bytes() for p in sorted(STARTER_DIR.rglob("*")) if p.is_file()} == before
+    assert not get_job().running
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """engine/app/choices.py: the pickers' models and their short names."""
 
-from engine.app.choices import model_choices, model_label
+from engine.app.choices import model_choices, model_label, public_choices
 from engine.models import make_random_model_folder
 
 
@@ -22,3 +22,9 @@ def test_model_choices_lists_runs_and_exports(tmp_path):
     custom = model_choices(tmp_path / "checkpoints", tmp_path / "export", default=str(tmp_path / "other"))
     assert custom[0] == ("other (default)", str(tmp_path / "other")) and custom[1:] == every
     assert model_choices(tmp_path / "checkpoints", tmp_path / "export", default="auto") == every
+
+
+def test_public_choices_name_no_server_path(tmp_path):
+    choices = [("auto (hub)", "auto"), ("run: tiny", str(tmp_path / "tiny")), ("hub", "CIDAS/clipseg-rd64-refined")]
+    assert public_choices(choices) == [("auto (hub)", "auto"), ("run: tiny", "run: tiny"),
+                                       ("hub", "CIDAS/clipseg-rd64-refined")]

@@ -3,6 +3,7 @@
 import pytest
 
 from engine.app.jobs import TrainRequest, new_run_dir, train_defaults, training_data, training_settings
+from engine.paths import STARTER_DIR
 
 SETTINGS = dict(model="m", epochs=2, lr=1e-3, batch_size=2, image_size=64)
 
@@ -12,6 +13,21 @@ def test_new_run_dir_names(tmp_path):
     assert new_run_dir(tmp_path, "").name.startswith("run-")
     with pytest.raises(ValueError, match="letters, digits"):
         new_run_dir(tmp_path, "../escape")
+
+
+def test_new_run_dir_never_names_an_existing_folder_or_the_bundled_model(tmp_path):
+    (tmp_path / "done").mkdir()
+    with pytest.raises(ValueError, match="A run named 'done' already exists and runs are never overwritten"):
+        new_run_dir(tmp_path, "done")
+    with pytest.raises(ValueError, match="'drywall-starter' is the bundled model and read-only"):
+        new_run_dir(tmp_path, "drywall-starter")  # refused in any checkpoints folder
+    with pytest.raises(ValueError, match="is the bundled model and read-only"):
+        new_run_dir(STARTER_DIR.parent, STARTER_DIR.name)
+
+
+def test_training_data_refuses_unknown_shared_sets(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown shared set\(s\) \['../etc'\]; choose from cracks, joints"):
+        training_data(TrainRequest(**SETTINGS, sets=["cracks", "../etc"]), tmp_path)
 
 
 def test_training_data_takes_shared_sets_then_zip_then_folder(tmp_path):
@@ -39,3 +55,12 @@ def test_train_defaults_are_trainconfigs():
     from engine.train import make_config
 
     assert train_defaults() == make_config()
+
+
+def test_the_train_tab_negative_rate_reaches_the_config():
+    from engine.app.jobs import TrainRequest, training_settings
+
+    request = TrainRequest(model="auto", epochs=2, lr=1e-3, batch_size=4, image_size=64, negative_rate=0.4)
+    assert training_settings(request)["negative_rate"] == 0.4
+    assert "negative_rate" not in training_settings(TrainRequest(model="auto", epochs=2, lr=1e-3, batch_size=4,
+                                                                 image_size=64))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from engine.app.views import IDLE_TEXT, format_eta, legend_html, status_dict, status_markdown, table, training_view
+from engine.app.views import IDLE_TEXT, NOT_YOURS_TEXT, format_eta, legend_html, status_dict, status_markdown, table, training_view
 from engine.train.events import JobStatus
 
 
@@ -53,3 +53,12 @@ def test_legend_html_escapes():
 def test_table_is_a_dataframe_value():
     assert table([("a", 1)], ["prompt", "n"]) == {"headers": ["prompt", "n"], "data": [["a", 1]]}
     assert table([], ["prompt"]) == {"headers": ["prompt"], "data": []}
+
+
+def test_a_job_started_by_another_session_reads_as_read_only():
+    running = JobStatus(phase="training", epoch=1, epochs=3, run_dir="/x/run")
+    assert NOT_YOURS_TEXT not in status_markdown(running)
+    text = status_markdown(running, owned=False)
+    assert text.split("\n\n")[1] == NOT_YOURS_TEXT and "only they can stop it" in text
+    assert training_view(running, owned=False)[0] == text
+    assert status_markdown(JobStatus(), owned=False) == IDLE_TEXT  # nothing to own yet

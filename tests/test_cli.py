@@ -6,9 +6,12 @@ text and the offline Hub failure run as real subprocesses, as a user would type 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -76,7 +79,7 @@ def test_help_names_every_command_with_a_description():
     text = " ".join(result.stdout.split())  # argparse wraps long lines; compare word sequences
     subparsers = next(a for a in build_parser()._actions if a.dest == "command")
     helps = {c.dest: c.help for c in subparsers._choices_actions}
-    assert sorted(helps) == ["benchmark", "evaluate", "export", "predict", "train"]
+    assert sorted(helps) == ["benchmark", "calibrate", "evaluate", "export", "predict", "push", "train"]
     for command, description in helps.items():
         assert description and len(description.split()) >= 4, f"{command} has no real description"
         assert f"{command} {description}" in text
@@ -113,7 +116,7 @@ def test_predict_writes_one_binary_mask_per_photo_and_prompt(tiny_model_dir, val
     assert code == 0, err
     assert "wrote 6 x 2 masks" in stdout
     stems = [p.stem for p in [*files, *valid_photos[3:5]]] + ["portrait"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}__{slug}.png" for s in stems for slug in SLUGS)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{s}__{slug}.png" for s in stems for slug in SLUGS)
     for stem in stems:
         expected = (400, 640) if stem == "portrait" else (640, 640)  # (width, height) as displayed
         for slug in SLUGS:
@@ -128,18 +131,18 @@ def test_predict_runs_batch_size_photos_per_forward_pass(tiny_model_dir, valid_p
     from engine.segmenter import SegmenterBase
 
     batches = []
-    real_predict_batch = SegmenterBase.predict_batch
+    real_prediction_batch = SegmenterBase.prediction_batch
 
-    def recording_predict_batch(self, images, prompts):
+    def recording_prediction_batch(self, images, prompts, **kwargs):
         batches.append(len(images))
-        return real_predict_batch(self, images, prompts)
+        return real_prediction_batch(self, images, prompts, **kwargs)
 
-    monkeypatch.setattr(SegmenterBase, "predict_batch", recording_predict_batch)
+    monkeypatch.setattr(SegmenterBase, "prediction_batch", recording_prediction_batch)
     code, _, err = run_cli(["predict", "--model", tiny_model_dir, "--images", *valid_photos[:5], "--prompt",
                             PROMPTS[0], "--out", tmp_path / "masks", "--batch-size", "3", *THREADS], capsys)
     assert code == 0, err
     assert batches == [3, 2]
-    assert len(list((tmp_path / "masks").iterdir())) == 5
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 5
 
 
 def test_predict_reports_unreadable_files_and_still_writes_the_good_ones(tiny_model_dir, valid_photos, tmp_path,
@@ -159,7 +162,7 @@ def test_predict_reports_unreadable_files_and_still_writes_the_good_ones(tiny_mo
          "--prompt", PROMPTS[0], "--out", out, "--batch-size", "4", *THREADS], capsys)
 
     assert code != 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}__segment_crack.png" for p in good)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{p.stem}__segment_crack.png" for p in good)
     error_lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 2, err
     empty_line = next(line for line in error_lines if str(empty) in line)
@@ -176,7 +179,7 @@ def test_threshold_0_gives_full_masks_and_1_empty_ones(tiny_model_dir, valid_pho
         code, _, err = run_cli(["predict", "--model", tiny_model_dir, "--images", *photos, "--prompt", PROMPTS[0],
                                 "--prompt", PROMPTS[1], "--out", out, "--threshold", threshold, *THREADS], capsys)
         assert code == 0, err
-        masks = sorted(out.iterdir())
+        masks = sorted(out.glob("*.png"))
         assert len(masks) == 4
         for path in masks:
             # prob >= 0 everywhere; prob >= 1 nowhere (float32 sigmoid reaches 1.0 only for logits above ~17)
@@ -239,14 +242,15 @@ def test_evaluate_on_the_full_valid_split_writes_json_and_prints_the_same_miou(t
 
 @pytest.fixture()
 def small_split(valid_photos, tmp_path) -> Path:
-    """A YOLO split folder in tmp_path linking 10 real photos and their label files."""
+    """A YOLO split folder in tmp_path with copies of 10 real photos and their label files (links out of a data
+    set's folder are refused)."""
     root = tmp_path / "small"
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     for photo in valid_photos[::14][:10]:
-        (root / "images" / photo.name).symlink_to(photo)
+        shutil.copyfile(photo, root / "images" / photo.name)
         label = photo.parent.parent / "labels" / f"{photo.stem}.txt"
-        (root / "labels" / label.name).symlink_to(label)
+        shutil.copyfile(label, root / "labels" / label.name)
     return root
 
 
@@ -266,6 +270,84 @@ def test_evaluate_scores_each_prompt_at_the_given_threshold(tiny_model_dir, smal
         assert scores["threshold"] == 0.3
         assert len(scores["worst"]) == 3
         assert table_row(stdout, prompt)["mIoU"] == f"{scores['miou']:.3f}"
+
+
+@pytest.mark.slow
+def test_evaluate_several_sets_adds_absent_figures(tiny_model_dir, shared_data, tmp_path, capsys):
+    report_path = tmp_path / "absent.json"
+    code, stdout, err = run_cli(["evaluate", "--model", tiny_model_dir,
+                                 "--data", f"{shared_data / 'joints' / 'valid'}={PROMPTS[1]}",
+                                 "--data", f"{shared_data / 'cracks' / 'valid'}=\"{PROMPTS[0]}\"",
+                                 "--json", report_path, *THREADS], capsys)
+    assert code == 0, err
+    report = json.loads(report_path.read_text())
+    crack, taping = report["prompts"][PROMPTS[0]], report["prompts"][PROMPTS[1]]
+    assert crack["n_images"] == 141 and crack["absent"]["n_images"] == 24 and crack["dataset"] == "cracks/valid"
+    assert taping["n_images"] == 24 and taping["absent"]["n_images"] == 141
+    for row in (crack, taping):
+        assert 0.0 <= row["absent"]["false_alarm_rate"] <= 1.0 and 0.0 <= row["presence_auroc"] <= 1.0
+    assert table_row(stdout, PROMPTS[0])["false alarm"] == f"{crack['absent']['false_alarm_rate']:.1%}"
+    assert "cracks/valid (141 images)" in stdout
+
+
+def test_evaluate_needs_prompts_for_every_set(tiny_model_dir, shared_data, capsys):
+    code, _, err = run_cli(["evaluate", "--model", tiny_model_dir, "--data", f"{shared_data / 'cracks' / 'valid'}",
+                            "--data", f"{shared_data / 'joints' / 'valid'}={PROMPTS[1]}"], capsys)
+    assert code == 1 and "each --data needs its prompts" in err
+
+
+def test_predict_writes_a_csv_row_per_photo_and_prompt(tiny_model_dir, valid_photos, tmp_path, capsys):
+    out = tmp_path / "masks"
+    code, stdout, err = run_cli(["predict", "--model", tiny_model_dir, "--images", *valid_photos[:2], "--prompt",
+                                 PROMPTS[0], "--prompt", PROMPTS[1], "--out", out, *THREADS], capsys)
+    assert code == 0, err
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [(Path(r["photo"]).name, r["prompt"]) for r in rows] == [
+        (p.name, prompt) for p in valid_photos[:2] for prompt in PROMPTS]
+    for r in rows:
+        _, values = read_mask(out / f"{Path(r['photo']).stem}__{r['prompt'].replace(' ', '_')}.png")
+        assert float(r["area_percent"]) == pytest.approx(100 * (values > 0).mean(), abs=1e-3)
+        assert r["found"] in ("found", "not found") and float(r["threshold"]) == 0.5
+        if r["found"] == "not found":
+            assert not values.any()
+
+
+@pytest.mark.slow
+def test_predict_report_writes_a_self_contained_html_row_per_photo(tiny_model_dir, valid_photos, tmp_path, capsys):
+    out, report = tmp_path / "masks", tmp_path / "report.html"
+    code, stdout, err = run_cli(["predict", "--model", tiny_model_dir, "--images", *valid_photos[:3], "--prompt",
+                                 PROMPTS[0], "--prompt", PROMPTS[1], "--out", out, "--report", report, *THREADS],
+                                capsys)
+    assert code == 0, err
+    assert f"wrote {report}" in stdout and (out / "predictions.csv").is_file()
+    text = report.read_text()
+    assert text.count('<tr class="photo">') == 3 and text.count("data:image/jpeg;base64,") == 6
+    assert "http://" not in text and "https://" not in text
+    rows = list(csv.DictReader((out / "predictions.csv").open()))  # the same numbers as the CSV
+    assert f"area {float(rows[0]['area_percent']):.2f}%" in text
+
+
+def test_push_refuses_a_bad_repo_id_and_fails_fast_offline(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(["push", "--run", tiny_model_dir, "--repo", "no-slash"], capsys)
+    assert code == 1 and "is not a Hub model id" in err
+    with socket.socket() as s:  # a port nothing listens on: the Hub is "offline"
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    code, _, err = run_cli(["push", "--run", tiny_model_dir, "--repo", "someone/tiny"], capsys)
+    assert code == 1 and "unreachable" in err and "Download the run as a zip" in err
+    assert time.monotonic() - start < 10
+
+
+def test_a_prompt_outside_the_trained_list_warns_on_stderr(tiny_model_dir, valid_photos, tmp_path, capsys):
+    import shutil
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "listed")
+    (model / "drywall_qa.json").write_text(json.dumps({"threshold": 0.5, "prompts": [PROMPTS[0]]}))
+    code, _, err = run_cli(["predict", "--model", model, "--images", valid_photos[0], "--prompt", "find mould",
+                            "--out", tmp_path / "m", *THREADS], capsys)
+    assert code == 0 and "warning: 'find mould'" in err and f"this model was trained on: '{PROMPTS[0]}'" in err
 
 
 def test_evaluate_on_a_root_with_several_splits_asks_for_one(tiny_model_dir, shared_data, capsys):

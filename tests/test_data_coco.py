@@ -95,3 +95,33 @@ def test_coco_image_size_must_match_json(tmp_path):
     make_image(folder / "e.jpg", size=(10, 10))
     with pytest.raises(LabelError, match=r"e\.jpg is 10x10 but the json says 64x48"):
         open_dataset(folder)
+
+
+@pytest.mark.parametrize("file_name", ["../outside.jpg", "/tmp/outside.jpg", "sub/../../outside.jpg",
+                                       "..\\outside.jpg", "C:/photos/outside.jpg"])
+def test_coco_file_name_outside_its_folder_is_refused(tmp_path, file_name):
+    folder = _coco(tmp_path, [])
+    make_image(tmp_path / "outside.jpg")  # exists, so only the containment check can refuse it
+    data = json.loads((folder / "_annotations.coco.json").read_text())
+    data["images"].append({"id": 99, "file_name": file_name, "width": W, "height": H})
+    (folder / "_annotations.coco.json").write_text(json.dumps(data))
+    for skip_bad in (False, True):  # never skipped quietly: the whole file is refused
+        with pytest.raises(LabelError, match=r"images\[5\]: file_name .* points outside the folder of "
+                                             r"_annotations\.coco\.json") as err:
+            open_dataset(folder, skip_bad=skip_bad)
+        assert str(tmp_path / "outside.jpg") not in str(err.value)
+
+
+def test_coco_file_name_linking_outside_is_refused(tmp_path):
+    folder = _coco(tmp_path, [])
+    make_image(tmp_path / "secret.jpg")
+    (folder / "f.jpg").symlink_to(tmp_path / "secret.jpg")
+    (folder / "sub").mkdir()
+    data = json.loads((folder / "_annotations.coco.json").read_text())
+    data["images"].append({"id": 99, "file_name": "f.jpg", "width": W, "height": H})
+    (folder / "_annotations.coco.json").write_text(json.dumps(data))
+    with pytest.raises(LabelError, match=r"file_name 'f\.jpg' is a link to a file outside the folder"):
+        open_dataset(folder, skip_bad=True)
+    (folder / "f.jpg").unlink()
+    (folder / "f.jpg").symlink_to(folder / "a.jpg")  # a link that stays inside is fine
+    assert open_dataset(folder).ids[-1] == "f"

@@ -98,3 +98,30 @@ def test_subset_and_index_errors(tmp_path):
 def test_label_error_pickles():
     error = pickle.loads(pickle.dumps(LabelError(Path("x.txt"), "bad", 3)))
     assert str(error) == "x.txt line 3: bad" and error.line == 3
+
+
+@pytest.mark.parametrize("entry", ["/etc", "/tmp/elsewhere/images", "C:/data/train/images"])
+def test_data_yaml_entry_outside_the_root_is_refused(tmp_path, entry):
+    root = tmp_path / "export"
+    yolo_split(root / "train", {"t1": "0 0.5 0.5 0.2 0.2"})
+    (root / "data.yaml").write_text(f"train: train/images\nval: {entry}\n")
+    with pytest.raises(LabelError, match=rf"data\.yaml: val: '{entry}' points outside the data set's folder"):
+        open_dataset(root, split="train")
+
+
+def test_data_yaml_never_reads_beside_the_root(tmp_path):
+    yolo_split(tmp_path / "valid", {"secret": "0 0.5 0.5 0.2 0.2"})  # a real split next to the root
+    root = tmp_path / "export"
+    yolo_split(root / "train", {"t1": "0 0.5 0.5 0.2 0.2"})
+    (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\n")  # Roboflow's style
+    assert open_dataset(root).ids == ["t1"]  # the one split inside; ../valid is root/valid, absent here
+    (root / "valid").symlink_to(tmp_path / "valid")  # a split folder that links out of the root
+    with pytest.raises(LabelError, match=r"val: '\.\./valid/images' points outside the data set's folder"):
+        open_dataset(root, split="train")
+    (root / "data.yaml").unlink()
+    assert open_dataset(root).ids == ["t1"]  # the folder scan skips the link too
+
+
+def test_shared_sets_still_open_with_containment(shared_data):
+    assert len(open_dataset(shared_data / "cracks", split="valid")) > 0
+    assert len(open_dataset(shared_data / "joints", split="train")) > 0

@@ -37,3 +37,18 @@ def test_mask_of_other_size(tmp_path):
     assert "32x24" in message and "64x48" in message
     with pytest.warns(LabelWarning, match="mask is 32x24"):
         assert open_dataset(folder, skip_bad=True).ids == ["a"]
+
+
+def test_mask_linking_outside_is_refused(tmp_path):
+    folder = tmp_path / "set"
+    make_image(folder / "images" / "a.jpg")
+    make_image(tmp_path / "private" / "a.png")
+    (folder / "masks").mkdir()
+    (folder / "masks" / "a.png").symlink_to(tmp_path / "private" / "a.png")
+    with pytest.raises(LabelError, match=r"set/masks/a\.png: is a link to a file outside the data set's folder"):
+        open_dataset(folder, skip_bad=True)
+    (folder / "masks" / "a.png").unlink()
+    (folder / "masks").rmdir()
+    (folder / "masks").symlink_to(tmp_path / "private")  # a masks/ folder that links out
+    with pytest.raises(LabelError, match="outside the data set's folder"):
+        open_dataset(folder)

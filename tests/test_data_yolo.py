@@ -90,3 +90,15 @@ def test_zero_area_box_keeps_the_image(tmp_path):
     ds = open_dataset(tmp_path)
     assert len(ds) == 1
     assert ds.mask(0).sum() == 20 * 10
+
+
+def test_images_or_labels_linking_outside_are_refused(tmp_path):
+    folder = yolo_split(tmp_path / "set", {"a": "0 0.5 0.5 0.2 0.2"})
+    outside = yolo_split(tmp_path / "elsewhere", {"x": "0 0.5 0.5 0.2 0.2"})
+    (folder / "images" / "b.png").symlink_to(outside / "images" / "x.png")
+    with pytest.raises(LabelError, match=r"set/images/b\.png: is a link to a file outside the data set's folder"):
+        open_dataset(folder, skip_bad=True)
+    (folder / "images" / "b.png").unlink()
+    (folder / "labels" / "b.txt").symlink_to(outside / "labels" / "x.txt")
+    with pytest.raises(LabelError, match=r"set/labels/b\.txt: is a link to a file outside"):
+        open_dataset(folder)

@@ -141,3 +141,20 @@ def test_compare_curves():
     assert list(fig.data[2].y) == [0.1]
     assert fig.data[0].line.color != fig.data[2].line.color
     assert fig.data[0].line.dash == fig.data[2].line.dash  # same prompt, same dash
+
+
+def test_overlapping_masks_both_stay_visible():
+    image = _grey(40, 40)
+    a = np.zeros((40, 40), bool)
+    a[5:25, 5:25] = True
+    b = np.zeros((40, 40), bool)
+    b[15:35, 15:35] = True
+    out = np.asarray(overlay(image, {"a": a, "b": b}, alpha=0.5))
+    c0, c1 = np.array(colour_for(0), float), np.array(colour_for(1), float)
+    # inside both: the mean of the two colours, over the photo; neither fill hides the other
+    assert np.allclose(out[20, 20], np.rint(0.5 * 128 + 0.5 * (c0 + c1) / 2), atol=1)
+    # a's outline runs through b's fill in a's colour; b's outline through a's fill in b's colour
+    assert tuple(out[24, 20]) == colour_for(0)
+    assert tuple(out[20, 15]) == colour_for(1)
+    # inside one mask only: that mask's colour
+    assert np.allclose(out[10, 10], np.rint(0.5 * 128 + 0.5 * c0), atol=1)

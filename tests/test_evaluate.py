@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.evaluate import EvalReport, PromptReport, best_threshold, evaluate
+from engine.evaluate import (EvalReport, PromptReport, auroc, best_threshold, evaluate, evaluate_sets,
+                             false_alarm_rate)
 from engine.metrics import THRESHOLDS
 
 # red values / 255: 230 -> 0.902, 150 -> 0.588, 100 -> 0.392, 56 -> 0.220 (all away from the 0.05 grid)
@@ -179,3 +180,63 @@ def test_bad_segmenter_output_is_explained():
         evaluate(_Logits(), FakeSet(), progress=False)
     with pytest.raises(ValueError, match="outside"):
         evaluate(FakeSegmenter(), FakeSet(), threshold=1.5, progress=False)
+
+
+# ----------------------------------------------------------------------------------------- absent concepts
+
+
+def _area(prob, threshold=0.5):
+    return float((np.asarray(prob) >= threshold).mean())
+
+
+def test_false_alarm_rate_on_constructed_maps():
+    everywhere, empty = np.full((8, 8), 0.9), np.zeros((8, 8))
+    assert false_alarm_rate([_area(everywhere)] * 3) == 1.0
+    assert false_alarm_rate([_area(empty)] * 3) == 0.0
+    speck = np.zeros((100, 100))
+    speck[:10, :10] = 0.9  # exactly 1% of the photo: not over the limit
+    assert false_alarm_rate([_area(speck), _area(everywhere)]) == 0.5
+    assert false_alarm_rate([]) == 0.0
+
+
+def test_auroc_known_cases():
+    assert auroc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert auroc([0.1, 0.2], [0.9, 0.8]) == 0.0
+    assert auroc([0.5, 0.5], [0.5, 0.5]) == 0.5  # no separation
+    assert auroc([0.9, 0.1], [0.5]) == 0.5
+    assert auroc([], [0.5]) is None
+
+
+class OtherSet(FakeSet):
+    name = "fake2"
+    prompts = ("green",)
+
+
+def test_each_prompt_runs_on_the_other_sets_photos_as_absent():
+    seg = FakeSegmenter()
+    rep = evaluate_sets(seg, [(FakeSet(), ["red"]), (OtherSet(), ["green"])], progress=False)
+    # one call per photo, its set's prompts first, then the absent ones
+    assert seg.calls == [["red", "green"]] * 3 + [["green", "red"]] * 3
+    red, green = rep.prompts["red"], rep.prompts["green"]
+    assert red.miou == pytest.approx(5 / 9) and red.dataset == "fake"  # own scores as with one set
+    # green is 1.0 everywhere: every photo of the other set is a false alarm, fully covered
+    assert green.absent.n_images == 3
+    assert green.absent.false_alarm_rate == 1.0 and green.absent.mean_area == 1.0
+    # red on the other set's photos: photo a marks 7 of 16 pixels, b and c nothing
+    assert red.absent.false_alarm_rate == pytest.approx(1 / 3)
+    assert red.absent.mean_area == pytest.approx(7 / 16 / 3)
+    assert red.absent.worst[0] == ("fake2/a", pytest.approx(7 / 16))
+    # presence of red, own labelled photos (a: 0.902, c: 0.220) vs the other set's (0.902, 0, 0.220)
+    assert red.presence_auroc == pytest.approx(4 / 6)
+    d = json.loads(json.dumps(rep.to_dict()))
+    assert d["prompts"]["red"]["absent"]["false_alarm_rate"] == pytest.approx(1 / 3)
+    assert d["prompts"]["green"]["presence_auroc"] == pytest.approx(green.presence_auroc)
+    assert d["dataset"] == "fake + fake2"
+    header = rep.format_table().splitlines()[0]
+    for column in ("set", "false alarm", "absent area", "presence AUROC"):
+        assert column in header
+
+
+def test_one_set_has_no_absent_figures(report):
+    assert report.prompts["red"].absent is None and report.prompts["red"].presence_auroc is None
+    assert "false alarm" not in report.format_table()

@@ -43,3 +43,17 @@ def test_list_models_offers_auto_runs_and_exports(tiny_model_dir, tmp_path):
     assert choices[0][1] == "auto"
     assert ("run: run-a", str(runs / "run-a")) in choices and ("onnx: exp", str(exports / "exp")) in choices
     assert not any("empty" in label for label, _ in choices)
+
+
+def test_list_models_skips_runs_that_never_saved(tiny_model_dir, tmp_path):
+    runs = tmp_path / "checkpoints"
+    never = runs / "killed-early"  # stopped before its first save: TrainConfig and metrics, no best/ or last/
+    never.mkdir(parents=True)
+    (never / "config.json").write_text('{"epochs": 3}')
+    (never / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 0.5}\n')
+    (runs / "half" / "best").mkdir(parents=True)  # a model config without weights is not a model either
+    (runs / "half" / "best" / "config.json").write_text("{}")
+    shutil.copytree(tiny_model_dir, runs / "last-only" / "last")
+    shutil.copytree(tiny_model_dir, runs / "plain-folder")
+    labels = [label for label, _ in list_models(runs, tmp_path / "export")]
+    assert [lb for lb in labels if lb.startswith("run:")] == ["run: last-only", "run: plain-folder"]

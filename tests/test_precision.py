@@ -46,3 +46,14 @@ def test_a_fresh_measurement_is_cached_under_this_machines_key(monkeypatch, tmp_
 def test_measure_times_both_precisions():
     fp32_s, bf16_s = measure(rounds=1)
     assert 0 < fp32_s < 5 and 0 < bf16_s < 5
+
+
+def test_auto_precision_of_a_segmenter_follows_the_choice(monkeypatch, tiny_model_dir):
+    from engine.models import load_segmenter
+
+    monkeypatch.setenv(ENV_VAR, "bf16")
+    seg = load_segmenter(tiny_model_dir, precision="auto")
+    assert seg.precision == "bf16" and ENV_VAR in seg.precision_reason
+    monkeypatch.setenv(ENV_VAR, "fp32")
+    assert load_segmenter(tiny_model_dir, precision="auto").precision == "fp32"
+    assert load_segmenter(tiny_model_dir, precision="bf16").precision_reason == "bf16: asked for"

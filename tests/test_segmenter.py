@@ -133,3 +133,44 @@ def test_bf16_maps_are_close_to_fp32(tiny_model_dir, torch_fp32, photos):
         for p in PROMPTS:
             assert ours[p].dtype == np.float32
             assert np.abs(ours[p] - ref[p]).max() < 0.02
+
+
+# ------------------------------------------------------------------ per-prompt thresholds, presence, prompts
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """A tiny model whose drywall_qa.json lists its prompts and a threshold for one of them."""
+    from engine.models import make_random_model_folder
+
+    folder = make_random_model_folder(tmp_path_factory.mktemp("calibrated") / "m", meta={
+        "threshold": 0.5, "prompts": ["segment crack", "segment taping area"],
+        "thresholds": {"segment crack": 0.0}, "presence_thresholds": {"segment taping area": 1.0}})
+    return load_segmenter(folder, threads=2, precision="fp32")
+
+
+def test_per_prompt_thresholds_are_the_ones_applied(calibrated):
+    photo = np.full((40, 60, 3), 128, np.uint8)
+    pred = calibrated.prediction(photo, ["segment crack", "segment taping area", "segment wall"])
+    assert pred.thresholds == {"segment crack": 0.0, "segment taping area": 0.5, "segment wall": 0.5}
+    assert pred.presence_thresholds == {"segment crack": 0.0, "segment taping area": 1.0, "segment wall": 0.5}
+    assert pred.mask("segment crack").all()  # threshold 0: every pixel
+    assert not pred.found("segment taping area") and not pred.mask("segment taping area").any()
+    assert pred.mask("segment taping area", raw=True).shape == (40, 60)
+    override = calibrated.prediction(photo, ["segment crack"], threshold=0.7)
+    assert override.thresholds == {"segment crack": 0.7} == override.presence_thresholds
+    assert 0.0 <= pred.presence["segment wall"] <= 1.0
+
+
+def test_a_prompt_outside_the_trained_list_is_named_with_the_list(calibrated, tiny_segmenter):
+    message = calibrated.prompt_warning(["segment crack", "find mould"])
+    assert message.startswith("'find mould'") and "segment crack'" not in message.split(":")[0]
+    assert "this model was trained on: 'segment crack', 'segment taping area'" in message
+    assert calibrated.prompt_warning(["segment crack"]) is None
+    assert tiny_segmenter.prompt_warning(["find mould"]) is None  # no list (a Hub model): any text is fine
+
+
+def test_a_prompt_longer_than_the_text_encoder_takes_is_refused(calibrated):
+    long_prompt = " ".join(["segment the long diagonal hairline crack"] * 6)
+    with pytest.raises(ValueError, match=r"at most 32 tokens \(max_position_embeddings"):
+        calibrated.predict(np.zeros((16, 16, 3), np.uint8), [long_prompt])

@@ -7,6 +7,7 @@ import pytest
 
 from engine.train import (DataSpec, EpochEvent, FailedEvent, FinishedEvent, JobRunning, JobStatus, LogEvent,
                           PhaseEvent, StepEvent, TrainingJob)
+from engine.paths import STARTER_DIR
 from engine.train.job import fold_event
 from train_helpers import tiny_cfg  # noqa: F401  (a fixture)
 
@@ -14,7 +15,7 @@ from train_helpers import tiny_cfg  # noqa: F401  (a fixture)
 @pytest.mark.slow
 def test_job_runs_in_the_background_one_at_a_time_and_stops(tiny_cfg):
     job = TrainingJob()
-    job.start(tiny_cfg(epochs=50))
+    job.start(tiny_cfg(epochs=50), owner="session-a")
     with pytest.raises(JobRunning, match="a training job is already running"):
         job.start(tiny_cfg(epochs=1))
     deadline = time.time() + 60
@@ -26,7 +27,10 @@ def test_job_runs_in_the_background_one_at_a_time_and_stops(tiny_cfg):
         {f.name for f in dataclasses.fields(status)}
     status.history.clear()  # a copy: the job's own status is untouched
     assert job.status().history
-    job.stop()
+    with pytest.raises(PermissionError, match="started by another visitor; only they can stop it"):
+        job.stop(by="session-b")
+    assert job.running and job.owner == "session-a"
+    job.stop(by="session-a")
     assert job.wait(timeout=30)
     final = job.status()
     assert final.phase == "stopped"
@@ -41,6 +45,26 @@ def test_job_reports_failures_without_raising(tiny_cfg, tmp_path):
     assert job.wait(timeout=30)
     status = job.status()
     assert status.phase == "failed" and "missing" in status.error
+
+
+@pytest.mark.slow
+def test_a_wall_clock_limit_stops_the_job_like_stop(tiny_cfg):
+    job = TrainingJob()
+    job.start(tiny_cfg(epochs=500), time_limit_s=1.0)
+    assert job.wait(timeout=60)
+    status = job.status()
+    assert status.phase == "stopped" and status.epoch < 500
+    assert "wall-clock limit of 0.0166667 min reached: stopping after this step" in status.log
+
+
+def test_a_job_never_writes_into_an_existing_folder_or_the_bundled_model(tiny_cfg, tmp_path):
+    (tmp_path / "run").mkdir()
+    job = TrainingJob()
+    with pytest.raises(FileExistsError, match="A run named 'run' already exists"):
+        job.start(tiny_cfg())
+    with pytest.raises(PermissionError, match="'drywall-starter' is the bundled model and read-only"):
+        job.start(tiny_cfg(out=str(STARTER_DIR)), resume=True)
+    assert not job.running and job.status().phase == "idle"
 
 
 def test_events_fold_into_the_status():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from engine.paths import is_onnx_export
 
-__all__ = ["model_choices", "model_label"]
+__all__ = ["model_choices", "model_label", "public_choices"]
 
 
 def model_label(source: str, precision: str = "fp32") -> str:
@@ -35,3 +35,9 @@ def model_choices(checkpoints_dir: str | os.PathLike | None = None, export_dir: 
     if default is not None and default not in [src for _, src in choices]:
         choices.insert(0, (f"{model_label(default)} (default)", default))
     return choices
+
+
+def public_choices(choices: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pickers of a public app: a folder's value is its label ("run: my-run"), so the page names no server
+    path; `auto` and Hub ids keep theirs. `engine.app.public.allowed_models` maps a label back to its folder."""
+    return [(label, label if Path(source).is_absolute() else source) for label, source in choices]

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from PIL import Image
 
 from engine.app.choices import model_label
 from engine.data import find_splits, open_dataset, source_photo_id, split_layout
-from engine.data.archive import as_data_path
+from engine.data.archive import as_data_path, remove_upload, upload_error
 from engine.draw import compare_curves, overlay, side_by_side
 from engine.evaluate import evaluate
 from engine.fileio import read_jsonl
@@ -23,12 +24,16 @@ from engine.paths import DEFAULT_SETS
 if TYPE_CHECKING:
     from engine.models.cache import ModelCache
 
-__all__ = ["COMPARE_HEADERS", "WORST_HEADERS", "CompareResult", "eval_data_for", "open_eval_set", "read_history",
-           "compare_models"]
+__all__ = ["COMPARE_HEADERS", "MAX_GALLERY_SIDE", "WORST_HEADERS", "CompareResult", "eval_data_for", "open_eval_set",
+           "panel_size", "read_history", "compare_models"]
 
 COMPARE_HEADERS = ["model", "prompt", "n", "mIoU", "Dice", "precision", "recall", "best thr", "ms/img"]
 WORST_HEADERS = ["model", "prompt", "image", "IoU"]
 _EVAL_SPLITS = ("valid", "val", "validation", "test", "train")  # the first one a root holds is scored
+# A gallery image (ground truth + every model's overlay in one row) fits in this square: browsers and WebP
+# (16,383 px) refuse larger ones, and a 3-model row of 6000 px photos was 24,040 px wide.
+MAX_GALLERY_SIDE = 1600
+_PANEL_GAP, _CAPTION_ROOM = 8, 60  # side_by_side's gap; its caption (<= 38 px) and the gaps above and below
 
 
 @dataclass
@@ -66,18 +71,31 @@ def open_eval_set(path: str | os.PathLike, prompts: Sequence[str] = (), *, uploa
     """A labelled set for evaluation: a split folder as is; for a root, its valid (else test, else train) split.
 
     path: a folder, a COCO .json, or (with `uploads_dir`) a .zip; limit: keep the first `limit` images.
+    A zip's extracted copy that cannot be opened is deleted at once, and the error names the zip, not the
+    server's folder.
     """
-    p = as_data_path(path, uploads_dir or tempfile.gettempdir())
+    uploads = uploads_dir or tempfile.gettempdir()
+    p = as_data_path(path, uploads)
     split = None
-    if p.is_dir() and split_layout(p) is None:
-        splits = find_splits(p)
-        split = next((s for s in _EVAL_SPLITS if s in splits), next(iter(splits), None))
-    ds = open_dataset(p, split=split, prompts=tuple(prompts))
+    try:
+        if p.is_dir() and split_layout(p) is None:
+            splits = find_splits(p)
+            split = next((s for s in _EVAL_SPLITS if s in splits), next(iter(splits), None))
+        ds = open_dataset(p, split=split, prompts=tuple(prompts))
+    except (ValueError, OSError) as exc:
+        removed = remove_upload(p, uploads) if _is_zip(path) else None
+        if removed is None:
+            raise
+        raise upload_error(exc, removed, Path(str(path)).name) from None
     if len(ds) == 0:
         raise ValueError(f"{p} holds no labelled images; check the folder.")
     if limit and limit > 0 and limit < len(ds):
         ds = ds.subset(range(int(limit)))
     return ds
+
+
+def _is_zip(path: str | os.PathLike) -> bool:
+    return str(path).strip().lower().endswith(".zip")
 
 
 def read_history(source: str | os.PathLike) -> list[dict]:
@@ -130,17 +148,36 @@ def _gallery(entries, ds, prompts: Sequence[str], worst: list[list], threshold: 
     for image_id in shown:
         index = ids.index(image_id)
         image, gt = ds[index]
-        panels, labels, scores = [overlay(image, {"ground truth": gt})], ["ground truth"], []
+        size = panel_size(image.size, 1 + len(entries))
+        thumb = image.resize(size, Image.BILINEAR) if size != image.size else image
+        panels, labels, scores = [overlay(thumb, {"ground truth": _shrink(gt, size)})], ["ground truth"], []
         for label, _, seg in entries:
             t = seg.threshold if threshold is None else threshold
-            masks = {p: m >= t for p, m in seg.predict(image, prompts).items()}
-            panels.append(overlay(image, masks))
+            masks = {p: m >= t for p, m in seg.predict(image, prompts).items()}  # scored at full size
+            panels.append(overlay(thumb, {p: _shrink(m, size) for p, m in masks.items()}))
             labels.append(label)
             scores.append(f"{label} {iou(*confusion(masks[prompts[0]], gt)[:3]):.2f}")
         tag = "sample" if image_id in ids[:n_show] else "hard case"
         caption = f"{tag} {source_photo_id(ds.items[index])} · IoU ({prompts[0]}): {', '.join(scores)}"
         gallery.append((side_by_side(panels, labels), caption))
     return gallery
+
+
+def panel_size(photo_size: tuple[int, int], n_panels: int, max_side: int = MAX_GALLERY_SIDE) -> tuple[int, int]:
+    """(width, height) of one gallery panel: the photo scaled down (never up) so that `n_panels` of them side
+    by side, with their gaps and captions (engine.draw.side_by_side), fit in max_side x max_side pixels."""
+    width, height = photo_size
+    room_w = max_side - _PANEL_GAP * (n_panels + 1)
+    room_h = max_side - _CAPTION_ROOM
+    scale = min(1.0, room_w / (n_panels * width), room_h / height)
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def _shrink(mask, size: tuple[int, int]):
+    """(H, W) bool mask at `size` (width, height), nearest neighbour."""
+    if (mask.shape[1], mask.shape[0]) == size:
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
 
 
 def compare_models(cache: ModelCache, models: Sequence[str], data: str | os.PathLike, prompts: Sequence[str] = (),
@@ -159,13 +196,17 @@ def compare_models(cache: ModelCache, models: Sequence[str], data: str | os.Path
         if p not in ("fp32", "bf16"):
             raise ValueError(f"Precision {p!r} is not one of fp32, bf16.")
     ds = open_eval_set(data, prompts, uploads_dir=uploads_dir, limit=limit)
-    prompts = list(prompts) or list(ds.prompts)
-    if not prompts:
-        raise ValueError("No prompts given and the data set names none: type the prompts to score, "
-                         "e.g. 'segment crack'.")
-    entries = _load_entries(cache, models, precisions)
-    rows, worst, reports, curves = _score(entries, ds, prompts, threshold, k_worst)
-    gallery = _gallery(entries, ds, prompts, worst, threshold, n_show, k_worst)
+    try:
+        prompts = list(prompts) or list(ds.prompts)
+        if not prompts:
+            raise ValueError("No prompts given and the data set names none: type the prompts to score, "
+                             "e.g. 'segment crack'.")
+        entries = _load_entries(cache, models, precisions)
+        rows, worst, reports, curves = _score(entries, ds, prompts, threshold, k_worst)
+        gallery = _gallery(entries, ds, prompts, worst, threshold, n_show, k_worst)
+    finally:  # an uploaded zip's extracted copy is not needed once scored
+        if _is_zip(data):
+            remove_upload(ds.root, uploads_dir or tempfile.gettempdir())
     worst.sort(key=lambda r: r[3])
     return CompareResult(rows=rows, curves=compare_curves(curves, title="Validation mIoU of the chosen runs"),
                          gallery=gallery, worst=worst, reports=reports)

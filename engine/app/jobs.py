@@ -2,6 +2,8 @@
 
 `engine.train` is imported on first use (it loads torch; `import app` must not): `start_run` turns a
 `TrainRequest` (the tab's widget values) into data specs and TrainConfig fields, then starts the job.
+A job belongs to its `owner` (the browser session or logged-in user that started it): only the owner can stop it.
+A run never overwrites an existing folder, and the bundled model's folder is read-only: such names are refused.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.data.archive import as_data_path
-from engine.paths import DEFAULT_SETS
+from engine.paths import DEFAULT_SETS, STARTER_DIR
 from engine.prompts import parse_prompts
 
 if TYPE_CHECKING:
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from engine.train.events import JobStatus
 
 __all__ = ["TrainRequest", "new_run_dir", "train_defaults", "training_data", "training_settings", "start_run",
-           "start_training", "training_status", "stop_training"]
+           "start_training", "training_status", "stop_training", "owns_job"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +49,7 @@ class TrainRequest:
     augment: bool = True
     patience: int = 0
     max_images: int | None = None
+    negative_rate: float | None = None  # None: TrainConfig's default
     run_name: str = ""
     sets: Sequence[str] = ()
     set_prompts: Mapping[str, str] = field(default_factory=dict)
@@ -70,18 +73,31 @@ def train_defaults() -> TrainConfig:
 
 
 def new_run_dir(checkpoints_dir: str | os.PathLike, name: str | None = None) -> Path:
-    """checkpoints_dir/<name>, or checkpoints_dir/run-YYYYmmdd-HHMMSS when no name is given."""
+    """checkpoints_dir/<name>, or checkpoints_dir/run-YYYYmmdd-HHMMSS when no name is given.
+
+    Raises ValueError for a name that is not a plain folder name, the bundled model's name, or a folder that
+    exists (runs are never overwritten: the user picks another name).
+    """
     name = (name or "").strip()
     if name:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", name):
             raise ValueError(f"Run name {name!r} may use letters, digits, '.', '_' and '-' only (at most 80).")
     else:
         name = time.strftime("run-%Y%m%d-%H%M%S")
-    return Path(checkpoints_dir) / name
+    path = Path(checkpoints_dir) / name
+    if name == STARTER_DIR.name or path.resolve() == STARTER_DIR.resolve():
+        raise ValueError(f"{name!r} is the bundled model and read-only; choose another run name.")
+    if path.exists():
+        raise ValueError(f"A run named {name!r} already exists and runs are never overwritten; "
+                         "choose another run name.")
+    return path
 
 
 def training_data(request: TrainRequest, data_root: str | os.PathLike) -> list[tuple[str, str | Sequence[str]]]:
     """(path, prompts) per chosen set: the ticked shared sets, then the uploaded zip, then the folder."""
+    unknown = [name for name in request.sets or [] if name not in DEFAULT_SETS]
+    if unknown:
+        raise ValueError(f"Unknown shared set(s) {unknown}; choose from {', '.join(DEFAULT_SETS)}.")
     data: list[tuple[str, str | Sequence[str]]] = [
         (str(Path(data_root) / name), request.set_prompts.get(name) or DEFAULT_SETS[name])
         for name in request.sets or []]
@@ -105,6 +121,8 @@ def training_settings(request: TrainRequest, overrides: Mapping | None = None) -
                     unfreeze_text_layers=int(request.unfreeze_text_layers), augment=bool(request.augment),
                     patience=int(request.patience), max_train_images=limit,
                     max_val_images=limit and max(2, limit // 4))
+    if request.negative_rate is not None:
+        settings["negative_rate"] = float(request.negative_rate)
     settings.update(overrides or {})
     if "train" not in settings and (settings["unfreeze_vision_layers"] or settings["unfreeze_text_layers"]):
         settings["train"] = "last_n"
@@ -112,22 +130,28 @@ def training_settings(request: TrainRequest, overrides: Mapping | None = None) -
 
 
 def start_run(request: TrainRequest, *, data_root: str | os.PathLike, checkpoints_dir: str | os.PathLike,
-              uploads_dir: str | os.PathLike, cache: ModelCache | None = None,
-              overrides: Mapping | None = None) -> str:
-    """Start the background job for the Train tab's choices; returns the run folder (under checkpoints_dir)."""
+              uploads_dir: str | os.PathLike, cache: ModelCache | None = None, overrides: Mapping | None = None,
+              owner: str | None = None, time_limit_s: float | None = None) -> str:
+    """Start the background job for the Train tab's choices; returns the run folder (under checkpoints_dir).
+
+    owner: who may stop it (None: anyone); time_limit_s: the job stops after that many wall-clock seconds.
+    """
     return start_training(training_data(request, data_root), out=new_run_dir(checkpoints_dir, request.run_name),
-                          uploads_dir=uploads_dir, cache=cache, **training_settings(request, overrides))
+                          uploads_dir=uploads_dir, cache=cache, owner=owner, time_limit_s=time_limit_s,
+                          **training_settings(request, overrides))
 
 
 def start_training(data: Sequence[tuple[str, str | Sequence[str]]], *, out: str | os.PathLike,
                    uploads_dir: str | os.PathLike, cache: ModelCache | None = None, preset: str | None = None,
-                   **settings) -> str:
+                   owner: str | None = None, time_limit_s: float | None = None, **settings) -> str:
     """Start the background training job; returns its run folder.
 
     data: (path, prompts) per labelled set; a path ending in .zip is safely extracted first; prompts are
         comma/newline separated text or a list (synonyms of that set's class).
     settings: TrainConfig fields (model, epochs, lr, batch_size, image_size, unfreeze_vision_layers, ...).
-    Raises ValueError for missing data or prompts, RuntimeError (`JobRunning`) while another job runs.
+    owner, time_limit_s: as in `TrainingJob.start`.
+    Raises ValueError for missing data or prompts, RuntimeError (`JobRunning`) while another job runs,
+    FileExistsError for an existing run folder, PermissionError for the bundled model's folder.
     """
     train = _train_module()
     if not data:
@@ -135,7 +159,7 @@ def start_training(data: Sequence[tuple[str, str | Sequence[str]]], *, out: str 
     specs = [train.DataSpec(str(as_data_path(path, uploads_dir)), tuple(parse_prompts(prompts)))
              for path, prompts in data]
     cfg = train.make_config(preset, data=specs, out=str(out), **settings)
-    run_dir = train.get_job().start(cfg)  # raises JobRunning while another job runs
+    run_dir = train.get_job().start(cfg, owner=owner, time_limit_s=time_limit_s)  # JobRunning while one runs
     if cache is not None:
         cache.evict(run_dir)  # a run trained again must be reloaded
     return str(run_dir)
@@ -146,10 +170,19 @@ def training_status() -> JobStatus:
     return _train_module().get_job().status()
 
 
-def stop_training() -> JobStatus:
-    """Ask the running job to stop (it stops within a step) and return its status."""
+def stop_training(by: str | None = None) -> JobStatus:
+    """Ask the running job to stop (it stops within a step) and return its status.
+
+    by: who asks; PermissionError when the job has another owner (others only watch it).
+    """
     job = _train_module().get_job()
     if not job.running:
         raise ValueError("No training job is running; nothing to stop.")
-    job.stop()
+    job.stop(by)
     return job.status()
+
+
+def owns_job(viewer: str | None) -> bool:
+    """True when `viewer` may stop the current (or last) job: it started it, or the job has no owner."""
+    owner = _train_module().get_job().owner
+    return owner is None or owner == viewer

@@ -1,4 +1,10 @@
-"""Segment one photo into everything the Segment tab shows: overlay, heatmap, legend, table and mask files."""
+"""Segment one photo into everything the Segment tab shows: overlay, heatmap, legend, table and mask files.
+
+Memory is bounded by design (issue 12): the model's maps stay at model resolution (`engine.prediction`); what
+is shown is drawn at display size (long side <= DISPLAY_MAX_SIDE); the full-size mask files are upsampled one
+prompt at a time, band by band, and written before the next one is built. A 12240 x 12240 PNG with 8 prompts
+peaks at the figure in README ("Memory").
+"""
 
 from __future__ import annotations
 
@@ -15,11 +21,13 @@ from PIL import Image
 
 from engine.draw import blend_heatmap, legend, overlay, side_by_side
 from engine.images import load_image
-from engine.masks import write_masks
+from engine.masks import mask_filename
+from engine.prediction import write_mask_png
 
-__all__ = ["SegmentResult", "TABLE_HEADERS", "DISPLAY_MAX_SIDE", "example_rows", "image_id_for", "segment_photo"]
+__all__ = ["SegmentResult", "TABLE_HEADERS", "DISPLAY_MAX_SIDE", "example_rows", "image_id_for", "segment_photo",
+           "slider_threshold"]
 
-TABLE_HEADERS = ["prompt", "area %", "max score", "ms"]
+TABLE_HEADERS = ["prompt", "found", "area %", "presence", "max score", "threshold", "ms"]
 DISPLAY_MAX_SIDE = 1600  # long side (px) of the images shown; the mask files keep the photo's full size
 
 
@@ -28,8 +36,11 @@ class SegmentResult:
     """Everything the Segment tab shows for one photo.
 
     photo, overlay, heatmap: RGB PIL images at display size (long side <= DISPLAY_MAX_SIDE); legend: (prompt,
-    "#rrggbb") in overlay colour order; rows: [prompt, area %, max score, ms] per prompt (TABLE_HEADERS);
-    mask_paths: one PNG per prompt, `{image_id}__{prompt_slug}.png`, 0/255 at the photo's full displayed size.
+    "#rrggbb") in overlay colour order; rows: [prompt, "found" / "not found", area %, presence, max score,
+    threshold, ms] per prompt (TABLE_HEADERS); mask_paths: one PNG per prompt, `{image_id}__{prompt_slug}.png`,
+    0/255 at the photo's full displayed size (empty for a prompt not found). threshold: the slider's override,
+    or the model's default when each prompt used its own (`thresholds`); warning: the unknown-prompt line or None;
+    precision: the segmenter's precision and why it was chosen.
     """
 
     photo: Image.Image
@@ -41,6 +52,9 @@ class SegmentResult:
     threshold: float
     model: str
     ms: float
+    thresholds: dict[str, float] | None = None
+    warning: str | None = None
+    precision: str = ""  # what the model runs in and why, e.g. "fp32: bf16 measured 1.7x slower here"
 
 
 def image_id_for(path: str | os.PathLike | None) -> str:
@@ -58,32 +72,61 @@ def resize_map(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(prob.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR))
 
 
+def slider_threshold(segmenter, value) -> float | None:
+    """The app's slider as an override: None (each prompt's calibrated threshold) while it sits at the model's
+    default, where the model picker puts it; any other value applies to every prompt."""
+    if value is None or round(float(value), 2) == round(float(segmenter.threshold), 2):
+        return None
+    return float(value)
+
+
+def _mask_names(prompts: Sequence[str], image_id: str) -> dict[str, str]:
+    """{prompt: mask file name}; ValueError before anything is written when two prompts share a file name."""
+    names: dict[str, str] = {}
+    for p in prompts:
+        name = mask_filename(image_id, p)
+        if name in names.values():
+            other = next(q for q, n in names.items() if n == name)
+            raise ValueError(f"Prompts {other!r} and {p!r} both map to {name}; drop one or reword it.")
+        names[p] = name
+    return names
+
+
 def segment_photo(segmenter, image, prompts: Sequence[str], *, threshold: float | None = None,
                   image_id: str = "photo", out_dir: str | os.PathLike) -> SegmentResult:
     """Segment one photo for several prompts: overlay, heatmap, per-prompt table and mask PNGs.
 
-    image: a path (or anything `engine.images.load_image` reads); threshold: None for the model's own.
-    Masks are written to `out_dir` at the photo's full displayed size.
+    image: a path (or anything `engine.images.load_image` reads); threshold: None for each prompt's calibrated
+    threshold (the model's default where it has none), or one value for every prompt. A prompt not found
+    (see `engine.prediction`) gets an empty mask. Masks are written to `out_dir` at the photo's full displayed
+    size, one prompt at a time.
     """
-    t = segmenter.threshold if threshold is None else float(threshold)
-    if not 0.0 <= t <= 1.0:
-        raise ValueError(f"Threshold {t} is outside [0, 1]; pick a value on the slider.")
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"Threshold {threshold} is outside [0, 1]; pick a value on the slider.")
+    warning = segmenter.prompt_warning(prompts)
     start = time.perf_counter()
-    maps = segmenter.predict(image, prompts)
-    ms = float(getattr(segmenter, "last_ms", 0.0) or (time.perf_counter() - start) * 1000)
-    masks = {p: m >= t for p, m in maps.items()}
-    paths = write_masks(masks, image_id, out_dir)
+    pred = segmenter.prediction(image, prompts, threshold=threshold)
+    ms = float(pred.ms or (time.perf_counter() - start) * 1000)
+    names = _mask_names(pred.prompts, image_id)
+    out_dir = Path(out_dir)
+    paths, rows = [], []
+    for p in pred.prompts:  # one full-size mask at a time: built, measured, written, dropped
+        mask = pred.mask(p)
+        area = 100.0 * float(np.count_nonzero(mask)) / mask.size
+        paths.append(write_mask_png(mask, out_dir / names[p]))
+        del mask
+        rows.append([p, "found" if pred.found(p) else "not found", round(area, 2), round(pred.presence[p], 3),
+                     round(pred.max_score(p), 3), round(pred.thresholds[p], 2), round(ms, 1)])
 
     photo = load_image(image, max_side=DISPLAY_MAX_SIDE)
-    shown_maps = {p: resize_map(m, photo.size) for p, m in maps.items()}
-    shown_masks = {p: m >= t for p, m in shown_maps.items()}
-    rows = [[p, round(100.0 * float(masks[p].mean()), 2), round(float(maps[p].max()), 3), round(ms, 1)]
-            for p in maps]
-    heats = [blend_heatmap(photo, m) for m in shown_maps.values()]
-    heat = heats[0] if len(heats) == 1 else side_by_side(heats, list(shown_maps))
-    return SegmentResult(photo=photo, overlay=overlay(photo, shown_masks), heatmap=heat, legend=legend(masks),
-                         rows=rows, mask_paths=paths, threshold=t, model=str(getattr(segmenter, "name", "model")),
-                         ms=ms)
+    shown_masks = {p: pred.mask(p, photo.size) for p in pred.prompts}
+    heats = [blend_heatmap(photo, pred.probability(p, photo.size)) for p in pred.prompts]
+    heat = heats[0] if len(heats) == 1 else side_by_side(heats, pred.prompts)
+    return SegmentResult(photo=photo, overlay=overlay(photo, shown_masks), heatmap=heat, legend=legend(shown_masks),
+                         rows=rows, mask_paths=paths, threshold=segmenter.threshold if threshold is None else
+                         float(threshold), model=str(getattr(segmenter, "name", "model")), ms=ms,
+                         thresholds=dict(pred.thresholds), warning=warning,
+                         precision=getattr(segmenter, "precision_reason", "") or getattr(segmenter, "precision", ""))
 
 
 def example_rows(examples_dir: str | os.PathLike, default_prompts: Sequence[str]) -> list[list[str]]:

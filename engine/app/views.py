@@ -16,9 +16,11 @@ from engine.draw import training_curves
 if TYPE_CHECKING:  # engine.train loads torch; the app must import without it (`import app` stays light)
     from engine.train.events import JobStatus
 
-__all__ = ["IDLE_TEXT", "format_eta", "status_markdown", "status_dict", "training_view", "legend_html", "table"]
+__all__ = ["IDLE_TEXT", "NOT_YOURS_TEXT", "format_eta", "status_markdown", "status_dict", "training_view",
+           "legend_html", "table"]
 
 IDLE_TEXT = "**No training job has run yet.** Pick data and settings, then press **Train**."
+NOT_YOURS_TEXT = "*Read-only: another visitor started this job. You can watch it; only they can stop it.*"
 
 
 def format_eta(seconds: float | None) -> str:
@@ -58,10 +60,15 @@ def _validation_line(metrics: Mapping | None) -> str | None:
     return "Last validation: " + "; ".join(parts) if parts else None
 
 
-def status_markdown(status: JobStatus) -> str:
-    """A short progress summary of the training job's status, in Markdown (paragraphs apart)."""
+def status_markdown(status: JobStatus, owned: bool = True) -> str:
+    """A short progress summary of the training job's status, in Markdown (paragraphs apart).
+
+    owned: False when the viewer did not start the job: a line says it is read-only to them.
+    """
     idle = status.phase == "idle"
     lines = [IDLE_TEXT if idle else _headline(status)]
+    if not owned and not idle:
+        lines.append(NOT_YOURS_TEXT)
     if status.message and not idle:
         lines.append(str(status.message))
     validation = _validation_line(status.last_metrics)
@@ -79,9 +86,9 @@ def status_dict(status: JobStatus) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(status), default=str))
 
 
-def training_view(status: JobStatus):
+def training_view(status: JobStatus, owned: bool = True):
     """(markdown, Plotly figure) for a training status: the summary and `engine.draw.training_curves`."""
-    return status_markdown(status), training_curves(list(status.history or []))
+    return status_markdown(status, owned), training_curves(list(status.history or []))
 
 
 def legend_html(items: Sequence[tuple[str, str]]) -> str:

@@ -12,13 +12,18 @@ import re
 import shutil
 import stat
 import uuid
+import warnings
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from engine.errors import ArchiveError
+from engine.data.coco import COCO_FILE_NAME
+from engine.data.dataset import find_splits, open_dataset, split_layout
+from engine.errors import ArchiveError, LabelError, LabelWarning
 
 __all__ = ["MAX_ZIP_FILES", "MAX_ZIP_BYTES", "MAX_ZIP_RATIO", "RATIO_CHECK_BYTES", "ArchiveError", "safe_extract_zip",
-           "dataset_root", "extract_upload", "as_data_path"]
+           "dataset_root", "has_layout", "check_upload", "extract_upload", "remove_upload", "upload_error",
+           "as_data_path"]
 
 MAX_ZIP_FILES = 20_000
 MAX_ZIP_BYTES = 2 * 1024**3  # total uncompressed size
@@ -29,6 +34,8 @@ _SKIPPED_PREFIXES = ("__MACOSX/",)  # resource forks macOS Finder adds to zips
 _SKIPPED_NAMES = frozenset({".DS_Store", "Thumbs.db"})
 # Folders that belong to a data set layout (a split, or a split's parts): the set's root is above them.
 _LAYOUT_FOLDERS = frozenset({"train", "valid", "val", "validation", "test", "images", "labels", "masks"})
+_LAYOUTS_IN_ZIP = (f"it needs a Roboflow YOLOv8 or COCO export (images/ + labels/ folders, or {COCO_FILE_NAME} "
+                   "next to the photos) or images/ + masks/ folders; zip the data set folder itself.")
 
 
 def _member_problem(info: zipfile.ZipInfo) -> str | None:
@@ -158,10 +165,89 @@ def dataset_root(folder: str | os.PathLike) -> Path:
             return folder
 
 
+def has_layout(names: Iterable[str]) -> bool:
+    """Whether zip member names can hold a labelled set (engine.data.dataset): a COCO json, or a folder with
+    images/ beside labels/ or masks/. Judged from the headers, before a byte is written."""
+    found: dict[tuple[str, ...], set[str]] = {}
+    for name in names:
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if parts and parts[-1] == COCO_FILE_NAME:
+            return True
+        folders = parts if name.endswith(("/", "\\")) else parts[:-1]
+        for i, part in enumerate(folders):
+            if part in ("images", "labels", "masks"):
+                found.setdefault(folders[:i], set()).add(part)
+    return any("images" in kinds and kinds & {"labels", "masks"} for kinds in found.values())
+
+
+def check_upload(root: Path) -> None:
+    """Open the labelled set in an extracted upload as training does (bad items skipped, quietly).
+
+    Each split must open, except splits without a usable image while another one has some (Roboflow's
+    empty test/). Raises ValueError (LabelError for unreadable labels or a file named outside the folder);
+    a split with no usable image says why its first item was skipped.
+    """
+    splits = [None] if split_layout(root) is not None or not find_splits(root) else list(find_splits(root))
+    empty = []
+    for split in splits:  # None: one split, or the "no data set layout" error
+        with warnings.catch_warnings(record=True) as skipped:
+            warnings.simplefilter("always", LabelWarning)
+            try:
+                open_dataset(root, split=split, skip_bad=True)
+            except LabelError:
+                raise
+            except ValueError as exc:  # no layout, or no usable labelled image in this split
+                reasons = [str(w.message) for w in skipped if issubclass(w.category, LabelWarning)]
+                empty.append(ValueError(f"{str(exc).split(' (see the warnings')[0]}; first {reasons[0]}")
+                             if reasons else exc)
+    if len(empty) == len(splits):
+        raise empty[0]
+
+
+def remove_upload(path: str | os.PathLike, uploads_dir: str | os.PathLike) -> Path | None:
+    """Delete the extracted upload that `path` lies in (its folder directly under `uploads_dir`) and return
+    that folder; None (nothing deleted) when `path` is not inside `uploads_dir`."""
+    uploads = Path(uploads_dir).resolve()
+    path = Path(path).resolve()
+    if path == uploads or not path.is_relative_to(uploads):
+        return None
+    folder = uploads / path.relative_to(uploads).parts[0]
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+def upload_error(exc: Exception, folder: Path, zip_name: str) -> ArchiveError:
+    """`exc` about an extracted upload, with the server's folder left out of its message."""
+    message = str(exc)
+    for prefix in {str(folder), str(folder.resolve())}:
+        message = message.replace(prefix + os.sep, "").replace(prefix, ".")
+    return ArchiveError(f"The uploaded zip {zip_name} is not a usable labelled set: {message}")
+
+
 def extract_upload(zip_path: str | os.PathLike, uploads_dir: str | os.PathLike) -> Path:
-    """Extract an uploaded data set zip into a fresh folder under `uploads_dir`; returns the data set root."""
-    dest = Path(uploads_dir) / f"{Path(zip_path).stem[:40]}-{uuid.uuid4().hex[:8]}"
-    return dataset_root(safe_extract_zip(zip_path, dest))
+    """Extract an uploaded data set zip into a fresh folder under `uploads_dir`; returns the data set root.
+
+    Refused before a byte is written when its names hold no data set layout; after extraction the set is
+    opened (`check_upload`), and when that fails the extracted folder is deleted at once. Errors name the
+    zip and the entries inside it, never the server's folders.
+    """
+    zip_path = Path(zip_path)
+    dest = Path(uploads_dir) / f"{zip_path.stem[:40]}-{uuid.uuid4().hex[:8]}"
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        names = None  # safe_extract_zip says what is wrong with it
+    if names is not None and not has_layout(names):
+        raise ArchiveError(f"The uploaded zip {zip_path.name} holds no labelled set: {_LAYOUTS_IN_ZIP}")
+    safe_extract_zip(zip_path, dest)
+    try:
+        root = dataset_root(dest)
+        check_upload(root)
+    except (ValueError, OSError) as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise upload_error(exc, dest, zip_path.name) from None
+    return root
 
 
 def as_data_path(path: str | os.PathLike, uploads_dir: str | os.PathLike) -> Path:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.labels import Item, ShapeLabel, clip_normalised, fail_or_warn, polygon_points
+from engine.data.labels import (Item, ShapeLabel, clip_normalised, fail_or_warn, is_outside, polygon_points,
+                                unsafe_name)
 from engine.data.rle import rle_counts_from_string
 from engine.errors import ImageError, LabelError
 from engine.images import image_size
@@ -20,7 +21,8 @@ def coco_items(json_path: Path, skip_bad: bool, categories: tuple | None) -> tup
     """Images listed in a COCO json (files next to it), each with the union of its selected annotations.
 
     Labels are in pixels (normalised=False). categories: names or ids to keep; None: all but the background.
-    A bad annotation or image raises LabelError, or with skip_bad drops that image with a LabelWarning.
+    A bad annotation or image raises LabelError, or with skip_bad drops that image with a LabelWarning; a
+    file_name outside the json's folder (absolute, "..", a link) always raises.
     """
     data = _read_coco_json(json_path)
     entries = _coco_images(data, json_path)
@@ -51,6 +53,10 @@ def coco_items(json_path: Path, skip_bad: bool, categories: tuple | None) -> tup
         if image_id in bad:
             continue
         image_path = json_path.parent / entry["file_name"]
+        if is_outside(image_path, json_path.parent):
+            raise LabelError(json_path, f"file_name {entry['file_name']!r} is a link to a file outside the folder "
+                                        f"of {json_path.name}; copy the image itself there.",
+                             f"image id {entry['id']!r}")
         try:
             _check_coco_image(image_path, entry, json_path)
         except (LabelError, ImageError) as error:
@@ -85,6 +91,10 @@ def _coco_images(data: dict, json_path: Path) -> dict[object, dict]:
             raise LabelError(json_path, "needs 'id' and 'file_name'.", f"images[{index}]")
         if entry["id"] in entries:
             raise LabelError(json_path, f"image id {entry['id']!r} appears twice.", f"images[{index}]")
+        if unsafe_name(entry["file_name"]):  # refused whatever skip_bad says: it names a file off the data set
+            raise LabelError(json_path, f"file_name {entry['file_name']!r} points outside the folder of "
+                                        f"{json_path.name}; list each image by its path inside that folder "
+                                        "(e.g. 'photo.jpg').", f"images[{index}]")
         entries[entry["id"]] = entry
     return entries
 
@@ -177,10 +187,11 @@ def _coco_rle(segmentation: dict, entry: dict, json_path: Path, where: str) -> t
 def _check_coco_image(image_path: Path, entry: dict, json_path: Path) -> None:
     """The image file exists and has the size the json gives it (annotations are in its pixels)."""
     if not image_path.is_file():
-        raise LabelError(json_path, f"image {entry['file_name']} is listed but missing from {image_path.parent}; "
-                                    "copy it there or remove it from the json.", f"image id {entry['id']!r}")
+        raise LabelError(json_path, f"image {entry['file_name']} is listed but missing from the folder of "
+                                    f"{json_path.name}; copy it there or remove it from the json.",
+                         f"image id {entry['id']!r}")
     width, height = image_size(image_path)
     listed = (entry.get("width"), entry.get("height"))
     if listed != (None, None) and listed != (width, height):
-        raise LabelError(json_path, f"image {image_path} is {width}x{height} but the json says "
+        raise LabelError(json_path, f"image {entry['file_name']} is {width}x{height} but the json says "
                                     f"{listed[0]}x{listed[1]}; export the set again.", f"image id {entry['id']!r}")

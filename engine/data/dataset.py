@@ -9,6 +9,7 @@ only when asked for, at the image's own pixel size.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import numpy as np
 from PIL import Image
 
 from engine.data.coco import COCO_FILE_NAME, coco_items
-from engine.data.labels import Item, MaskFileLabel, ShapeLabel
+from engine.data.labels import Item, MaskFileLabel, ShapeLabel, is_outside
 from engine.data.maskdir import mask_folder_items
 from engine.data.split import source_photo_id, split_groups
 from engine.data.yolo import load_data_yaml, yolo_class_filter, yolo_items
+from engine.errors import LabelError
 from engine.images import image_size, load_image
 from engine.prompts import as_prompt_list
 
@@ -162,12 +164,12 @@ def find_splits(root: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     yaml_path = root / "data.yaml"
     if yaml_path.is_file():
-        for entry in _read_data_yaml(yaml_path).values():
-            folder = _yaml_split_folder(root, entry)
+        for key, entry in _read_data_yaml(yaml_path).items():
+            folder = _yaml_split_folder(root, entry, yaml_path, key)
             if folder is not None:
                 found[folder.name] = folder
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if split_layout(folder) is not None:
+        if split_layout(folder) is not None and not is_outside(folder, root):  # a link elsewhere is not a split
             found.setdefault(folder.name, folder)
     order = {name: i for i, name in enumerate(_SPLIT_ORDER)}
     return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
@@ -179,14 +181,28 @@ def _read_data_yaml(yaml_path: Path) -> dict[str, object]:
     return {key: config[key] for key in ("train", "val", "test") if config.get(key)}
 
 
-def _yaml_split_folder(root: Path, entry: object) -> Path | None:
-    """The existing split folder a data.yaml entry ("train/images", "../valid/images") points at, if any."""
+def _yaml_split_folder(root: Path, entry: object, yaml_path: Path, key: str) -> Path | None:
+    """The existing split folder a data.yaml entry ("train/images", "../valid/images") points at, if any.
+
+    Only folders inside `root` are read. A relative entry is looked up inside the root, Roboflow's "../x" as
+    root/x (its ".." is relative to another working directory); an absolute entry, or a link, that leads out
+    of the root raises LabelError naming the entry, so the rest of the server is never read.
+    """
     if not isinstance(entry, str):
         return None  # lists of folders or of .txt files: the folder scan finds the splits instead
-    relative = Path(entry)
-    inside = [part for part in relative.parts if part not in ("..", ".")]
-    for candidate in (root.joinpath(*inside), root / relative):  # inside the root first
+    posix = entry.replace("\\", "/")
+    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+        candidates = [Path(entry)]
+    else:
+        relative = Path(posix)
+        candidates = [root.joinpath(*(part for part in relative.parts if part not in ("..", ".")))]
+        if ".." in relative.parts and not is_outside(root / relative, root):
+            candidates.append(root / relative)  # "sub/../train/images": the literal path, still inside
+    for candidate in candidates:  # inside the root first
         folder = candidate.parent if candidate.name == "images" else candidate
+        if is_outside(folder, root):
+            raise LabelError(yaml_path, f"{key}: {entry!r} points outside the data set's folder; give each split "
+                                        "as a path inside it (e.g. 'train/images').")
         if folder.is_dir() and folder != root and split_layout(folder) is not None:
             return folder
     return None

@@ -4,6 +4,7 @@ checks the readers share. Shapes are rasterised only when a mask is asked for, a
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,22 @@ def clip_normalised(points: np.ndarray, path: Path, number: int | str) -> np.nda
     return np.clip(points, 0.0, 1.0)
 
 
+def is_outside(path: Path, root: Path) -> bool:
+    """True when `path`, links followed, lies outside the folder `root` (links followed too).
+
+    Every file a data set names (COCO file_name, a data.yaml split, an image, label or mask) must lie inside
+    its folder: a labelled set, uploaded or not, never reads the rest of the server.
+    """
+    return not Path(path).resolve().is_relative_to(Path(root).resolve())
+
+
+def unsafe_name(name: str) -> bool:
+    """True for a file name that is absolute ("/x", "C:/x", "\\\\host\\x") or climbs out with "..": it would name
+    a file outside the folder it is read from."""
+    posix = name.replace("\\", "/")
+    return posix.startswith("/") or re.match(r"^[A-Za-z]:", posix) is not None or ".." in posix.split("/")
+
+
 def fail_or_warn(error: Exception, skip_bad: bool) -> None:
     """Raise `error`, or with skip_bad warn that its item is skipped."""
     if not skip_bad:
@@ -138,7 +155,17 @@ def fail_or_warn(error: Exception, skip_bad: bool) -> None:
     warnings.warn(f"skipped: {error}", LabelWarning, stacklevel=4)
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files directly in `folder` (suffix in IMAGE_SUFFIXES, not hidden), sorted by name."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+def image_files(folder: Path, root: Path | None = None) -> list[Path]:
+    """Image files directly in `folder` (suffix in IMAGE_SUFFIXES, not hidden), sorted by name.
+
+    root: the data set folder they must lie in (default: `folder`); a link to a file elsewhere raises
+    LabelError, whatever skip_bad says (see `is_outside`).
+    """
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    root = folder if root is None else root
+    for path in files:
+        if is_outside(path, root):
+            raise LabelError(path.relative_to(root.parent), "is a link to a file outside the data set's folder; "
+                                                             "copy the file itself into the folder.")
+    return files

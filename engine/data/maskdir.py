@@ -12,10 +12,10 @@ from engine.images import image_size
 def mask_folder_items(folder: Path, skip_bad: bool) -> tuple[list[Item], list[MaskFileLabel]]:
     images_dir, masks_dir = folder / "images", folder / "masks"
     masks = {}
-    for mask_path in sorted(image_files(masks_dir), key=lambda p: p.suffix.lower() != ".png"):
+    for mask_path in sorted(image_files(masks_dir, folder), key=lambda p: p.suffix.lower() != ".png"):
         masks.setdefault(mask_path.stem, mask_path)  # a .png wins when several files share the stem
     items, labels = [], []
-    for image_path in image_files(images_dir):
+    for image_path in image_files(images_dir, folder):
         stem = image_path.stem
         mask_path = masks.get(stem) or masks.get(f"{stem}_mask")
         try:

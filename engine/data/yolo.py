@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from engine.data.labels import Item, ShapeLabel, clip_normalised, fail_or_warn, image_files, polygon_points
+from engine.data.labels import (Item, ShapeLabel, clip_normalised, fail_or_warn, image_files, is_outside,
+                                polygon_points)
 from engine.errors import LabelError, LabelWarning
 
 
@@ -98,8 +99,12 @@ def yolo_items(folder: Path, skip_bad: bool, classes: frozenset[int] | None) -> 
     images_dir, labels_dir = folder / "images", folder / "labels"
     label_files = {p.stem: p for p in labels_dir.iterdir()
                    if p.is_file() and p.suffix.lower() == ".txt" and not p.name.startswith(".")}
+    for label_path in label_files.values():
+        if is_outside(label_path, folder):
+            raise LabelError(label_path.relative_to(folder.parent), "is a link to a file outside the data set's "
+                                                                   "folder; copy the file itself into the folder.")
     items, labels, seen = [], [], set()
-    for image_path in image_files(images_dir):
+    for image_path in image_files(images_dir, folder):
         stem = image_path.stem
         label_path = label_files.get(stem)
         try:

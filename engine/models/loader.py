@@ -17,10 +17,10 @@ from engine.paths import CHECKPOINTS_DIR, EXPORT_DIR, STARTER_DIR, is_model_fold
 from engine.segmenter import Segmenter
 
 DEFAULT_THRESHOLD = 0.4
-# What `load_segmenter` runs torch models in unless told otherwise: "auto" = bf16 matmuls where the CPU has
-# native bf16 (AVX-512 BF16 / AMX; ~2.7x faster than fp32 here), else fp32. Chosen because bf16 masks agree
-# with fp32: mean IoU 0.996 on the bundled model (epoch 59) over the 165 valid photos (rule: >= 0.97). Pass
-# precision="fp32" for bit-for-bit reference numbers.
+# What `load_segmenter` runs torch models in unless told otherwise: "auto" = the faster of fp32 and bf16 matmuls
+# as timed on this machine (engine.precision; CPUs differ: bf16 was 2.3x faster on one, 2x slower on another).
+# bf16 is a candidate because its masks agree with fp32: mean IoU 0.996 on the bundled model over the 165 valid
+# photos (rule: >= 0.97). Pass precision="fp32" for bit-for-bit reference numbers.
 DEFAULT_TORCH_PRECISION = "auto"
 PRECISIONS = (None, "auto", "fp32", "bf16", "int8")
 
@@ -32,7 +32,8 @@ def load_segmenter(source: str | os.PathLike = "auto", *, threads: int | None = 
     precision: None for the source's default: `DEFAULT_TORCH_PRECISION` for torch models; for an ONNX export
     the precision it was exported with (int8 when made with --int8 and its masks agreed with fp32, see its
     manifest.json). Or name one: "fp32"; "bf16" (torch only); "int8" (exports made with --int8); "auto"
-    (torch: bf16 where the CPU has native bf16 instructions, else fp32; exports: their default).
+    (torch: the faster of fp32 and bf16 as measured on this machine, see engine.precision; exports: their
+    default).
     threads: onnxruntime's intra-op threads for an export (per session; default all cores). Torch models run
     with the process's torch thread count, which the entry point (CLI, app, benchmark child) sets once.
     """
@@ -76,7 +77,16 @@ def list_models(checkpoints_dir=None, export_dir=None) -> list[tuple[str, str]]:
             if path.resolve() == STARTER_DIR.resolve():
                 continue
             usable = is_onnx_export(path) if kind == "onnx" else (
-                is_model_folder(path) or is_model_folder(path / "best") or is_model_folder(path / "last"))
+                has_weights(path / "best") or has_weights(path / "last") or has_weights(path))
             if usable:
                 choices.append((f"{kind}: {path.name}", str(path)))
     return choices
+
+
+def has_weights(folder: Path) -> bool:
+    """True for a model folder that was saved: config.json beside its weights.
+
+    A run stopped or killed before its first save holds config.json (its TrainConfig) and metrics.jsonl but
+    no best/ or last/ (both are swapped in whole by `save_model_folder`), so it is not offered.
+    """
+    return is_model_folder(folder) and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")))

@@ -171,6 +171,7 @@ def _manifest(seg, model_source, resolved, graphs: dict, folder: Path) -> dict:
         "vision_layers_kept": max(seg.extract_layers) + 1,
         "vision_layers_total": config.vision_config.num_hidden_layers,
         "projection_dim": config.projection_dim,
+        "max_text_tokens": config.text_config.max_position_embeddings,
         "opset": OPSET,
         "exporter": "torch.onnx (TorchScript, dynamo=False)",
         "default_precision": "fp32",

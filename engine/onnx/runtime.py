@@ -179,6 +179,9 @@ class OnnxSegmenter(SegmenterBase):
         self.name = f"{self.folder.name} ({self.backend})"
         self.meta = dict(manifest.get("meta", {}))
         self.extract_layers = list(manifest["extract_layers"])
+        # The text encoder's token limit, when the export recorded it (older exports: no check; onnxruntime
+        # then fails on a too-long prompt with its own message).
+        self.max_text_tokens = manifest.get("max_text_tokens")
         self._activation_names = [o.name for o in self.sessions["vision_encoder"].get_outputs()]
         self._decoder_inputs = [i.name for i in self.sessions["decoder"].get_inputs()]
         self._text_cache: dict[str, np.ndarray] = {}

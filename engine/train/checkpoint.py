@@ -87,6 +87,7 @@ def read_history(run_dir: Path, before_epoch: int) -> list[dict]:
 def model_meta(val, epoch: int, prompts: list[str], run_name: str, image_size: int) -> dict:
     """drywall_qa.json of a checkpoint: the calibrated threshold(s), the prompts, the epoch's val scores."""
     return {"threshold": val.threshold, "prompts": prompts, "thresholds": val.thresholds,
+            "presence_thresholds": val.presence_thresholds,
             "val": {p: {k: r[k] for k in ("miou", "dice", "best_miou")} for p, r in val.val.items()},
             "epoch": epoch, "run": run_name, "image_size": image_size}
 

@@ -15,11 +15,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from engine.calibrate import PromptCalibration, calibrate_model
 from engine.errors import TrainingStopped
 from engine.evaluate import best_threshold, evaluate
 from engine.paths import in_repo
@@ -260,13 +261,16 @@ def train_one_epoch(epoch: int, order: list[Pair], step: Callable[[Sequence[Pair
 class Validation:
     """One epoch's validation. val: prompt -> miou, dice, best_threshold, best_miou, precision, recall;
     threshold: the model's default threshold; score: the mean per-image mIoU at it (what selects the epoch);
-    thresholds: prompt -> its own best threshold; val_loss: None without validation images."""
+    thresholds / presence_thresholds: prompt -> its own calibrated pixel / presence threshold (see
+    engine.calibrate: absent photos of the other sets count as empty ground truth); val_loss: None without
+    validation images."""
 
     val: dict
     val_loss: float | None
     threshold: float
     score: float
     thresholds: dict
+    presence_thresholds: dict = field(default_factory=dict)
 
 
 def mean_sweep(sweeps: list[dict]) -> dict:
@@ -278,7 +282,8 @@ def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig) -> Valida
     """Per-set evaluation with engine.evaluate (the same code as `engine evaluate`) plus the val loss.
 
     One default threshold for the model: the best mean (over sets) of the first prompt's per-image mIoU,
-    swept on the valid split, or on the first train photos with calibrate_on="train" (see `calibrate`).
+    swept on the valid split, or on the first train photos with calibrate_on="train". Per prompt, `calibrate`
+    picks the pixel and presence thresholds on the same split, absent concepts counted.
     """
     model = trainee.model
     model.eval()
@@ -295,16 +300,17 @@ def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig) -> Valida
             sweeps.append(report.prompts[s.prompts[0]].sweep)
             losses += [_val_loss(seg, trainee.processor, image, mask, s.prompts[0], cfg) for image, mask in
                        (s.val[i] for i in range(len(s.val)))]
-        calibration = calibrate(seg, sets, cfg.calibration_images) if cfg.calibrate_on == "train" else None
+        calibration = calibrate(seg, sets, cfg.calibration_images, split=cfg.calibrate_on)
     model.train()
     swept = mean_sweep(sweeps)
     threshold, score = best_threshold(swept)
-    thresholds = {p: r["best_threshold"] for p, r in results.items()}
-    if calibration is not None:  # scored on the valid split at the threshold the train photos chose
-        threshold = best_threshold(mean_sweep([sw for sw, _ in calibration.values()]))[0]
+    if cfg.calibrate_on == "train":  # scored on the valid split at the threshold the train photos chose
+        firsts = [calibration[s.prompts[0]].sweep for s in sets if s.prompts[0] in calibration]
+        threshold = best_threshold(mean_sweep(firsts))[0]
         score = swept.get(threshold, 0.0)
-        thresholds = {p: t for _, prompt_thresholds in calibration.values() for p, t in prompt_thresholds.items()}
-    return Validation(results, float(np.mean(losses)) if losses else None, threshold, score, thresholds)
+    thresholds = {p: c.threshold for p, c in calibration.items()}
+    presence = {p: c.presence_threshold for p, c in calibration.items()}
+    return Validation(results, float(np.mean(losses)) if losses else None, threshold, score, thresholds, presence)
 
 
 def _val_loss(seg: Segmenter, processor, image, mask, prompt: str, cfg: TrainConfig) -> float:
@@ -316,12 +322,13 @@ def _val_loss(seg: Segmenter, processor, image, mask, prompt: str, cfg: TrainCon
                                    dice=cfg.dice_weight, focal=cfg.focal_weight))
 
 
-def calibrate(seg: Segmenter, sets: list[TrainSet], n_images: int) -> dict[str, tuple[dict, dict]]:
-    """Per set path: (first prompt's threshold sweep, {prompt: that sweep's best threshold}) on its first
-    n_images train photos. One prompt per set keeps it cheap; its synonyms share the threshold."""
-    out = {}
-    for s in sets:
-        subset = s.train.subset(range(min(len(s.train), n_images)))
-        result = evaluate(seg, subset, [s.prompts[0]], threshold=0.5, progress=False).prompts[s.prompts[0]]
-        out[s.spec.path] = (result.sweep, {p: result.best_threshold for p in s.prompts})
-    return out
+def calibrate(seg: Segmenter, sets: list[TrainSet], n_images: int, split: str = "train") -> dict[str, PromptCalibration]:
+    """{prompt: PromptCalibration} from each set's first n_images photos of `split` ("train" or "valid"), the
+    other sets' photos counted as absent (engine.calibrate.calibrate_model). One prompt per set keeps it
+    cheap; its synonyms share its thresholds. Sets without photos in `split` are left out."""
+    pairs = [(s.train if split == "train" else s.val, s) for s in sets]
+    pairs = [(ds, s) for ds, s in pairs if ds is not None and len(ds) > 0]
+    if not pairs:
+        return {}
+    picked = calibrate_model(seg, [(ds, [s.prompts[0]]) for ds, s in pairs], n_images)
+    return {p: picked[s.prompts[0]] for _, s in pairs for p in s.prompts}

@@ -1,0 +1,144 @@
+"""Per-prompt thresholds that keep absent-concept false alarms low: `calibrate_model` and `write_thresholds`.
+
+For each prompt this picks a pixel threshold t and a presence threshold tau (see `engine.prediction`) that
+maximise the mean per-photo IoU over the prompt's own photos *and* the other sets' photos, where the concept is
+absent: there an empty prediction scores IoU 1 and anything else 0. Own photos score the usual IoU at t, or,
+when the prompt is not found (presence < tau), the IoU of an empty mask (1 on a photo with nothing labelled,
+else 0). So a threshold that marks the salient line whatever the prompt says pays for it on the other sets.
+
+Training calls it at every validation (engine/train/loop.py `calibrate`); `python -m engine calibrate` runs it
+on a saved model and rewrites its drywall_qa.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from engine.evaluate import best_threshold
+from engine.fileio import atomic_write_json
+from engine.metrics import THRESHOLDS, iou, sweep_counts
+from engine.paths import META_FILE
+
+#: Presence thresholds tried: the pixel grid, then finer steps near 1 where a salient-line model's presence sits.
+PRESENCE_GRID = np.round(np.concatenate([THRESHOLDS, [0.97, 0.98, 0.99, 0.995, 0.999]]), 3)
+
+
+@dataclass
+class PromptCalibration:
+    """One prompt's picked thresholds and the score they reach (mean IoU over own + absent photos)."""
+
+    threshold: float
+    presence_threshold: float
+    score: float
+    n_own: int
+    n_absent: int
+    sweep: dict[float, float]  # pixel threshold -> mean IoU on own photos, ungated (what evaluate's sweep gives)
+
+
+@dataclass
+class _Gathered:
+    """Per photo: own photos' IoU at each pixel threshold (n, T), presence, empty label; absent photos'
+    raw max probability and presence."""
+
+    own_iou: list
+    own_presence: list
+    own_empty: list
+    absent_max: list
+    absent_presence: list
+
+
+def pick_thresholds(own_iou: np.ndarray, own_presence: np.ndarray, own_empty: np.ndarray, absent_max: np.ndarray,
+                    absent_presence: np.ndarray, thresholds=THRESHOLDS, presence_grid=PRESENCE_GRID):
+    """The (pixel threshold, presence threshold, score) with the best mean IoU over own + absent photos.
+
+    own_iou: (n, T) IoU at each of `thresholds`; own_presence, own_empty: (n,); absent_max, absent_presence: (m,)
+    (an absent photo scores 1 when its mask is empty: not found, or no pixel reaches the threshold).
+    Ties go to the pixel threshold nearest 0.5, then to the lowest presence threshold (the least gating).
+    """
+    own_iou, thresholds = np.asarray(own_iou, float).reshape(len(own_presence), -1), np.asarray(thresholds, float)
+    own_presence, own_empty = np.asarray(own_presence, float), np.asarray(own_empty, bool)
+    absent_max, absent_presence = np.asarray(absent_max, float), np.asarray(absent_presence, float)
+    n = len(own_presence) + len(absent_max)
+    if n == 0:
+        raise ValueError("no photos to calibrate on; pass sets with images")
+    best = None
+    for tau in presence_grid:
+        own_found = own_presence >= tau  # (n,)
+        own = np.where(own_found[:, None], own_iou, own_empty[:, None].astype(float)).sum(axis=0)  # (T,)
+        absent_found = absent_presence >= tau
+        fired = absent_found[:, None] & (absent_max[:, None] >= thresholds[None, :])  # (m, T)
+        absent = (~fired).sum(axis=0)
+        t, score = best_threshold({float(t): float(v) / n for t, v in zip(thresholds, own + absent)})
+        if best is None or score > best[2] + 1e-12:
+            best = (t, float(tau), score)
+    return best
+
+
+def _gather(segmenter, sets: Sequence[tuple], n_images: int, progress: bool) -> dict[str, _Gathered]:
+    """Run every set's first n_images photos once with all prompts; collect what `pick_thresholds` needs."""
+    every = [p for _, prompts in sets for p in prompts]
+    out = {p: _Gathered([], [], [], [], []) for p in every}
+    for ds, prompts in sets:
+        count = min(len(ds), n_images)
+        for i in tqdm(range(count), desc=f"calibrate {ds.name}", leave=False, disable=not progress, file=sys.stderr):
+            image, gt = ds[i]
+            gt = np.asarray(gt, dtype=bool)
+            maps, presence = segmenter.evaluation_maps(image, every)
+            for p in every:
+                g = out[p]
+                if p in prompts:
+                    g.own_iou.append([iou(*c[:3]) for c in sweep_counts(maps[p], gt, THRESHOLDS)])
+                    g.own_presence.append(presence[p])
+                    g.own_empty.append(not gt.any())
+                else:
+                    g.absent_max.append(float(maps[p].max()))
+                    g.absent_presence.append(presence[p])
+    return out
+
+
+def calibrate_model(segmenter, sets: Sequence[tuple], n_images: int = 100, *,
+                    progress: bool = False) -> dict[str, PromptCalibration]:
+    """{prompt: PromptCalibration} from each set's first n_images photos.
+
+    segmenter: an `engine.segmenter.SegmenterBase` (torch or ONNX); sets: (labelled set, its prompts) pairs, a
+    prompt in one set only; the other sets' photos count as absent for it. Works on a model being trained (the
+    training loop) and on a saved one (`python -m engine calibrate`).
+    """
+    sets = [(ds, [p.strip() for p in prompts]) for ds, prompts in sets]
+    every = [p for _, prompts in sets for p in prompts]
+    if len(set(every)) != len(every):
+        raise ValueError(f"a prompt appears in two sets ({every}); give each set its own prompts")
+    if n_images < 1:
+        raise ValueError(f"n_images must be at least 1, got {n_images}")
+    gathered = _gather(segmenter, sets, n_images, progress)
+    out = {}
+    for p, g in gathered.items():
+        t, tau, score = pick_thresholds(np.asarray(g.own_iou, dtype=float).reshape(len(g.own_presence), -1),
+                                        g.own_presence, g.own_empty, g.absent_max, g.absent_presence)
+        own_iou = np.asarray(g.own_iou, dtype=float).reshape(len(g.own_presence), len(THRESHOLDS))
+        sweep = {float(t): float(v) for t, v in zip(THRESHOLDS, own_iou.mean(axis=0))} if len(own_iou) else {}
+        out[p] = PromptCalibration(t, tau, score, len(g.own_presence), len(g.absent_max), sweep)
+    return out
+
+
+def write_thresholds(model_folder, calibration: dict[str, PromptCalibration], *, source: str = "") -> Path:
+    """Merge the calibration into the folder's drywall_qa.json ("thresholds", "presence_thresholds"), atomically.
+
+    Prompts not calibrated keep their entries; the rest of the file is kept as it is.
+    """
+    path = Path(model_folder) / META_FILE
+    meta = json.loads(path.read_text()) if path.is_file() else {}
+    meta["thresholds"] = {**meta.get("thresholds", {}), **{p: c.threshold for p, c in calibration.items()}}
+    meta["presence_thresholds"] = {**meta.get("presence_thresholds", {}),
+                                   **{p: c.presence_threshold for p, c in calibration.items()}}
+    meta["calibration"] = {"source": source, "score": {p: round(c.score, 4) for p, c in calibration.items()},
+                           "images": {p: [c.n_own, c.n_absent] for p, c in calibration.items()}}
+    atomic_write_json(path, meta)
+    return path
