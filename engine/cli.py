@@ -23,7 +23,8 @@ from engine.images import ImageError, list_images
 from engine.prediction import PREDICTIONS_CSV, write_prediction, write_predictions_csv
 from engine.prompts import parse_data_arg
 from engine.report import report_photo, write_report
-from engine.train import DataSpec, EpochEvent, LogEvent, StepEvent, TrainConfig, make_config
+from engine.train import DataSpec, TrainConfig, make_config
+from engine.train.progress import TrainProgress
 
 # torch, transformers, onnxruntime and the modules built on them (models, training loop, model card, export,
 # benchmarks) load inside the command that needs them, so `--help` and a mistyped argument answer at once.
@@ -49,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_predict, _add_evaluate, _add_calibrate, _add_train, _add_export, _add_push, _add_benchmark):
+        add(sub)
+    return parser
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment photos for one or more prompts and write mask PNGs",
                        description="Segment photos and write one mask PNG per (photo, prompt), named "
                                    "{image_id}__{prompt_slug}.png, values 0/255, at the photo's displayed size.")
@@ -64,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write an HTML report (one row per photo, an overlay thumbnail per prompt, totals "
                         "per prompt; self-contained, opens offline), e.g. --report report.html")
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="per-prompt IoU, Dice, precision, recall on a labelled set",
                        description="Evaluate a model on a labelled set (YOLOv8 export or split folder, COCO JSON, "
                                    "or images/ + masks/) and print a table; --json writes the same numbers.")
@@ -84,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "int8"],
                    help="fp32 (default: the same scores on every CPU), auto, bf16 (torch), int8 (exports made with --int8)")
 
+
+def _add_calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="set a model's per-prompt thresholds on train photos, absent concepts counted",
                        description="Pick each prompt's pixel and presence threshold on the sets' train photos, "
                                    "counting the other sets' photos as absent concepts (an empty mask there scores "
@@ -95,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=100, help="photos per set (the first N; default: 100)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="fine-tune (or train from scratch) on labelled sets",
                        description="Train a CLIPSeg model. Each --data is PATH=prompt1,prompt2 (synonyms).")
     p.add_argument("--data", action="append", default=[], metavar="PATH=PROMPTS",
@@ -110,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other TrainConfig field, e.g. --set patience=3 --set amp=false")
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a model to ONNX (fp32, or int8 with --int8)",
                        description="Export the text encoder, vision encoder and decoder to ONNX, check parity "
                                    "against torch in onnxruntime, and write manifest.json.")
@@ -117,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder, e.g. export/starter")
     p.add_argument("--int8", action="store_true", help="also quantize the encoders to int8 (dynamic)")
 
+
+def _add_push(sub) -> None:
     p = sub.add_parser("push", help="push a training run to the Hugging Face Hub as a model repo with its card",
                        description="Upload a run's best model as a Hugging Face folder (weights, tokenizer, "
                                    "drywall_qa.json, a model card with model-index metrics, metrics.jsonl, "
@@ -126,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", required=True, help="the Hub repo id, e.g. your-name/drywall-cracks")
     p.add_argument("--private", action="store_true", help="create the repo private (default: public)")
 
+
+def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="measure inference (or --train: training) speed side by side",
                        description="Side-by-side timings in one run on the full-size rd64-refined architecture "
                                    "with random weights (unless --model gives local real weights), 352x352, 2 threads.")
@@ -134,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="a local model folder to time instead of random weights")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: the benchmark's own)")
-    return parser
 
 
 def cmd_predict(args) -> int:
@@ -302,7 +319,7 @@ def cmd_train(args) -> int:
 
     if cfg.threads:  # --set threads=N; main() set all cores otherwise
         torch.set_num_threads(cfg.threads)
-    with _TrainProgress(cfg.epochs) as progress:
+    with TrainProgress(cfg.epochs) as progress:
         summary = train(cfg, progress, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under data parallelism the first process reports
         if summary.get("best_epoch"):
@@ -326,44 +343,6 @@ def _parse_set(items: list[str]) -> dict:
         except json.JSONDecodeError:
             out[key] = value
     return out
-
-
-class _TrainProgress:
-    """train()'s events on the terminal: a tqdm bar per epoch (and while caching), one line per epoch."""
-
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-        self.bar: tqdm | None = None
-
-    def __enter__(self) -> _TrainProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def __call__(self, e) -> None:
-        if isinstance(e, StepEvent):
-            desc = "caching" if e.caching else f"epoch {e.epoch}/{self.epochs}"
-            if self.bar is None or self.bar.desc != desc:
-                if self.bar is not None:
-                    self.bar.close()
-                self.bar = tqdm(total=e.steps, desc=desc, unit="step", leave=False)
-            self.bar.update(e.step - self.bar.n)
-            if e.loss is not None:
-                self.bar.set_postfix(loss=f"{e.loss:.3f}")
-        elif isinstance(e, EpochEvent):
-            tqdm.write(_epoch_line(e.record))
-        elif isinstance(e, LogEvent):
-            tqdm.write(e.message)
-
-
-def _epoch_line(r: dict) -> str:
-    """One metrics.jsonl row as a line: losses, learning rate, time, and each prompt's IoU."""
-    scores = "  ".join(f"{p}: IoU {v['miou']:.3f} (best {v['best_miou']:.3f} @ {v['best_threshold']:.2f})"
-                       for p, v in r["val"].items())
-    return (f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}  val loss {r['val_loss'] or float('nan'):.4f}  "
-            f"lr {r['lr']:.2e}  {r['seconds']:.0f}s  {scores}")
 
 
 def cmd_export(args) -> int:

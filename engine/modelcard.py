@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from engine.calibrate import MIN_FOUND
 from engine.data import open_dataset
 from engine.evaluate import evaluate_sets
 from engine.fileio import atomic_write_json, atomic_write_text
@@ -94,8 +95,10 @@ def render_card(run_dir, scores: dict) -> str:
             lines.append(f"| {set_name} | {prompt} | {r['n_images']} | {r['miou']:.3f} | {r['dice']:.3f} | "
                          f"{r['precision']:.3f} | {r['recall']:.3f} |")
     lines += _absent_table(scores)
-    lines += ["", "Reproduce a row with `python -m engine evaluate --model checkpoints/drywall-starter --data "
-              "../shared/data/drywall-qa/cracks/valid --prompt \"segment crack\"`.", "",
+    lines += ["", "Reproduce the tables with `python -m engine evaluate --model checkpoints/drywall-starter --data "
+              "../shared/data/drywall-qa/cracks/valid=\"segment crack\" --data "
+              "../shared/data/drywall-qa/joints/valid=\"segment taping area\"` (each prompt at the threshold "
+              "in `best/drywall_qa.json`).", "",
               _honesty(cfg), ""]
     return "\n".join(lines)
 
@@ -128,7 +131,12 @@ def _selection(cfg: dict, summary: dict) -> str:
              else f"Best epoch {summary['best_epoch']} by mean validation IoU")
     source = (f"the first {cfg.get('calibration_images')} train photos of each set" if cfg.get("calibrate_on") == "train"
               else "the validation sets")
-    return f"{epoch}; the threshold was calibrated on {source}."
+    negatives = (f" From {cfg.get('negative_start', 0):.0%} of the run on, {cfg['negative_rate']:.0%} of the samples "
+                 "were absent-concept negatives (a photo with another set's prompt and an empty mask)."
+                 if cfg.get("negative_rate") and len(cfg.get("data", [])) > 1 else "")
+    return (f"{epoch}; each prompt's pixel and presence thresholds were calibrated on {source} (`python -m engine "
+            f"calibrate`: the other sets' photos count as absent concepts, and at least {MIN_FOUND:.0%} of a prompt's own "
+            f"labelled photos stay found).{negatives}")
 
 
 def _honesty(cfg: dict) -> str:

@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from engine.fileio import atomic_write_json
 
 ENV_VAR = "DRYWALL_PRECISION"
@@ -46,8 +48,6 @@ def cache_file() -> Path:
 
 def machine_key(threads: int) -> str:
     """What the decision depends on: the CPU model and flags, the torch version and the thread count."""
-    import torch
-
     cpu, flags = "", ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -76,8 +76,6 @@ def measure(rounds: int = 3) -> tuple[float, float]:
 
     bf16 is timed the way the Segmenter runs it (bf16 weights, inputs cast in, outputs cast back to fp32).
     """
-    import torch
-
     gen = torch.Generator().manual_seed(0)
     mats = [(torch.randn(t, i, generator=gen), torch.randn(o, i, generator=gen)) for t, i, o in SHAPES]
     bf16_weights = [w.to(torch.bfloat16) for _, w in mats]
@@ -111,8 +109,6 @@ def choose_precision(threads: int | None = None, *, path: Path | None = None) ->
         if forced not in CHOICES:
             raise ValueError(f"{ENV_VAR}={forced!r}: use one of {', '.join(CHOICES)} (or unset it to measure).")
         return PrecisionChoice(forced, f"{forced}: set by {ENV_VAR}")
-    import torch
-
     path = path or cache_file()
     key = machine_key(threads or torch.get_num_threads())
     cached = _read(path)

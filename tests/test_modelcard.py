@@ -34,7 +34,8 @@ def test_card_holds_the_run_the_settings_and_the_scores(tmp_path):
     assert "2.5 M parameters, 2.0 MB" in card
     assert "80 epochs, AdamW lr 0.001 (cosine, 2 warm-up epochs)" in card
     assert "10 minutes" in card and "threshold is **0.35**" in card
-    assert "The final epoch (80) is kept; the threshold was calibrated on the first 100 train photos" in card
+    assert ("The final epoch (80) is kept; each prompt's pixel and presence thresholds were calibrated on the "
+            "first 100 train photos") in card
     assert "- `/elsewhere/cracks` (prompts: 'segment crack', 'segment wall crack'): \"cracks-3ii36\"" in card
     assert "| cracks/valid | segment crack | 12 | 0.457 | 0.550 | 0.600 | 0.700 |" in card
     assert "chose nothing (neither the epoch nor the threshold)" in card
@@ -42,6 +43,7 @@ def test_card_holds_the_run_the_settings_and_the_scores(tmp_path):
 
 def test_card_says_when_the_valid_split_chose_the_epoch(tmp_path):
     card = render_card(_run(tmp_path, select="best", calibrate_on="valid"), SCORES)
-    assert "Best epoch 80 by mean validation IoU; the threshold was calibrated on the validation sets." in card
+    assert ("Best epoch 80 by mean validation IoU; each prompt's pixel and presence thresholds were calibrated on "
+            "the validation sets") in card
     assert "these scores are slightly optimistic" in card
     assert ", the valid splits for model selection and the scores below" in card
