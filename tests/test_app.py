@@ -1,7 +1,6 @@
 """app.py: the handlers called directly (no HTTP), then every named endpoint driven with gradio_client against a
 launched server (slow), tiny models throughout."""
 
-import socket
 import time
 import zipfile
 from pathlib import Path
@@ -15,15 +14,11 @@ import app
 from engine.app.views import status_markdown
 from engine.prompts import parse_prompts
 from engine.train import get_job
+from app_helpers import free_port
 
 ENDPOINTS = ["/segment", "/segment_batch", "/train_start", "/train_status", "/train_stop", "/compare", "/export",
              "/download_run", "/push"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ offered, and Compare's gallery images stay small. Tiny random models throughout.
 
 import io
 import json
-import socket
 import zipfile
 from pathlib import Path
 
@@ -16,14 +15,10 @@ from PIL import Image
 import app
 from engine.app.compare import MAX_GALLERY_SIDE
 from engine.train import get_job
+from app_helpers import free_port
 
 pytestmark = pytest.mark.slow
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,7 @@ def served(tmp_path_factory, shared_data):
     demo = app.build_app(checkpoints_dir=checkpoints, export_dir=root / "export", data_root=shared_data,
                          work_dir=root / "work", default_model=models[0],
                          train_overrides={"feature_cache": False, "warmup_epochs": 0, "threads": 1})
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=_free_port(), quiet=True, **app.launch_options())
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **app.launch_options())
     try:
         yield {"client": Client(url, verbose=False), "url": url, "root": root, "models": models, "secret": secret,
                "uploads": root / "work" / "uploads"}

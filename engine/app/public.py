@@ -39,10 +39,9 @@ FOLDER_REFUSED = ("Folders on the server are not available on this public app: t
 class Limits:
     """The caps of public mode; each field is one named setting (its environment variable in `ENV`).
 
-    Training is sized for a CPU Space (16 GB): the issue measured 17.4 GB peak at 704 px, batch 64 and 12+12
-    layers unfrozen. Activations grow with batch x (image_size / 16)^2 tokens x layers with gradients, so
-    352 px (1/4 of the tokens), batch 16 (1/4) and 4 + 4 layers (1/3) stay near 1/40 of that, well under 1 GB
-    above the loaded model, and leave room for a concurrent /segment.
+    Training is sized for a CPU Space (16 GB): at 704 px, batch 64 and 12+12 layers unfrozen a job peaked at
+    17.4 GB; at these caps (352 px, batch 16, 4 + 4 layers) one job on the full-size model peaks at 3.3 GB
+    (tests/test_app_public_memory.py measures it), leaving room for a concurrent /segment.
     """
 
     prompts: int = 8  # prompts per /segment or /compare request, and per training set
