@@ -19,8 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from engine.benchmark import count_flops
 from engine.models import full_size_config, make_random_model_folder
 from engine.paths import SHARED_DATA
 from engine.segmenter import cpu_supports_bf16
@@ -34,9 +34,7 @@ from engine.train.sampling import DecodedImages, cached_batch, image_batch, open
 
 def step_flops(step: Callable[[Sequence], float], pairs: Sequence) -> float:
     """Matmul and convolution FLOPs (forward and backward) of one training step, per image."""
-    with FlopCounterMode(display=False) as counter:
-        step(pairs)
-    return counter.get_total_flops() / len(pairs)
+    return count_flops(lambda: step(pairs)) / len(pairs)
 
 
 def time_steps(step: Callable[[Sequence], float], pairs: Sequence, repeats: int) -> float:

@@ -17,6 +17,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from engine.data import open_dataset
+from engine.distributed import (MERGE_TIMEOUT_S, clear_stale_part, local_world, merge_parts, rank_and_world,
+                                remove_parts, shard, write_part)
 from engine.evaluate import evaluate_sets
 from engine.fileio import atomic_write_json
 from engine.images import ImageError, list_images
@@ -69,6 +71,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--report", default=None, metavar="HTML",
                    help="also write an HTML report (one row per photo, an overlay thumbnail per prompt, totals "
                         "per prompt; self-contained, opens offline), e.g. --report report.html")
+    p.add_argument("--merge-timeout", type=float, default=MERGE_TIMEOUT_S, metavar="SECONDS",
+                   help="under accelerate launch / torchrun: how long rank 0 waits for the other processes' "
+                        f"part files before it merges them (default: {MERGE_TIMEOUT_S:g})")
 
 
 def _add_evaluate(sub) -> None:
@@ -164,14 +169,48 @@ def cmd_predict(args) -> int:
     paths = _unique_images(list_images(args.images))
     if not paths:
         raise ValueError(f"No images found in {' '.join(args.images)} (looked for .jpg, .png, .webp, .bmp, .tif).")
+    # Under accelerate launch / torchrun each process predicts its shard; rank 0 then merges (engine.distributed).
+    rank, world = rank_and_world()
+    out = Path(args.out)
+    if world > 1:
+        clear_stale_part(out, rank)
+        if args.threads is None:  # the processes on one machine share its cores
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world()))
     from engine.models import load_segmenter
 
     segmenter = load_segmenter(args.model, threads=args.threads)
-    warn_unknown_prompts(segmenter, args.prompt)
+    if rank == 0:
+        warn_unknown_prompts(segmenter, args.prompt)
     segmenter.check_prompts(args.prompt)
-    out = Path(args.out)
+    rows, entries, failed = _predict_paths(segmenter, shard(paths, rank, world), args, out,
+                                           "predict" if world == 1 else f"predict rank {rank}/{world}")
+    if world > 1:
+        write_part(out, rank, rows, entries if args.report else None)
+        if rank != 0:
+            return 1 if failed else 0
+        rows, entries = merge_parts(out, world, [str(p) for p in paths], timeout=args.merge_timeout,
+                                    report=bool(args.report))
+        failed = len(paths) - len({row[0] for row in rows})
+    if rows:
+        write_predictions_csv(rows, out / PREDICTIONS_CSV)
+    if args.report and entries:
+        print(f"wrote {write_report(entries, args.report, model=segmenter.name, threshold=_threshold_text(args))}")
+    if world > 1:
+        remove_parts(out, world)
+    print(f"wrote {len(paths) - failed} x {len(args.prompt)} masks and {PREDICTIONS_CSV} to {out} "
+          f"(threshold {_threshold_text(args)}, model {segmenter.name}"
+          + (f", {world} processes)" if world > 1 else ")"))
+    if failed:
+        print(f"{failed} of {len(paths)} images could not be read (see above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _predict_paths(segmenter, paths: list[Path], args, out: Path, desc: str) -> tuple[list[list], list, int]:
+    """Predict `paths` in --batch-size chunks, writing each photo's masks: (CSV rows, report rows, failures)."""
     failed, rows, entries = 0, [], []
-    with tqdm(total=len(paths), desc="predict", unit="img") as bar:
+    with tqdm(total=len(paths), desc=desc, unit="img") as bar:
         for start in range(0, len(paths), args.batch_size):
             for path, pred in _predict_chunk(segmenter, paths[start:start + args.batch_size], args.prompt,
                                              args.threshold):
@@ -184,15 +223,7 @@ def cmd_predict(args) -> int:
                     if args.report:
                         entries.append(report_photo(pred, path, str(path), photo_rows))
                 bar.update(1)
-    if rows:
-        write_predictions_csv(rows, out / PREDICTIONS_CSV)
-    if args.report and entries:
-        print(f"wrote {write_report(entries, args.report, model=segmenter.name, threshold=_threshold_text(args))}")
-    print(f"wrote {len(paths) - failed} x {len(args.prompt)} masks and {PREDICTIONS_CSV} to {out} "
-          f"(threshold {_threshold_text(args)}, model {segmenter.name})")
-    if failed:
-        print(f"{failed} of {len(paths)} images could not be read (see above)", file=sys.stderr)
-    return 1 if failed else 0
+    return rows, entries, failed
 
 
 def _threshold_text(args) -> str:

@@ -312,6 +312,35 @@ def test_predict_writes_a_csv_row_per_photo_and_prompt(tiny_model_dir, valid_pho
             assert not values.any()
 
 
+def test_predict_ranks_write_their_shard_and_rank_0_merges(tiny_model_dir, valid_photos, tmp_path, capsys,
+                                                           monkeypatch):
+    """The ranks of `accelerate launch` run one after the other in this process (RANK / WORLD_SIZE as it sets them)."""
+    out, photos = tmp_path / "masks", valid_photos[:3]
+    argv = ["predict", "--model", tiny_model_dir, "--images", *photos, "--prompt", PROMPTS[0], "--out", out,
+            "--merge-timeout", "5", *THREADS]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0 and stdout == "", err  # rank 1: its shard (the second photo) and its part, nothing printed
+    assert sorted(p.name for p in out.iterdir()) == [f"{photos[1].stem}__segment_crack.png", "predictions.rank1.csv"]
+    monkeypatch.setenv("RANK", "0")
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "wrote 3 x 1 masks" in stdout and "2 processes" in stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{p.stem}__segment_crack.png" for p in photos] + ["predictions.csv"])
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [r["photo"] for r in rows] == [str(p) for p in photos]
+
+
+def test_predict_refuses_a_rank_outside_the_world(valid_photos, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    code, _, err = run_cli(["predict", "--model", tmp_path / "no-model-here", "--images", valid_photos[0],
+                            "--prompt", PROMPTS[0], "--out", tmp_path / "out"], capsys)
+    assert code == 1 and "RANK=2 is outside 0..WORLD_SIZE-1" in err and not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_predict_report_writes_a_self_contained_html_row_per_photo(tiny_model_dir, valid_photos, tmp_path, capsys):
     out, report = tmp_path / "masks", tmp_path / "report.html"
