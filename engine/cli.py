@@ -22,7 +22,7 @@ from engine.distributed import (MERGE_TIMEOUT_S, clear_stale_part, local_world, 
 from engine.evaluate import evaluate_sets
 from engine.fileio import atomic_write_json
 from engine.images import ImageError, list_images
-from engine.prediction import PREDICTIONS_CSV, write_prediction, write_predictions_csv
+from engine.prediction import PREDICTIONS_CSV, predict_chunks, unique_images, write_prediction, write_predictions_csv
 from engine.prompts import parse_data_arg
 from engine.report import report_photo, write_report
 from engine.train import DataSpec, TrainConfig, make_config
@@ -166,7 +166,7 @@ def cmd_predict(args) -> int:
                          "(not a percentage).")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    paths = _unique_images(list_images(args.images))
+    paths = unique_images(list_images(args.images))
     if not paths:
         raise ValueError(f"No images found in {' '.join(args.images)} (looked for .jpg, .png, .webp, .bmp, .tif).")
     # Under accelerate launch / torchrun each process predicts its shard; rank 0 then merges (engine.distributed).
@@ -212,7 +212,7 @@ def _predict_paths(segmenter, paths: list[Path], args, out: Path, desc: str) -> 
     failed, rows, entries = 0, [], []
     with tqdm(total=len(paths), desc=desc, unit="img") as bar:
         for start in range(0, len(paths), args.batch_size):
-            for path, pred in _predict_chunk(segmenter, paths[start:start + args.batch_size], args.prompt,
+            for path, pred in predict_chunks(segmenter, paths[start:start + args.batch_size], args.prompt,
                                              args.threshold):
                 if isinstance(pred, ImageError):
                     failed += 1
@@ -228,41 +228,6 @@ def _predict_paths(segmenter, paths: list[Path], args, out: Path, desc: str) -> 
 
 def _threshold_text(args) -> str:
     return "each prompt's own" if args.threshold is None else f"{args.threshold:.2f}"
-
-
-def _unique_images(paths: list[Path]) -> list[Path]:
-    """`paths` without repeats of one file; two different files with one stem would write the same mask files."""
-    seen: dict[Path, Path] = {}
-    stems: dict[str, Path] = {}
-    for path in paths:
-        key = path.resolve()
-        if key in seen:
-            continue
-        if path.stem in stems:
-            raise ValueError(f"{stems[path.stem]} and {path} would both write {path.stem}__*.png; rename one or "
-                             "run them with different --out folders.")
-        seen[key], stems[path.stem] = path, path
-    return list(seen.values())
-
-
-def _predict_chunk(segmenter, paths: list[Path], prompts: list[str], threshold: float | None):
-    """Yield (path, Prediction) for each path, or (path, the ImageError) for one that cannot be read.
-
-    One forward pass for the whole chunk; when a photo in it cannot be read, the photos are run one by one, so
-    the readable ones still get their masks.
-    """
-    try:
-        yield from zip(paths, segmenter.prediction_batch(paths, prompts, threshold=threshold))
-        return
-    except ImageError:
-        pass
-    for path in paths:
-        try:
-            pred = segmenter.prediction(path, prompts, threshold=threshold)
-        except ImageError as exc:
-            yield path, exc
-        else:
-            yield path, pred
 
 
 def cmd_evaluate(args) -> int:

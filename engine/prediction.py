@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.errors import ImageError
 from engine.fileio import atomic_write_bytes, atomic_write_text
 from engine.masks import mask_filename
 
@@ -198,3 +199,38 @@ def write_predictions_csv(rows: list[list], path) -> Path:
     writer.writerow(CSV_HEADER)
     writer.writerows(rows)
     return atomic_write_text(Path(path), buffer.getvalue())
+
+
+def unique_images(paths: list[Path]) -> list[Path]:
+    """`paths` without repeats of one file; two different files with one stem would write the same mask files."""
+    seen: dict[Path, Path] = {}
+    stems: dict[str, Path] = {}
+    for path in paths:
+        key = path.resolve()
+        if key in seen:
+            continue
+        if path.stem in stems:
+            raise ValueError(f"{stems[path.stem]} and {path} would both write {path.stem}__*.png; rename one or "
+                             "run them with different --out folders.")
+        seen[key], stems[path.stem] = path, path
+    return list(seen.values())
+
+
+def predict_chunks(segmenter, paths: list[Path], prompts: list[str], threshold: float | None):
+    """For `python -m engine predict` (a chunk of --batch-size photos): yield (path, Prediction) for each path, or (path, the ImageError) for one that cannot be read.
+
+    One forward pass for the whole chunk; when a photo in it cannot be read, the photos are run one by one, so
+    the readable ones still get their masks.
+    """
+    try:
+        yield from zip(paths, segmenter.prediction_batch(paths, prompts, threshold=threshold))
+        return
+    except ImageError:
+        pass
+    for path in paths:
+        try:
+            pred = segmenter.prediction(path, prompts, threshold=threshold)
+        except ImageError as exc:
+            yield path, exc
+        else:
+            yield path, pred
