@@ -241,6 +241,16 @@ def test_train_to_the_end(served):
     _, masks, _ = client.predict(handle_file(str(photo)), "segment crack", str(run_dir), 0.5, api_name="/segment")
     assert Path(masks[0]).name == "wall_01_crack__segment_crack.png"
 
+    # Trained in the app, kept as a zip: /download_run gives a Hugging Face folder that transformers loads.
+    from transformers import CLIPSegForImageSegmentation
+
+    zip_path = client.predict(str(run_dir), api_name="/download_run")
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(served["root"] / "downloaded")
+    folder = next(p.parent for p in (served["root"] / "downloaded").rglob("model.safetensors"))
+    model = CLIPSegForImageSegmentation.from_pretrained(folder)
+    assert model.config.vision_config.image_size == 64 and (folder / "README.md").is_file()
+
 
 @pytest.mark.slow
 def test_stop_a_run_mid_way(served):
