@@ -23,6 +23,7 @@ from engine.evaluate import evaluate_sets
 from engine.fileio import atomic_write_json
 from engine.images import ImageError, list_images
 from engine.prediction import PREDICTIONS_CSV, predict_chunks, unique_images, write_prediction, write_predictions_csv
+from engine.paths import in_repo
 from engine.prompts import parse_data_arg
 from engine.report import report_photo, write_report
 from engine.train import DataSpec, TrainConfig, make_config
@@ -319,7 +320,7 @@ def cmd_train(args) -> int:
         summary = train(cfg, progress, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under data parallelism the first process reports
         if summary.get("best_epoch"):
-            print(f"model card: {write_card(summary['run_dir'], threads=cfg.threads)}")
+            print(f"model card: {write_card(in_repo(summary['run_dir']), threads=cfg.threads)}")
         print(f"{'finished' if summary.get('finished') else 'stopped'}: best epoch {summary.get('best_epoch')} "
               f"(score {summary.get('best_score', 0):.3f}), run folder {summary.get('run_dir')}")
     return 0

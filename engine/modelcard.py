@@ -17,7 +17,7 @@ from engine.data import open_dataset
 from engine.evaluate import evaluate_sets
 from engine.fileio import atomic_write_json, atomic_write_text
 from engine.models import load_segmenter
-from engine.paths import REPO_ROOT
+from engine.paths import in_repo, portable
 
 ATTRIBUTION = {
     "cracks": '"cracks-3ii36" by 10xConstruction (Roboflow Universe; re-export vaibhav-tiwari/cracks-3ii36-ggtdw), '
@@ -35,7 +35,7 @@ def evaluate_run(run_dir, threads: int | None = None) -> dict:
     segmenter = load_segmenter(run_dir, threads=threads, precision="fp32")
     sets = []
     for spec in cfg["data"]:
-        root = Path(spec["path"])
+        root = in_repo(spec["path"])
         split = spec.get("val_split") or "valid"
         dataset = open_dataset(root / split if (root / split).is_dir() else root, prompts=tuple(spec["prompts"]),
                                name=f"{root.name}/{split}")
@@ -46,9 +46,7 @@ def evaluate_run(run_dir, threads: int | None = None) -> dict:
 
 
 def _relative(path: str) -> str:
-    p = Path(path).resolve()
-    shared = REPO_ROOT.parent / "shared"
-    return f"../shared/{p.relative_to(shared)}" if p.is_relative_to(shared) else str(path)
+    return portable(path)
 
 
 def render_card(run_dir, scores: dict) -> str:

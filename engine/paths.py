@@ -31,7 +31,17 @@ MANIFEST_FILE = "manifest.json"  # what marks an ONNX export folder
 def in_repo(path: str | os.PathLike) -> Path:
     """`path` itself when absolute, else relative to the repository root (not the working directory)."""
     path = Path(path)
-    return path if path.is_absolute() else REPO_ROOT / path
+    return path if path.is_absolute() else Path(os.path.normpath(REPO_ROOT / path))  # "../shared" without ".."
+
+
+def portable(path: str | os.PathLike) -> str:
+    """`path` as it is stored in a run's files: relative to the repository root when it lies in the repository
+    or beside it (../shared/data/...), so a clone elsewhere reads the same; other paths stay absolute.
+    `in_repo` turns it back into a path."""
+    resolved = in_repo(path).resolve()
+    if resolved.is_relative_to(REPO_ROOT.resolve().parent):
+        return os.path.relpath(resolved, REPO_ROOT.resolve())
+    return str(path)
 
 
 def is_onnx_export(path: str | os.PathLike) -> bool:

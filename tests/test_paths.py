@@ -35,3 +35,13 @@ def test_default_prompts_are_the_sets_prompts_in_order():
     assert DEFAULT_PROMPTS == (*DEFAULT_SETS["cracks"], *DEFAULT_SETS["joints"])
     assert DEFAULT_PROMPTS[0] == "segment crack"
     assert STARTER_DIR.parent.parent == REPO_ROOT
+
+
+def test_portable_paths_are_relative_to_the_repo_and_read_back():
+    from engine.paths import REPO_ROOT, in_repo, portable
+
+    shared = REPO_ROOT.parent / "shared" / "data" / "drywall-qa" / "cracks"
+    assert portable(shared) == "../shared/data/drywall-qa/cracks"
+    assert portable(REPO_ROOT / "checkpoints" / "run-1") == "checkpoints/run-1"
+    assert portable("/etc/elsewhere") == "/etc/elsewhere"
+    assert in_repo(portable(shared)).resolve() == shared.resolve()

@@ -54,3 +54,16 @@ def test_config_json_reads_back(tmp_path):
 def test_run_folder_is_relative_to_the_repo(tmp_path):
     assert run_folder(make_config(None, out="checkpoints/x")) == REPO_ROOT / "checkpoints" / "x"
     assert run_folder(make_config(None, out=str(tmp_path))) == tmp_path
+
+
+def test_saved_config_stores_data_roots_relative_to_the_repo(tmp_path, shared_data):
+    import json
+
+    from engine.train import config_from_json, make_config
+    from engine.train.checkpoint import start_run_folder
+
+    cfg = make_config("quick", out=str(tmp_path / "run"))
+    start_run_folder(tmp_path / "run", cfg)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert [d["path"] for d in saved["data"]] == ["../shared/data/drywall-qa/cracks", "../shared/data/drywall-qa/joints"]
+    assert [d.path for d in config_from_json(tmp_path / "run" / "config.json").data] == [d.path for d in cfg.data]

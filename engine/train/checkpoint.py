@@ -18,6 +18,7 @@ import torch
 
 from engine.fileio import append_line, atomic_write_json, read_jsonl
 from engine.models import save_model_folder
+from engine.paths import portable
 from engine.train.config import TrainConfig, config_from_json
 from engine.train.model import Trainee
 
@@ -59,7 +60,10 @@ def start_run_folder(run_dir: Path, cfg: TrainConfig) -> None:
     """A fresh run: the folder, config.json (asdict(cfg)), and no metrics.jsonl left from an earlier run."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / METRICS_FILE).unlink(missing_ok=True)
-    atomic_write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    saved = dataclasses.asdict(cfg)
+    for spec in saved["data"]:  # the data roots as a clone elsewhere finds them (config_from_json reads them back)
+        spec["path"] = portable(spec["path"])
+    atomic_write_json(run_dir / "config.json", saved)
 
 
 def resume_config(run_dir: Path, cfg: TrainConfig) -> TrainConfig:
@@ -131,7 +135,7 @@ def run_summary(run_dir: Path, state: RunState, trainee: Trainee, *, finished: b
     """summary.json's content: how the run ended, its best epoch and score, and where and how it ran."""
     amp = trainee.amp_dtype
     summary = {
-        "run": run_dir.name, "run_dir": str(run_dir), "finished": finished,
+        "run": run_dir.name, "run_dir": portable(run_dir), "finished": finished,
         "best_epoch": state.best_epoch, "best_score": state.best_score,
         "best": next((r for r in state.history if r["epoch"] == state.best_epoch), None),
         "epochs_done": len(state.history), "total_seconds": round(seconds, 1),

@@ -138,7 +138,7 @@ def make_config(preset: str | None = None, **overrides) -> TrainConfig:
 def config_from_json(path) -> TrainConfig:
     """The TrainConfig saved as a run's config.json (data entries back to DataSpec, prompts to tuples)."""
     values = json.loads(Path(path).read_text())
-    values["data"] = [DataSpec(d["path"], tuple(d["prompts"]), d.get("train_split", "train"),
+    values["data"] = [DataSpec(str(in_repo(d["path"])), tuple(d["prompts"]), d.get("train_split", "train"),
                                d.get("val_split", "valid")) for d in values["data"]]
     return make_config(None, **values)
 
