@@ -38,9 +38,9 @@ def portable(path: str | os.PathLike) -> str:
     """`path` as it is stored in a run's files: relative to the repository root when it lies in the repository
     or beside it (../shared/data/...), so a clone elsewhere reads the same; other paths stay absolute.
     `in_repo` turns it back into a path."""
-    resolved = in_repo(path).resolve()
-    if resolved.is_relative_to(REPO_ROOT.resolve().parent):
-        return os.path.relpath(resolved, REPO_ROOT.resolve())
+    absolute = Path(os.path.abspath(in_repo(path)))  # links kept: ../shared may be a link to the data
+    if absolute.is_relative_to(REPO_ROOT.parent):
+        return os.path.relpath(absolute, REPO_ROOT)
     return str(path)
 
 
