@@ -194,7 +194,11 @@ def vision_activations(model, pixel_values, extract_layers: Sequence[int]) -> li
     `extract_layers` order: the outputs of those encoder layers (HF's `hidden_states[i + 1]`). Gradients flow
     when the caller allows them (training unfrozen layers).
     """
-    vision = model.clip.vision_model
+    return tower_activations(model.clip.vision_model, pixel_values, extract_layers)
+
+
+def tower_activations(vision, pixel_values, extract_layers: Sequence[int]) -> list:
+    """`vision_activations` on a CLIP vision model itself (e.g. a bf16 copy made for the feature cache)."""
     hidden = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
     wanted = set(extract_layers)
     outputs = {}

@@ -62,3 +62,9 @@ def test_a_job_started_by_another_session_reads_as_read_only():
     assert text.split("\n\n")[1] == NOT_YOURS_TEXT and "only they can stop it" in text
     assert training_view(running, owned=False)[0] == text
     assert status_markdown(JobStatus(), owned=False) == IDLE_TEXT  # nothing to own yet
+
+
+def test_status_markdown_while_caching_counts_views_and_shows_the_cache_eta():
+    text = status_markdown(JobStatus(phase="caching", epochs=8, step=12, steps=256, eta_s=125, message="caching"))
+    assert text.startswith("**Caching** · view 12/256 · ETA of the cache build 2 min 05 s")
+    assert "epoch" not in text.splitlines()[0]

@@ -90,3 +90,15 @@ def test_events_fold_into_the_status():
 def test_a_new_job_is_idle():
     status = TrainingJob().status()
     assert status == JobStatus() and status.phase == "idle" and not status.active
+
+
+def test_the_eta_while_caching_is_the_cache_builds_and_training_gets_its_own():
+    job = TrainingJob()
+    job._eta_origin = {}
+    assert job._eta(StepEvent(0, 4, 100, caching=True), 3) is None  # the first view sets the pace's origin
+    time.sleep(0.05)
+    left = job._eta(StepEvent(0, 14, 100, caching=True), 3)  # 10 views in ~0.05 s: 86 to go
+    assert 0.3 < left < 3.0
+    assert job._eta(StepEvent(1, 1, 10), 3) is None  # training's pace starts afresh
+    s = fold_event(JobStatus(phase="caching"), StepEvent(0, 2, 4, caching=True), eta=lambda e, epochs: 7.0)
+    assert (s.phase, s.eta_s) == ("caching", 7.0)

@@ -38,6 +38,9 @@ def format_eta(seconds: float | None) -> str:
 def _headline(status: JobStatus) -> str:
     """"**Training** · epoch 2/5 · step 3/10 · ETA 2 min 05 s" (the ETA only while the job works)."""
     head = f"**{status.phase.capitalize()}**"
+    if status.phase == "caching":  # before the first epoch: the frozen tower's features, view by view
+        head += f" · view {status.step}/{status.steps}" if status.steps else ""
+        return head + f" · ETA of the cache build {format_eta(status.eta_s)}"
     if status.epochs:
         head += f" · epoch {status.epoch}/{status.epochs}"
     if status.steps:

@@ -52,6 +52,9 @@ class TrainConfig:
     feature_cache: bool = True
     cache_dir: str = FEATURE_CACHE_DIR
     cache_dtype: str = "float16"
+    # The precision the frozen tower runs in while caching: "auto" (the faster of fp32 and bf16 as measured on
+    # this CPU, checked against fp32 on the first photo), "fp32" or "bf16".
+    cache_precision: str = "auto"
     cache_views: int = 4  # K augmented views cached per image (with augment on)
     augment: bool = True
     set_balance: float = 0.5  # sampling weight ∝ len(set) ** set_balance (0: sets equal, 1: by size)
@@ -99,7 +102,7 @@ PRESETS: dict[str, dict] = {
 
 # Settings with a fixed set of values: name -> the values allowed.
 _CHOICES = {"train": ("decoder", "last_n", "all"), "select": ("best", "last"), "calibrate_on": ("valid", "train"),
-            "schedule": ("cosine", "plateau")}
+            "schedule": ("cosine", "plateau"), "cache_precision": ("auto", "fp32", "bf16")}
 
 
 def default_data() -> list[DataSpec]:

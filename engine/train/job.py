@@ -27,7 +27,7 @@ class TrainingJob:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._status = JobStatus()
-        self._eta_origin: tuple[float, int] | None = None
+        self._eta_origin: dict[str, tuple[float, int]] = {}  # phase -> (time, steps done) at its first step
         self._owner: str | None = None
 
     @property
@@ -60,7 +60,7 @@ class TrainingJob:
             self._stop = threading.Event()
             self._owner = owner
             self._status = JobStatus(phase="preparing", epochs=cfg.epochs, run_dir=str(run_dir), started=time.time())
-            self._eta_origin = None
+            self._eta_origin = {}
             self._thread = threading.Thread(target=self._run, args=(cfg, resume, time_limit_s), name="drywall-train",
                                             daemon=True)
             self._thread.start()
@@ -92,14 +92,16 @@ class TrainingJob:
             self._status = fold_event(self._status, e, self._eta)
 
     def _eta(self, e: StepEvent, epochs: int) -> float | None:
-        """Seconds left: the pace of the training steps seen so far in this job (a resumed run too)."""
-        done = (e.epoch - 1) * e.steps + e.step
+        """Seconds left: the pace of the steps seen so far in this job (a resumed run too). While caching, the
+        seconds left of the cache build, at the pace of the views cached so far."""
+        phase = "caching" if e.caching else "training"
+        done, total = (e.step, e.steps) if e.caching else ((e.epoch - 1) * e.steps + e.step, epochs * e.steps)
         now = time.perf_counter()
-        if self._eta_origin is None:
-            self._eta_origin = (now, done)
+        if phase not in self._eta_origin:
+            self._eta_origin[phase] = (now, done)
             return None
-        t0, done0 = self._eta_origin
-        return (now - t0) / max(1, done - done0) * (epochs * e.steps - done) if done > done0 else None
+        t0, done0 = self._eta_origin[phase]
+        return (now - t0) / max(1, done - done0) * (total - done) if done > done0 else None
 
     def stop(self, by: str | None = None) -> None:
         """Ask the job to stop within a step. by: who asks; PermissionError unless the owner (or no owner)."""
@@ -124,7 +126,7 @@ def fold_event(s: JobStatus, e: Event, eta=None) -> JobStatus:
     if isinstance(e, StepEvent):
         s = replace(s, step=e.step, steps=e.steps, epoch=e.epoch or s.epoch)
         if e.caching:
-            s = replace(s, phase="caching")
+            s = replace(s, phase="caching", eta_s=eta(e, s.epochs) if eta is not None else None)
         elif e.epoch and eta is not None:
             s = replace(s, eta_s=eta(e, s.epochs))
     elif isinstance(e, LogEvent):

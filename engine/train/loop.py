@@ -166,7 +166,8 @@ def make_batches(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, rng: 
         features = build_feature_cache(
             trainee.model, trainee.tokenizer, trainee.processor, sets, root=in_repo(cfg.cache_dir),
             image_size=cfg.image_size, dtype=cfg.cache_dtype, device=trainee.device, on_event=on_event, stop=stop,
-            views=cached_views(cfg.cache_views, cfg.seed) if cfg.augment else [IDENTITY])
+            views=cached_views(cfg.cache_views, cfg.seed) if cfg.augment else [IDENTITY],
+            precision=cfg.cache_precision)
         return (lambda pairs: cached_batch(pairs, features, sets, rng, rate())), features.build_seconds
     images = DecodedImages(sets)
     return (lambda pairs: image_batch(pairs, images, trainee.tokenizer, trainee.processor, image_size=cfg.image_size,
