@@ -17,7 +17,6 @@ import socket
 import tempfile
 import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError

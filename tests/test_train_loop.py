@@ -19,8 +19,10 @@ from engine.models import load_clipseg, load_segmenter
 from engine.train import (CheckpointEvent, DataSpec, EpochEvent, FinishedEvent, LogEvent, StepEvent, make_config,
                           train)
 from engine.train.checkpoint import RunState
+from engine.train import features as features_module
+from engine.train.features import ActivationMemo
 from engine.train.loop import (batch_loss, make_batches, make_optimiser, make_step, mean_sweep, step_with_oom_retry,
-                               train_one_epoch)
+                               train_one_epoch, validate)
 from engine.train.model import build_trainee
 from engine.train.sampling import DecodedImages, image_batch, open_sets
 from train_helpers import REPO_ROOT, tiny_cfg  # noqa: F401  (a fixture)
@@ -222,3 +224,25 @@ def test_negatives_carry_another_sets_prompt_and_an_empty_target(tiny_cfg, featu
                 assert float(target.abs().sum()) == 0.0
                 negatives += 1
     assert 10 <= negatives <= 38 and negatives + positives == 48
+
+
+@pytest.mark.slow
+def test_a_frozen_tower_is_run_once_per_validation_photo_and_scores_the_same(tiny_cfg, monkeypatch):
+    cfg = tiny_cfg(feature_cache=True)
+    sets, trainee, _, _, _ = _setup(cfg)
+    plain = validate(trainee, sets, cfg)
+    calls = []
+    real = features_module.Segmenter.vision_activations
+    monkeypatch.setattr(features_module.Segmenter, "vision_activations",
+                        lambda self, pv: calls.append(pv.shape[0]) or real(self, pv))
+    memo = ActivationMemo()
+    first = validate(trainee, sets, cfg, memo)
+    n_first = len(calls)
+    second = validate(trainee, sets, cfg, memo)
+    assert n_first >= 8 and len(calls) == n_first  # the second validation ran the decoder only
+    assert len(memo.items) == n_first and memo.bytes > 0
+    for val in (first, second):
+        assert (val.val, val.val_loss, val.threshold, val.thresholds) == \
+            (plain.val, plain.val_loss, plain.threshold, plain.thresholds)
+    full = ActivationMemo(max_bytes=0)  # past its budget the memo computes and keeps nothing
+    assert torch.equal(full.get(torch.zeros(1), lambda: [torch.ones(3)])[0], torch.ones(3)) and not full.items

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from safetensors.torch import load_file, save
 
 from engine.errors import TrainingStopped
 from engine.fileio import atomic_write_bytes
-from engine.segmenter import normalise, tower_activations
+from engine.segmenter import Segmenter, normalise, tower_activations
 from engine.train.events import Event, LogEvent, PhaseEvent, StepEvent
 
 
@@ -250,3 +249,37 @@ def build_feature_cache(model, tokenizer, processor, sets: Sequence, *, root, im
             tokens = tokenizer([p], return_tensors="pt")
             cond[p] = model.clip.get_text_features(**{k: v.to(device) for k, v in tokens.items()}).pooler_output[0]
     return CachedFeatures(cache, views, digests, cond, len(todo), time.perf_counter() - start, chosen.precision)
+
+
+class ActivationMemo:
+    """Vision activations by pixel content, kept in memory up to `max_bytes` (then no more are added)."""
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.items: dict[str, list[torch.Tensor]] = {}
+
+    def get(self, pixel_values: torch.Tensor, compute: Callable[[], list]) -> list:
+        key = hashlib.sha1(pixel_values.detach().cpu().numpy().tobytes()).hexdigest()
+        found = self.items.get(key)
+        if found is None:
+            found = compute()
+            size = sum(a.numel() * a.element_size() for a in found)
+            if self.bytes + size <= self.max_bytes:
+                self.items[key], self.bytes = found, self.bytes + size
+        return found
+
+
+class FrozenTowerSegmenter(Segmenter):
+    """The Segmenter that validates a run whose vision tower is frozen (the cached mode).
+
+    A photo's activations never change while the tower is frozen, so they are computed at the first epoch's
+    validation and kept in `memo`; later epochs run only the decoder. The memo is keyed by the preprocessed
+    pixels, so every score equals the plain Segmenter's.
+    """
+
+    def __init__(self, *args, memo: ActivationMemo, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.memo = memo
+
+    def vision_activations(self, pixel_values) -> list:
+        return self.memo.get(pixel_values, lambda: super(FrozenTowerSegmenter, self).vision_activations(pixel_values))

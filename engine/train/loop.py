@@ -30,7 +30,8 @@ from engine.train.checkpoint import (Optimiser, RunState, append_metrics, model_
 from engine.train.config import TrainConfig, run_folder
 from engine.train.events import (CheckpointEvent, EpochEvent, Event, FailedEvent, FinishedEvent, LogEvent,
                                  PhaseEvent, StepEvent)
-from engine.train.features import IDENTITY, build_feature_cache, cached_views, render_view
+from engine.train.features import (IDENTITY, ActivationMemo, FrozenTowerSegmenter, build_feature_cache, cached_views,
+                                   render_view)
 from engine.train.losses import segmentation_loss
 from engine.train.model import Trainee, batch_logits, build_trainee, make_accelerator, resolve_device
 from engine.train.sampling import (DecodedImages, Pair, TrainSet, cached_batch, epoch_order, image_batch,
@@ -84,6 +85,8 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
                                           rate=lambda: negative_rate_at(cfg, state.global_step, total_steps))
     step = make_step(trainee, opt, cfg, state, batches, steps_per_epoch=steps_per_epoch, accelerator=accelerator)
 
+    memo = ActivationMemo() if trainee.mode == "cached" else None  # validation's frozen-tower activations
+
     # 2. The epochs.
     trainee.model.train()
     stopped, epoch = False, state.start_epoch - 1
@@ -96,7 +99,7 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
                 order = shard(order, world, accelerator.process_index)
             losses = train_one_epoch(epoch, order, step, state, steps_per_epoch, on_event, stop)
             on_event(PhaseEvent("validating", f"validating epoch {epoch}", epoch))
-            val = validate(trainee, sets, cfg)
+            val = validate(trainee, sets, cfg, memo)
             lr = opt.optimizer.param_groups[0]["lr"]
             if opt.plateau is not None:
                 opt.plateau.step(val.score)
@@ -279,16 +282,22 @@ def mean_sweep(sweeps: list[dict]) -> dict:
     return {t: float(np.mean([sw[t] for sw in sweeps])) for t in sweeps[0]} if sweeps else {0.5: 0.0}
 
 
-def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig) -> Validation:
+def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: ActivationMemo | None = None
+             ) -> Validation:
     """Per-set evaluation with engine.evaluate (the same code as `engine evaluate`) plus the val loss.
 
     One default threshold for the model: the best mean (over sets) of the first prompt's per-image mIoU,
     swept on the valid split, or on the first train photos with calibrate_on="train". Per prompt, `calibrate`
     picks the pixel and presence thresholds on the same split, absent concepts counted.
+    memo: with a frozen vision tower, the run's ActivationMemo (photos' activations kept between epochs).
     """
     model = trainee.model
     model.eval()
-    seg = Segmenter(model, trainee.tokenizer, trainee.processor, threads=cfg.threads, device=str(trainee.device))
+    if memo is not None:  # the tower is frozen: its activations are computed at the first validation only
+        seg = FrozenTowerSegmenter(model, trainee.tokenizer, trainee.processor, threads=cfg.threads,
+                                   device=str(trainee.device), memo=memo)
+    else:
+        seg = Segmenter(model, trainee.tokenizer, trainee.processor, threads=cfg.threads, device=str(trainee.device))
     results, losses, sweeps = {}, [], []
     with torch.inference_mode():
         for s in sets:
