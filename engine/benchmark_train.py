@@ -4,7 +4,11 @@ Full-size rd64-refined architecture with random weights, 352x352, fp32 (and bf16
 native bf16), real photos from ../shared. Both ways run the training loop's own step (`engine.train.loop.make_step`)
 on one model, side by side in one process, interleaved so drift in machine load hits both alike; each figure
 is the best of two rounds. FLOPs are counted with torch's FlopCounterMode (matmuls and convolutions,
-forward and backward).
+forward and backward); each way's GFLOP/s is also given as a share of this machine's fp32 matmul peak, measured
+in the same run (`engine.benchmark.torch_matmul_gflops`).
+
+`end_to_end` times a whole job from "Train" to a saved model, both ways, through `engine.train.train` itself:
+the cached way's cache build, validation and checkpoints included.
 """
 
 from __future__ import annotations
@@ -20,14 +24,15 @@ from pathlib import Path
 
 import torch
 
-from engine.benchmark import count_flops
+from engine.benchmark import count_flops, torch_matmul_gflops
 from engine.models import full_size_config, make_random_model_folder
 from engine.paths import SHARED_DATA
 from engine.segmenter import cpu_supports_bf16
 from engine.train.checkpoint import RunState
+from engine.fileio import read_jsonl
 from engine.train.config import DataSpec, make_config
 from engine.train.features import IDENTITY, build_feature_cache
-from engine.train.loop import make_optimiser, make_step
+from engine.train.loop import make_optimiser, make_step, train
 from engine.train.model import build_trainee, resolve_device
 from engine.train.sampling import DecodedImages, cached_batch, image_batch, open_sets
 
@@ -46,10 +51,48 @@ def time_steps(step: Callable[[Sequence], float], pairs: Sequence, repeats: int)
     return (time.perf_counter() - start) / (repeats * len(pairs))
 
 
-def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int = 8, batch_size: int = 4) -> dict:
+def end_to_end(threads: int = 2, n_images: int = 64, epochs: int = 8, n_val: int = 16, image_size: int = 352) -> dict:
+    """Wall seconds from "Train" to a saved model, the plain way against the cached way, in one run.
+
+    The job: `n_images` training photos and `n_val` validation photos, half from each of ../shared's two sets
+    (so negatives are in), `epochs` epochs, every other setting the default (views, batch size, validation and
+    checkpoints each epoch), the full-size architecture with random weights. Each way runs `engine.train.train`
+    itself; the cached way starts from an empty feature cache, so its build is part of its time.
+    """
+    torch.set_num_threads(threads)
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = make_random_model_folder(Path(tmp) / "model", full_size_config())
+        for way in ("cached", "plain"):
+            cfg = make_config(None, model=str(model_dir), out=str(Path(tmp) / way), cache_dir=str(Path(tmp) / "cache"),
+                              feature_cache=way == "cached", max_train_images=n_images // 2,
+                              max_val_images=n_val // 2, epochs=epochs, image_size=image_size, threads=threads,
+                              patience=0)
+            start = time.perf_counter()
+            summary = train(cfg)
+            seconds = time.perf_counter() - start
+            epochs_s = [row["seconds"] for row in read_jsonl(Path(cfg.out) / "metrics.jsonl")]
+            runs[way] = {"s": seconds, "summary": summary, "epoch_s": epochs_s}
+    plain, cached = runs["plain"], runs["cached"]
+    return {"plain_s": plain["s"], "cached_s": cached["s"], "speedup": plain["s"] / cached["s"],
+            "cache_build_s": cached["summary"].get("cache_build_seconds"),
+            "cache_precision": cached["summary"].get("cache_precision"),
+            "cache_views_built": cached["summary"].get("cache_views_built"),
+            # each epoch's training + validation + checkpoint seconds (metrics.jsonl)
+            "plain_epoch_s": plain["epoch_s"], "cached_epoch_s": cached["epoch_s"],
+            # the rest of each way's time: loading the model and data, and writing checkpoints
+            "plain_other_s": plain["s"] - sum(plain["epoch_s"]),
+            "cached_other_s": cached["s"] - sum(cached["epoch_s"]) - (cached["summary"].get("cache_build_seconds") or 0),
+            "images": n_images, "val_images": n_val, "epochs": epochs, "views": cfg.cache_views,
+            "batch_size": cfg.batch_size, "image_size": image_size}
+
+
+def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int = 8, batch_size: int = 4,
+                    end_to_end_job: dict | None = None) -> dict:
     """Seconds per training image: HF's plain forward every step vs the feature cache (decoder-only training).
 
-    threads: CPU threads (set here: the benchmark is an entry point). Returns the JSON report (see the module doc).
+    threads: CPU threads (set here: the benchmark is an entry point). end_to_end_job: overrides of `end_to_end`'s
+    job (tests make it small). Returns the JSON report (see the module doc).
     """
     repeats = repeats or 3
     torch.set_num_threads(threads)
@@ -99,5 +142,10 @@ def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int 
                                    "cached_s_per_image": best[("bf16", "cached")],
                                    "speedup": best[("bf16", "plain")] / best[("bf16", "cached")],
                                    "cached_speedup_vs_fp32_plain": plain / best[("bf16", "cached")]}
+    peak = torch_matmul_gflops(torch.float32)
+    result["fp32_peak_gflops"] = peak
+    result["cached_peak_share"] = result["cached_gflop_per_s"] / peak
+    result["plain_peak_share"] = result["plain_gflop_per_s"] / peak
+    result["end_to_end"] = end_to_end(threads, **(end_to_end_job or {}))
     return {**result, "threads": threads, "image_size": 352, "batch_size": batch_size,
             "images": n_images, "repeats": repeats, "architecture": "CIDAS/clipseg-rd64-refined (random weights)"}

@@ -131,7 +131,7 @@ def restore_state(run_dir: Path, opt: Optimiser, state: RunState) -> None:
 
 
 def run_summary(run_dir: Path, state: RunState, trainee: Trainee, *, finished: bool, seconds: float,
-                processes: int, cache_build_s: float | None = None) -> dict:
+                processes: int, cache=None) -> dict:
     """summary.json's content: how the run ended, its best epoch and score, and where and how it ran."""
     amp = trainee.amp_dtype
     summary = {
@@ -143,8 +143,10 @@ def run_summary(run_dir: Path, state: RunState, trainee: Trainee, *, finished: b
         "mode": trainee.mode, "trained_parameters": trainee.n_trainable, "processes": processes,
         "torch": torch.__version__, "source_model": trainee.source, "log": state.log,
     }
-    if cache_build_s is not None:
-        summary["cache_build_seconds"] = round(cache_build_s, 2)
+    if cache is not None:  # the run trained from a feature cache (engine.train.features.CachedFeatures)
+        summary["cache_build_seconds"] = round(cache.build_seconds, 2)
+        summary["cache_views_built"] = cache.built_views
+        summary["cache_precision"] = cache.precision
     return summary
 
 

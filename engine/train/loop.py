@@ -30,8 +30,8 @@ from engine.train.checkpoint import (Optimiser, RunState, append_metrics, model_
 from engine.train.config import TrainConfig, run_folder
 from engine.train.events import (CheckpointEvent, EpochEvent, Event, FailedEvent, FinishedEvent, LogEvent,
                                  PhaseEvent, StepEvent)
-from engine.train.features import (IDENTITY, ActivationMemo, FrozenTowerSegmenter, build_feature_cache, cached_views,
-                                   render_view)
+from engine.train.features import (IDENTITY, ActivationMemo, CachedFeatures, FrozenTowerSegmenter, build_feature_cache,
+                                   cached_views, render_view)
 from engine.train.losses import segmentation_loss
 from engine.train.model import Trainee, batch_logits, build_trainee, make_accelerator, resolve_device
 from engine.train.sampling import (DecodedImages, Pair, TrainSet, cached_batch, epoch_order, image_batch,
@@ -81,7 +81,7 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
     if cfg.negative_rate > 0 and len(sets) == 1:
         note(state, on_event, "one data set: no absent-concept negatives (they pair a photo with another set's prompt)")
     total_steps = steps_per_epoch * cfg.epochs
-    batches, cache_build_s = make_batches(trainee, sets, cfg, state.rng, on_event, stop,
+    batches, cache = make_batches(trainee, sets, cfg, state.rng, on_event, stop,
                                           rate=lambda: negative_rate_at(cfg, state.global_step, total_steps))
     step = make_step(trainee, opt, cfg, state, batches, steps_per_epoch=steps_per_epoch, accelerator=accelerator)
 
@@ -120,7 +120,7 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
                                     meta=meta, state=training_state(opt, state, epoch) if folder == "last" else None)
                     on_event(CheckpointEvent(epoch, str(run_dir / folder)))
                 write_summary(run_dir, run_summary(run_dir, state, trainee, finished=False, processes=world,
-                                                   seconds=time.perf_counter() - start, cache_build_s=cache_build_s))
+                                                   seconds=time.perf_counter() - start, cache=cache))
             if accelerator is not None:
                 accelerator.wait_for_everyone()
             on_event(EpochEvent(epoch, record))
@@ -130,7 +130,7 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
     except TrainingStopped:
         stopped = True
     summary = run_summary(run_dir, state, trainee, finished=not stopped, processes=world,
-                          seconds=time.perf_counter() - start, cache_build_s=cache_build_s)
+                          seconds=time.perf_counter() - start, cache=cache)
     if is_main:
         write_summary(run_dir, summary)
     on_event(FinishedEvent(epoch, summary, stopped=stopped))
@@ -158,8 +158,9 @@ def make_optimiser(trainee: Trainee, cfg: TrainConfig) -> Optimiser:
 
 
 def make_batches(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, rng: random.Random,
-                 on_event: Callable[[Event], None], stop: threading.Event, *, rate: Callable[[], float] | None = None):
-    """(batches(pairs) -> a batch for trainee.mode, seconds spent caching features or None).
+                 on_event: Callable[[Event], None], stop: threading.Event, *, rate: Callable[[], float] | None = None
+                 ) -> tuple[Callable[[Sequence[Pair]], object], CachedFeatures | None]:
+    """(batches(pairs) -> a batch for trainee.mode, the CachedFeatures trained from or None).
 
     In "cached" mode this builds (or reuses) the feature cache first; otherwise photos are rendered per step.
     rate() is the share of negatives for the next batch (default: cfg.negative_rate throughout).
@@ -171,7 +172,7 @@ def make_batches(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, rng: 
             image_size=cfg.image_size, dtype=cfg.cache_dtype, device=trainee.device, on_event=on_event, stop=stop,
             views=cached_views(cfg.cache_views, cfg.seed) if cfg.augment else [IDENTITY],
             precision=cfg.cache_precision)
-        return (lambda pairs: cached_batch(pairs, features, sets, rng, rate())), features.build_seconds
+        return (lambda pairs: cached_batch(pairs, features, sets, rng, rate())), features
     images = DecodedImages(sets)
     return (lambda pairs: image_batch(pairs, images, trainee.tokenizer, trainee.processor, image_size=cfg.image_size,
                                       augment=cfg.augment, rng=rng, negative_rate=rate())), None
