@@ -246,3 +246,21 @@ def test_a_frozen_tower_is_run_once_per_validation_photo_and_scores_the_same(tin
             (plain.val, plain.val_loss, plain.threshold, plain.thresholds)
     full = ActivationMemo(max_bytes=0)  # past its budget the memo computes and keeps nothing
     assert torch.equal(full.get(torch.zeros(1), lambda: [torch.ones(3)])[0], torch.ones(3)) and not full.items
+
+
+@pytest.mark.slow
+def test_a_cached_step_in_pieces_is_the_same_step(tiny_cfg, monkeypatch):
+    import engine.train.loop as loop
+
+    cfg = tiny_cfg(feature_cache=True, augment=False, cache_dtype="float32", batch_size=6, negative_rate=0.0)
+    results = []
+    for piece in (100, 4):  # one piece of 6, then pieces of 4 and 2
+        monkeypatch.setattr(loop, "CPU_MICRO_BATCH", piece)
+        torch.manual_seed(0)
+        sets, trainee, opt, state, batches = _setup(cfg)
+        loss = loop.train_step(trainee, opt, batches([(0, i) for i in range(6)]), cfg, lr=1e-3)
+        results.append((loss, [p.detach().clone() for p in trainee.model.decoder.parameters()]))
+    (whole, after_whole), (pieces, after_pieces) = results
+    assert pieces == pytest.approx(whole, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after_whole, after_pieces))
+    assert any(not torch.equal(a, b) for a, b in zip(after_whole, _setup(cfg)[1].model.decoder.parameters()))

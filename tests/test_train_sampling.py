@@ -5,8 +5,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-from engine.train.sampling import DecodedImages, epoch_order, image_batch, jitter, open_sets, shard
+from engine.train.features import IDENTITY, View, render_view
+from engine.train.sampling import DecodedImages, epoch_order, image_batch, jitter, open_sets, shard, turn_grid
 from train_helpers import tiny_cfg  # noqa: F401  (a fixture)
 
 
@@ -99,3 +102,24 @@ def test_negatives_begin_at_negative_start():
     cfg = make_config(None, negative_rate=0.25, negative_start=0.3)
     assert [negative_rate_at(cfg, step, 100) for step in (0, 29, 30, 99)] == [0.0, 0.0, 0.25, 0.25]
     assert negative_rate_at(make_config(None, negative_rate=0.25), 0, 100) == 0.25
+
+
+def _patch_tokens(img: np.ndarray, patch: int) -> torch.Tensor:
+    """Stand-in activations: a class token, then each patch's mean colour, row by row (what a ViT's grid holds)."""
+    h, w, _ = img.shape
+    grid = img.reshape(h // patch, patch, w // patch, patch, 3).mean(axis=(1, 3)).reshape(-1, 3)
+    return torch.from_numpy(np.concatenate([np.full((1, 3), 7.0), grid]).astype(np.float32))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+def test_turning_the_token_grid_matches_turning_the_photo(flip, turns):
+    rng = np.random.default_rng(turns)
+    image = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = rng.random((64, 64)) > 0.7
+    img, msk = render_view(image, mask, IDENTITY, 64)
+    turned_img, turned_msk = render_view(image, mask, View(flip=flip, turns=turns), 64)
+    acts, m = turn_grid([_patch_tokens(img.astype(np.float32), 16)], torch.from_numpy(msk), flip, turns)
+    assert torch.allclose(acts[0], _patch_tokens(turned_img.astype(np.float32), 16))
+    assert torch.equal(m, torch.from_numpy(turned_msk))
+    assert acts[0][0, 0] == 7.0  # the class token stays first

@@ -56,6 +56,7 @@ class TrainConfig:
     # this CPU, checked against fp32 on the first photo), "fp32" or "bf16".
     cache_precision: str = "auto"
     cache_views: int = 4  # K augmented views cached per image (with augment on)
+    cache_grid_augment: bool = False  # with augment: also flip / turn the cached token grid (sampling.turn_grid)
     augment: bool = True
     set_balance: float = 0.5  # sampling weight ∝ len(set) ** set_balance (0: sets equal, 1: by size)
     # Share of training samples that pair a photo with another set's prompt and an empty target (the concept

@@ -175,18 +175,49 @@ class CachedBatch:
     target: torch.Tensor
     prompts: list[str]
 
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def split(self, size: int) -> list[CachedBatch]:
+        """The batch as consecutive pieces of at most `size` items."""
+        return [CachedBatch([a[i:i + size] for a in self.acts], self.cond[i:i + size], self.target[i:i + size],
+                            self.prompts[i:i + size]) for i in range(0, len(self), size)]
+
+
+def turn_grid(activations: Sequence[torch.Tensor], mask: torch.Tensor, flip: bool, turns: int):
+    """A flip and 90° turns of cached features' token grid and of the mask, the way `render_view` turns a photo.
+
+    activations: per layer (1 + g*g, C), the class token first, then the g x g patch tokens row by row;
+    mask: (S, S). The class token is left as it is.
+    """
+    if not flip and not turns:
+        return list(activations), mask
+    out = []
+    for a in activations:
+        g = int(round((a.shape[0] - 1) ** 0.5))
+        grid = a[1:].reshape(g, g, a.shape[1])
+        if flip:
+            grid = grid.flip(1)
+        out.append(torch.cat([a[:1], torch.rot90(grid, turns, dims=(0, 1)).reshape(g * g, -1)]))
+    if flip:
+        mask = mask.flip(1)
+    return out, torch.rot90(mask, turns, dims=(0, 1))
+
 
 def cached_batch(pairs: Sequence[tuple[int, int]], features: CachedFeatures, sets: Sequence,
-                 rng: random.Random, negative_rate: float = 0.0) -> CachedBatch:
+                 rng: random.Random, negative_rate: float = 0.0, grid_augment: bool = False) -> CachedBatch:
     """The cached features of `pairs` ((set index, item index)), one random cached view per item.
 
     A negative (negative_rate, see `pick_prompt`) reuses the photo's cached features with another
-    set's prompt embedding and an all-zero target: no backbone work.
+    set's prompt embedding and an all-zero target: no backbone work. grid_augment: also a random flip and
+    90° turn of the view's token grid and mask (`turn_grid`), 8 variants of each view at no backbone cost.
     """
     acts, masks, conds, prompts = None, [], [], []
     for si, i in pairs:
         view = features.views[rng.randrange(len(features.views))]
         a, m = features.cache.load(features.digests[si][i], view)
+        if grid_augment:
+            a, m = turn_grid(a, m, flip=rng.random() < 0.5, turns=rng.randrange(4))
         acts = [[x] for x in a] if acts is None else [lst + [x] for lst, x in zip(acts, a)]
         prompt, negative = pick_prompt(si, sets, negative_rate, rng)
         masks.append(torch.zeros_like(m) if negative else m)
