@@ -88,18 +88,20 @@ def end_to_end(threads: int = 2, n_images: int = 64, epochs: int = 8, n_val: int
 
 
 def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int = 8, batch_size: int = 4,
-                    end_to_end_job: dict | None = None) -> dict:
+                    end_to_end_job: dict | None = None, cached_batches: Sequence[int] = (4, 8, 16)) -> dict:
     """Seconds per training image: HF's plain forward every step vs the feature cache (decoder-only training).
 
     threads: CPU threads (set here: the benchmark is an entry point). end_to_end_job: overrides of `end_to_end`'s
-    job (tests make it small). Returns the JSON report (see the module doc).
+    job (tests make it small). cached_batches: batch sizes the cached step is also timed at on its own
+    (`cached_by_batch`; 16 is training's default). Returns the JSON report (see the module doc).
     """
     repeats = repeats or 3
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_random_model_folder(Path(tmp) / "model", full_size_config())
         cfg = make_config(None, model=str(model_dir), out=str(Path(tmp) / "run"), cache_dir=str(Path(tmp) / "cache"),
-                          data=[DataSpec(str(SHARED_DATA / "cracks"), ("segment crack",))], max_train_images=n_images,
+                          data=[DataSpec(str(SHARED_DATA / "cracks"), ("segment crack",))],
+                          max_train_images=max(n_images, *cached_batches),
                           max_val_images=1, batch_size=batch_size, image_size=352, augment=False, amp=False,
                           threads=threads, epochs=1)
         sets = open_sets(cfg)
@@ -129,10 +131,13 @@ def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int 
                 for mode in ("plain", "cached"):
                     timings.setdefault((precision, mode), []).append(time_steps(step_for(mode, dtype), pairs, repeats))
         flops = {mode: step_flops(step_for(mode, None), pairs) for mode in ("plain", "cached")}
+        by_batch = {b: min(time_steps(step_for("cached", None), [(0, i) for i in range(b)], repeats) for _ in range(2))
+                    for b in cached_batches}
     best = {k: min(v) for k, v in timings.items()}
     plain, cached = best[("fp32", "plain")], best[("fp32", "cached")]
     result = {"plain_s_per_image": plain, "cached_s_per_image": cached, "speedup": plain / cached,
-              "cache_build_s_per_image": features.build_seconds / n_images, "precision": "fp32",
+              "cache_build_s_per_image": features.build_seconds / features.built_views, "precision": "fp32",
+              "cache_precision": features.precision,
               # The speed-up the arithmetic allows: matmul/conv FLOPs per image of each way, and the rate reached.
               "plain_gflop_per_image": flops["plain"] / 1e9, "cached_gflop_per_image": flops["cached"] / 1e9,
               "flop_ratio": flops["plain"] / flops["cached"],
@@ -146,6 +151,9 @@ def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int 
     result["fp32_peak_gflops"] = peak
     result["cached_peak_share"] = result["cached_gflop_per_s"] / peak
     result["plain_peak_share"] = result["plain_gflop_per_s"] / peak
+    # The cached step alone at several batch sizes (on the CPU a batch over 8 runs in pieces of 8: loop.py).
+    result["cached_by_batch"] = {str(b): {"s_per_image": s, "gflop_per_s": flops["cached"] / 1e9 / s,
+                                          "peak_share": flops["cached"] / 1e9 / s / peak} for b, s in by_batch.items()}
     result["end_to_end"] = end_to_end(threads, **(end_to_end_job or {}))
     return {**result, "threads": threads, "image_size": 352, "batch_size": batch_size,
             "images": n_images, "repeats": repeats, "architecture": "CIDAS/clipseg-rd64-refined (random weights)"}

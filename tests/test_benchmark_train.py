@@ -45,7 +45,8 @@ def test_benchmark_report_fields(monkeypatch):
     threads = torch.get_num_threads()
     try:
         report = bench.benchmark_train(threads=2, repeats=1, n_images=4, batch_size=2,
-                                       end_to_end_job={"n_images": 4, "epochs": 2, "n_val": 2, "image_size": 64})
+                                       end_to_end_job={"n_images": 4, "epochs": 2, "n_val": 2, "image_size": 64},
+                                       cached_batches=(2, 4))
     finally:
         torch.set_num_threads(threads)
     assert {"plain_s_per_image", "cached_s_per_image", "speedup", "cache_build_s_per_image", "precision",
@@ -54,6 +55,7 @@ def test_benchmark_report_fields(monkeypatch):
             "architecture"} <= set(report)
     assert report["flop_ratio"] > 1 and report["speedup"] > 0 and report["images"] == 4
     assert 0 < report["cached_peak_share"] < 5 and report["fp32_peak_gflops"] > 0
+    assert set(report["cached_by_batch"]) == {"2", "4"} and report["cached_by_batch"]["4"]["s_per_image"] > 0
     e2e = report["end_to_end"]
     assert e2e["speedup"] == pytest.approx(e2e["plain_s"] / e2e["cached_s"])
     assert e2e["cache_views_built"] == 4 * e2e["views"] and e2e["cache_precision"] in ("fp32", "bf16")
