@@ -25,6 +25,7 @@ def test_presets_are_small_overrides_and_bad_settings_are_named():
     ("select", "worst", "select must be 'best' or 'last'"),
     ("calibrate_on", "test", "calibrate_on must be 'valid' or 'train'"),
     ("schedule", "step", "schedule must be 'cosine' or 'plateau'"),
+    ("cache_precision", "fp16", "cache_precision must be 'auto', 'fp32' or 'bf16'"),
     ("epochs", 0, "epochs and batch_size must be >= 1"),
     ("lr", -1.0, "lr > 0"),
 ])
@@ -67,3 +68,17 @@ def test_saved_config_stores_data_roots_relative_to_the_repo(tmp_path, shared_da
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert [d["path"] for d in saved["data"]] == ["../shared/data/drywall-qa/cracks", "../shared/data/drywall-qa/joints"]
     assert [d.path for d in config_from_json(tmp_path / "run" / "config.json").data] == [d.path for d in cfg.data]
+
+
+def test_the_cache_quality_script_names_real_settings():
+    """tools/cache_quality.sh passes --set KEY=VALUE lines to `engine train`: every key must be a setting."""
+    import re
+    import subprocess
+
+    script = REPO_ROOT / "tools" / "cache_quality.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    keys = set(re.findall(r"--set ([a-z_]+)=", text))
+    keys |= {k for line in re.findall(r"^run \S+ \d+ (.*)$", text, re.M) for k in re.findall(r"([a-z_]+)=", line)}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {"cache_precision", "cache_views", "cache_grid_augment", "train", "select"} <= keys <= fields
