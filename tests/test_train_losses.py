@@ -50,3 +50,22 @@ def test_segmentation_loss_has_gradients():
     logits = torch.zeros(1, 2, 2, requires_grad=True)
     segmentation_loss(logits, torch.ones(1, 2, 2)).backward()
     assert (logits.grad < 0).all()  # raising the logits towards the all-foreground target lowers the loss
+
+
+def test_presence_loss_scores_the_score_inference_uses():
+    from engine.prediction import presence_score
+    from engine.train.losses import presence_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 16, 16, generator=gen) * 3
+    empty, present = torch.zeros(1, 16, 16), torch.zeros(1, 16, 16)
+    present[0, 4:6, 4:6] = 1.0
+    score = presence_score(logits.sigmoid()[0].numpy())
+    assert presence_loss(logits, empty).item() == pytest.approx(-math.log(1 - score), rel=1e-4)
+    assert presence_loss(logits, present).item() == pytest.approx(-math.log(score), rel=1e-4)
+    silent, firing = torch.full((2, 8, 8), -20.0), torch.full((2, 8, 8), 20.0)
+    assert presence_loss(silent, torch.zeros(2, 8, 8)).item() < 1e-5  # nothing asked for, nothing found
+    assert presence_loss(firing, torch.zeros(2, 8, 8)).item() > 10  # fires where the concept is absent
+    total = segmentation_loss(firing, torch.zeros(2, 8, 8), presence=2.0)
+    assert total.item() == pytest.approx(segmentation_loss(firing, torch.zeros(2, 8, 8)).item()
+                                         + 2 * presence_loss(firing, torch.zeros(2, 8, 8)).item(), rel=1e-5)

@@ -37,6 +37,7 @@ class TrainConfig:
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     focal_weight: float = 0.0
+    presence_weight: float = 0.0  # BCE of the photo-level presence score (losses.presence_loss)
     schedule: str = "cosine"  # "cosine" (linear warm-up, cosine decay) or "plateau" (halve on a val plateau)
     warmup_epochs: float = 0.5
     grad_clip: float = 1.0

@@ -189,7 +189,7 @@ def batch_loss(trainee: Trainee, batch, cfg: TrainConfig) -> torch.Tensor:
     """The training loss (scalar, fp32) of one batch (CachedBatch or ImageBatch), the way trainee.mode says."""
     logits = batch_logits(trainee, batch)
     return segmentation_loss(logits, batch.target.to(trainee.device), bce=cfg.bce_weight, dice=cfg.dice_weight,
-                             focal=cfg.focal_weight)
+                             focal=cfg.focal_weight, presence=cfg.presence_weight)
 
 
 def train_step(trainee: Trainee, opt: Optimiser, batch, cfg: TrainConfig, *, lr: float | None = None,
@@ -346,7 +346,8 @@ def _val_loss(seg: Segmenter, processor, image, mask, prompt: str, cfg: TrainCon
     pv = torch.from_numpy(normalise(img[None], processor.image_mean, processor.image_std))
     logits = seg.logits(pv, [prompt])[:, 0]
     return float(segmentation_loss(logits, torch.from_numpy(msk)[None].to(logits.device), bce=cfg.bce_weight,
-                                   dice=cfg.dice_weight, focal=cfg.focal_weight))
+                                   dice=cfg.dice_weight, focal=cfg.focal_weight,
+                                   presence=cfg.presence_weight))
 
 
 def calibrate(seg: Segmenter, sets: list[TrainSet], n_images: int, split: str = "train") -> dict[str, PromptCalibration]:

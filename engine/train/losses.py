@@ -21,9 +21,22 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
     return ((1 - p_t) ** gamma * bce).mean()
 
 
+def presence_loss(logits: torch.Tensor, target: torch.Tensor, kernel: int = 3) -> torch.Tensor:
+    """BCE of the photo-level presence score against "the mask is not empty", mean over the batch.
+
+    The score is the one inference uses (engine.prediction.presence_score): the maximum over the map of the
+    kernel x kernel box mean of the probabilities. So training pushes a prompt's strongest patch down on photos
+    where its concept is absent (negatives: empty targets) and up where it is present.
+    """
+    prob = F.avg_pool2d(logits.sigmoid()[:, None], kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+    score = prob.flatten(1).amax(1).clamp(1e-6, 1 - 1e-6)
+    present = (target.flatten(1).amax(1) > 0.5).float()
+    return F.binary_cross_entropy(score, present)
+
+
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, bce: float = 1.0, dice: float = 1.0,
-                      focal: float = 0.0) -> torch.Tensor:
-    """Weighted BCE + soft Dice (+ focal). logits: (B, S, S) before sigmoid; target: (B, S, S) in [0, 1].
+                      focal: float = 0.0, presence: float = 0.0) -> torch.Tensor:
+    """Weighted BCE + soft Dice (+ focal, + presence). logits: (B, S, S) before sigmoid; target: (B, S, S) in [0, 1].
 
     Computed in fp32 whatever the autocast dtype, so bf16/fp16 training keeps an accurate loss.
     """
@@ -35,4 +48,6 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, bce: float 
         total = total + dice * soft_dice_loss(logits, target)
     if focal:
         total = total + focal * focal_loss(logits, target)
+    if presence:
+        total = total + presence * presence_loss(logits, target)
     return total
