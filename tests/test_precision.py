@@ -45,7 +45,7 @@ def test_a_fresh_measurement_is_cached_under_this_machines_key(monkeypatch, tmp_
 
 def test_measure_times_both_precisions():
     fp32_s, bf16_s = measure(rounds=1)
-    assert 0 < fp32_s < 5 and 0 < bf16_s < 5
+    assert fp32_s > 0 and bf16_s > 0  # durations; no bound on them: a loaded machine may take any time
 
 
 def test_auto_precision_of_a_segmenter_follows_the_choice(monkeypatch, tiny_model_dir):
