@@ -306,8 +306,13 @@ def cmd_calibrate(args) -> int:
 def cmd_train(args) -> int:
     """`python -m engine train [--preset P] [--data PATH=PROMPTS ...] [--set KEY=VALUE ...] [--resume]`."""
     data = [DataSpec(*parse_data_arg(d)) for d in args.data] or None
-    overrides = dict(data=data, model=args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                     image_size=args.image_size, out=args.out, **_parse_set(args.set))
+    named = dict(data=data, model=args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                 image_size=args.image_size, out=args.out)
+    sets = _parse_set(args.set)
+    both = sorted(k for k in sets if named.get(k) is not None)
+    if both:
+        raise ValueError(f"{', '.join(both)} given both as an option and with --set; give each once.")
+    overrides = {**named, **sets}
     cfg = make_config(args.preset, **overrides)
     import torch
 

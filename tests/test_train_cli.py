@@ -28,3 +28,16 @@ def test_cli_train_names_an_unknown_setting(capsys):
 
     assert main(["train", "--set", "learning_rate=1"]) == 1
     assert "unknown setting 'learning_rate'" in capsys.readouterr().err
+
+
+def test_cli_train_takes_a_named_setting_with_set_but_not_twice(capsys, monkeypatch):
+    import engine.train.config as config
+    from engine.cli import main
+
+    seen = []
+    monkeypatch.setattr("engine.cli.make_config", lambda preset, **kw: seen.append(kw) or config.make_config(
+        preset, **{**kw, "epochs": 0}))  # epochs 0 is refused: the run stops right after the settings are read
+    assert main(["train", "--set", "lr=2e-4"]) == 1
+    assert seen[-1]["lr"] == 2e-4
+    assert main(["train", "--lr", "1e-3", "--set", "lr=2e-4"]) == 1
+    assert "lr given both as an option and with --set; give each once." in capsys.readouterr().err
