@@ -26,7 +26,7 @@ from engine.prediction import PREDICTIONS_CSV, predict_chunks, unique_images, wr
 from engine.paths import in_repo
 from engine.prompts import parse_data_arg
 from engine.report import report_photo, write_report
-from engine.train import DataSpec, TrainConfig, make_config
+from engine.train import PRESETS, DataSpec, TrainConfig, make_config
 from engine.train.progress import TrainProgress
 
 # torch, transformers, onnxruntime and the modules built on them (models, training loop, model card, export,
@@ -314,6 +314,9 @@ def cmd_train(args) -> int:
         raise ValueError(f"{', '.join(both)} given both as an option and with --set; give each once.")
     overrides = {**named, **sets}
     cfg = make_config(args.preset, **overrides)
+    if args.preset == "starter" and cfg.model == PRESETS["starter"]["model"] and not in_repo(cfg.model).is_dir():
+        raise ValueError(f"The starter preset fine-tunes {cfg.model}, which is missing: train it first with "
+                         "`python -m engine train --preset starter-base` (about 46 min on 2 cores).")
     import torch
 
     from engine.modelcard import write_card

@@ -8,6 +8,7 @@ split, each prompt also run on the other sets' photos as an absent concept, so `
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -69,16 +70,12 @@ def render_card(run_dir, scores: dict) -> str:
         f"patch {vision['patch_size']}, input {vision['image_size']} px; decoder reads layers "
         f"{model_cfg['extract_layers']} (reduce_dim {model_cfg['reduce_dim']}); a text encoder of "
         f"{model_cfg['text_config']['num_hidden_layers']} layers with a tokenizer built locally "
-        f"(`engine/models/tokenizer.py`). {summary['trained_parameters'] / 1e6:.1f} M parameters, {size_mb:.1f} MB "
+        f"(`engine/models/tokenizer.py`). {_parameters(run_dir / 'best') / 1e6:.1f} M parameters, {size_mb:.1f} MB "
         "(`best/`, safetensors, fp32).", "",
         "## Training", "",
-        f"`python -m engine train --preset starter` (see `PRESETS['starter']` in `engine/train/config.py`): "
-        f"{summary['epochs_done']} epochs, AdamW lr {cfg['lr']:g} (cosine, {cfg['warmup_epochs']:g} warm-up epochs), "
-        f"weight decay {cfg['weight_decay']:g}, batch {cfg['batch_size']}, BCE + soft Dice, flips / 90° turns / "
-        f"crops / colour jitter, every layer trained; device {summary['device']}, precision {summary['precision']} "
-        f"autocast, {summary['total_seconds'] / 60:.0f} minutes. {_selection(cfg, summary)} The model's default "
-        f"threshold is **{scores['threshold']:.2f}**. `config.json` and `metrics.jsonl` beside this card hold every "
-        "setting and every epoch.", "",
+        *_training(run_dir, cfg, summary),
+        f"The model's default threshold is **{scores['threshold']:.2f}**. `config.json` and `metrics.jsonl` beside "
+        "this card hold every setting and every epoch.", "",
         "## Data", "",
         *[f"- `{_relative(d['path'])}` (prompts: {', '.join(repr(p) for p in d['prompts'])}): "
           f"{ATTRIBUTION.get(Path(d['path']).name, 'see its source')}" for d in cfg["data"]],
@@ -93,12 +90,63 @@ def render_card(run_dir, scores: dict) -> str:
             lines.append(f"| {set_name} | {prompt} | {r['n_images']} | {r['miou']:.3f} | {r['dice']:.3f} | "
                          f"{r['precision']:.3f} | {r['recall']:.3f} |")
     lines += _absent_table(scores)
-    lines += ["", "Reproduce the tables with `python -m engine evaluate --model checkpoints/drywall-starter --data "
+    lines += ["", f"Reproduce the tables with `python -m engine evaluate --model {portable(run_dir)} --data "
               "../shared/data/drywall-qa/cracks/valid=\"segment crack\" --data "
               "../shared/data/drywall-qa/joints/valid=\"segment taping area\"` (each prompt at the threshold "
               "in `best/drywall_qa.json`).", "",
               _honesty(cfg), ""]
     return "\n".join(lines)
+
+
+def _parameters(folder: Path) -> int:
+    """The number of parameters in a model folder's safetensors weights (read from their headers)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in Path(folder).glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+    return total
+
+
+def _preset_of(run_dir: Path) -> str | None:
+    """The preset whose `out` is this run folder (the starter presets), else None."""
+    from engine.train.config import PRESETS
+
+    return next((name for name, p in PRESETS.items() if p.get("out") == portable(run_dir)), None)
+
+
+def _stage(run_dir: Path, cfg: dict, summary: dict) -> str:
+    """One run's recipe in a sentence or three: the command, epochs, optimiser, what trained, where, selection."""
+    preset = _preset_of(run_dir)
+    command = (f"`python -m engine train --preset {preset}` (see `PRESETS['{preset}']` in `engine/train/config.py`)"
+               if preset else "`python -m engine train` with the settings in its `config.json`")
+    losses = "BCE + soft Dice" + (f" + presence (weight {cfg['presence_weight']:g})" if cfg.get("presence_weight")
+                                  else "")
+    if cfg.get("train") == "all":
+        what = "flips / 90° turns / crops / colour jitter, every layer trained"
+    else:
+        what = (f"only the decoder trained, from cached features of the frozen backbone ({cfg.get('cache_views')} "
+                f"views per photo, computed in {summary.get('cache_precision', 'fp32')})")
+    amp = " autocast" if summary["precision"] != "float32" else ""
+    model = cfg.get("model")
+    start = " from scratch" if model == "scratch" else f" from `{portable(in_repo(model))}`" if model else ""
+    return (f"{command}: {summary['epochs_done']} epochs{start}, AdamW lr {cfg['lr']:g} (cosine, "
+            f"{cfg['warmup_epochs']:g} warm-up epochs), weight decay {cfg['weight_decay']:g}, batch "
+            f"{cfg['batch_size']}, {losses}, {what}; device {summary['device']}, precision {summary['precision']}"
+            f"{amp}, {summary['total_seconds'] / 60:.0f} minutes. {_selection(cfg, summary)}")
+
+
+def _training(run_dir: Path, cfg: dict, summary: dict) -> list[str]:
+    """The Training section's paragraphs: this run's recipe, preceded by its base run's when it fine-tuned one."""
+    base = in_repo(cfg["model"]) if cfg.get("model") not in (None, "scratch", "auto") else None
+    if base is None or not (base / "config.json").is_file():
+        return [_stage(run_dir, cfg, summary)]
+    base_cfg = json.loads((base / "config.json").read_text())
+    base_summary = json.loads((base / "summary.json").read_text())
+    return ["Two stages.", "",
+            f"1. {_stage(base, base_cfg, base_summary)}",
+            f"2. {_stage(run_dir, cfg, summary)}", ""]
 
 
 def _absent_table(scores: dict) -> list[str]:
@@ -129,7 +177,8 @@ def _selection(cfg: dict, summary: dict) -> str:
              else f"Best epoch {summary['best_epoch']} by mean validation IoU")
     source = (f"the first {cfg.get('calibration_images')} train photos of each set" if cfg.get("calibrate_on") == "train"
               else "the validation sets")
-    negatives = (f" From {cfg.get('negative_start', 0):.0%} of the run on, {cfg['negative_rate']:.0%} of the samples "
+    when = f"From {cfg['negative_start']:.0%} of the run on" if cfg.get("negative_start") else "Throughout"
+    negatives = (f" {when}, {cfg['negative_rate']:.0%} of the samples "
                  "were absent-concept negatives (a photo with another set's prompt and an empty mask)."
                  if cfg.get("negative_rate") and len(cfg.get("data", [])) > 1 else "")
     return (f"{epoch}; each prompt's pixel and presence thresholds were calibrated on {source} (`python -m engine "

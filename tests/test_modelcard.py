@@ -2,14 +2,17 @@
 
 import json
 
+import torch
+from safetensors.torch import save_file
+
 from engine.modelcard import render_card
 
 SCORES = {"threshold": 0.35, "sets": {"cracks/valid": {"segment crack": {
     "n_images": 12, "miou": 0.4567, "dice": 0.55, "precision": 0.6, "recall": 0.7}}}}
 
 
-def _run(tmp_path, **cfg_overrides):
-    run = tmp_path / "drywall-test"
+def _run(tmp_path, name="drywall-test", **cfg_overrides):
+    run = tmp_path / name
     (run / "best").mkdir(parents=True)
     cfg = {"lr": 1e-3, "warmup_epochs": 2, "weight_decay": 0.05, "batch_size": 16, "select": "last",
            "calibrate_on": "train", "calibration_images": 100,
@@ -23,7 +26,7 @@ def _run(tmp_path, **cfg_overrides):
     (run / "best" / "config.json").write_text(json.dumps({
         "vision_config": {"num_hidden_layers": 6, "hidden_size": 192, "patch_size": 16, "image_size": 224},
         "text_config": {"num_hidden_layers": 2}, "extract_layers": [1, 3, 5], "reduce_dim": 64}))
-    (run / "best" / "model.safetensors").write_bytes(b"\0" * 2_000_000)
+    save_file({"w": torch.zeros(2_500_000, dtype=torch.int8)}, str(run / "best" / "model.safetensors"))
     return run
 
 
@@ -31,7 +34,7 @@ def test_card_holds_the_run_the_settings_and_the_scores(tmp_path):
     card = render_card(_run(tmp_path), SCORES)
     assert card.startswith("# drywall-test\n")
     assert "ViT of 6 layers, width 192, patch 16, input 224 px" in card
-    assert "2.5 M parameters, 2.0 MB" in card
+    assert "2.5 M parameters, 2.5 MB" in card  # counted from the weights, not from what trained
     assert "80 epochs, AdamW lr 0.001 (cosine, 2 warm-up epochs)" in card
     assert "10 minutes" in card and "threshold is **0.35**" in card
     assert ("The final epoch (80) is kept; each prompt's pixel and presence thresholds were calibrated on the "
@@ -47,3 +50,18 @@ def test_card_says_when_the_valid_split_chose_the_epoch(tmp_path):
             "the validation sets") in card
     assert "these scores are slightly optimistic" in card
     assert ", the valid splits for model selection and the scores below" in card
+
+
+def test_card_of_a_fine_tuned_run_describes_both_stages(tmp_path):
+    base = _run(tmp_path, name="base", model="scratch", train="all")
+    run = _run(tmp_path, model=str(base), train="decoder", cache_views=2, presence_weight=1.0, negative_rate=0.5,
+               data=[{"path": "/x/cracks", "prompts": ["segment crack"]}, {"path": "/x/joints", "prompts": ["t"]}])
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "precision": "float32", "cache_precision": "bf16"}))
+    card = render_card(run, SCORES)
+    assert "Two stages.\n\n1. `python -m engine train` with the settings in its `config.json`: 80 epochs from scratch" in card
+    assert "every layer trained; device cpu, precision bfloat16 autocast" in card
+    assert f"2. `python -m engine train` with the settings in its `config.json`: 80 epochs from `{base}`" in card
+    assert ("BCE + soft Dice + presence (weight 1), only the decoder trained, from cached features of the frozen "
+            "backbone (2 views per photo, computed in bf16); device cpu, precision float32, 10 minutes") in card
+    assert "Throughout, 50% of the samples were absent-concept negatives" in card

@@ -22,6 +22,8 @@ def test_bundled_model_is_small_and_complete():
     assert {"README.md", "config.json", "metrics.jsonl", "summary.json", "scores.json"} <= {p.name for p in files}
     assert (STARTER_DIR / "best" / "model.safetensors").is_file()
     assert not (STARTER_DIR / "last").exists()  # optimizer state is not shipped
+    base = STARTER_DIR.parent / "drywall-starter-base"  # stage 1, what `--preset starter` fine-tunes
+    assert (base / "best" / "model.safetensors").is_file() and not (base / "last").exists()
 
 
 def test_auto_falls_back_to_the_bundled_model_offline(monkeypatch, tmp_path):
@@ -45,23 +47,25 @@ def test_model_card_numbers_are_reproduced(starter, shared_data, split):
     assert f"| {split} | {prompt} | {report.n_images} | {report.miou:.3f} | {report.dice:.3f} |" in card
 
 
-def test_the_starter_preset_is_what_trained_the_bundled_model():
-    """`python -m engine train --preset starter` reproduces it: the shipped config.json is that preset."""
+@pytest.mark.parametrize("folder, preset_name", [("drywall-starter", "starter"),
+                                                 ("drywall-starter-base", "starter-base")])
+def test_the_starter_presets_are_what_trained_the_bundled_models(folder, preset_name):
+    """`python -m engine train --preset starter-base`, then `--preset starter`, reproduce the two shipped runs."""
     import dataclasses
 
     from engine.train import make_config
 
-    shipped = json.loads((STARTER_DIR / "config.json").read_text())
-    preset = json.loads(json.dumps(dataclasses.asdict(make_config("starter"))))
+    shipped = json.loads((STARTER_DIR.parent / folder / "config.json").read_text())
+    preset = json.loads(json.dumps(dataclasses.asdict(make_config(preset_name))))
     for cfg in (shipped, preset):  # data roots are absolute paths; compare the set names and prompts
         cfg["data"] = [(d["path"].rstrip("/").rsplit("/", 1)[-1], d["prompts"]) for d in cfg["data"]]
         cfg.pop("out")  # where it was written (a scratch folder, then moved here), not how it was trained
-    # Settings added since it was trained, at defaults that change nothing for this run (presence_weight 0).
+    # Settings added since the base was trained, at defaults that change nothing for it (presence_weight 0).
     assert set(preset) - set(shipped) <= {"cache_precision", "cache_grid_augment", "presence_weight"}
-    assert preset.get("presence_weight", 0.0) == 0.0
+    if "presence_weight" not in shipped:
+        assert preset.pop("presence_weight") == 0.0
     if not shipped["feature_cache"]:  # trained without the feature cache: its settings played no part
         for cfg in (shipped, preset):
             for key in [k for k in cfg if k.startswith("cache_")]:
                 cfg.pop(key)
-    preset.pop("presence_weight", None)
     assert shipped == preset

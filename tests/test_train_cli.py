@@ -41,3 +41,13 @@ def test_cli_train_takes_a_named_setting_with_set_but_not_twice(capsys, monkeypa
     assert seen[-1]["lr"] == 2e-4
     assert main(["train", "--lr", "1e-3", "--set", "lr=2e-4"]) == 1
     assert "lr given both as an option and with --set; give each once." in capsys.readouterr().err
+
+
+def test_cli_train_starter_says_to_train_its_base_first(capsys, monkeypatch, tmp_path):
+    from engine.cli import main
+
+    monkeypatch.setattr("engine.cli.in_repo", lambda path: tmp_path / "missing")  # as in a checkout without it
+    assert main(["train", "--preset", "starter"]) == 1
+    err = capsys.readouterr().err
+    assert "fine-tunes checkpoints/drywall-starter-base, which is missing" in err
+    assert "python -m engine train --preset starter-base" in err
