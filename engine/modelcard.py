@@ -140,7 +140,7 @@ def _stage(run_dir: Path, cfg: dict, summary: dict) -> str:
 def _training(run_dir: Path, cfg: dict, summary: dict) -> list[str]:
     """The Training section's paragraphs: this run's recipe, preceded by its base run's when it fine-tuned one."""
     base = in_repo(cfg["model"]) if cfg.get("model") not in (None, "scratch", "auto") else None
-    if base is None or not (base / "config.json").is_file():
+    if base is None or not (base / "summary.json").is_file():  # a model folder, not a training run
         return [_stage(run_dir, cfg, summary)]
     base_cfg = json.loads((base / "config.json").read_text())
     base_summary = json.loads((base / "summary.json").read_text())
