@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from engine.app import (COMPARE_HEADERS, EXPORT_HEADERS, IDLE_TEXT, TABLE_HEADERS, WORST_HEADERS, TrainRequest,
-                        compare_models, eval_data_for, example_rows, export_model, image_id_for, legend_html,
-                        model_choices, segment_photo, slider_threshold, start_run, status_dict, stop_training, table,
-                        train_defaults, training_status, training_view)
+                        absent_sets_for, compare_models, eval_data_for, example_rows, export_model, image_id_for,
+                        legend_html, model_choices, segment_photo, slider_threshold, start_run, status_dict,
+                        stop_training, table, train_defaults, training_status, training_view)
 from engine.app.batch import MAX_BATCH_PHOTOS, batch_photos, segment_batch as run_batch
 from engine.app.choices import public_choices
 from engine.app.download import download_run as zip_of_run, push_message, push_run_to_hub
@@ -341,7 +341,8 @@ def compare(ctx: AppContext, models, precisions, data_choice, folder, zip_file, 
     chosen = ctx.prompts(prompts) if (prompts or "").strip() else list(default_prompts)
     ctx.tidy()  # room for the upload's extracted copy (compare_models deletes it once scored)
     result = compare_models(ctx.cache, sources, data, chosen, precisions=precisions or ["fp32"],
-                            limit=int(limit or 0) or None, uploads_dir=ctx.uploads_dir)
+                            limit=int(limit or 0) or None, uploads_dir=ctx.uploads_dir,
+                            absent=absent_sets_for(data_choice, data_root=ctx.data_root))
     return (table(result.rows, COMPARE_HEADERS), result.curves, result.gallery,
             table(result.worst, WORST_HEADERS))
 

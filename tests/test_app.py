@@ -301,6 +301,9 @@ def test_compare_two_models(served):
     assert scores["headers"][:4] == ["model", "prompt", "n", "mIoU"]
     assert [r[:3] for r in scores["data"]] == [["tiny-a", "segment crack", 3], ["tiny-b", "segment crack", 3]]
     assert all(0 <= r[3] <= 1 and 0 <= r[4] <= 1 for r in scores["data"])
+    # "segment crack" also ran on 3 joints photos, where cracks are not labelled: false alarms and presence AUROC
+    fa, auc = scores["headers"].index("false alarms"), scores["headers"].index("presence AUROC")
+    assert all(r[fa].endswith("% of 3") and 0 <= float(r[auc]) <= 1 for r in scores["data"])
     assert len(gallery) == 3 and all(Path(g["image"]).is_file() for g in gallery)
     with Image.open(gallery[0]["image"]) as im:
         assert im.width > 2.5 * im.height  # ground truth + two models side by side

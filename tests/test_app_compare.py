@@ -51,3 +51,12 @@ def test_compare_three_models_on_wide_photos_keeps_gallery_images_small(tmp_path
     for image, caption in result.gallery:
         assert max(image.size) <= MAX_GALLERY_SIDE and image.width > 1200, image.size
         assert caption.count(",") == 2  # an IoU per model, computed on the full-size masks
+
+
+def test_absent_sets_are_the_other_shared_sets(tmp_path):
+    from engine.app.compare import absent_sets_for
+    from engine.paths import DEFAULT_SETS
+
+    assert absent_sets_for("cracks", data_root=tmp_path) == [(tmp_path / "joints", DEFAULT_SETS["joints"])]
+    assert absent_sets_for("joints", data_root=tmp_path) == [(tmp_path / "cracks", DEFAULT_SETS["cracks"])]
+    assert absent_sets_for("zip", data_root=tmp_path) == absent_sets_for("folder", data_root=tmp_path) == []

@@ -16,7 +16,7 @@ from engine.app.choices import model_label
 from engine.data import find_splits, open_dataset, source_photo_id, split_layout
 from engine.data.archive import as_data_path, remove_upload, upload_error
 from engine.draw import compare_curves, overlay, side_by_side
-from engine.evaluate import evaluate
+from engine.evaluate import evaluate_sets
 from engine.fileio import read_jsonl
 from engine.metrics import confusion, iou
 from engine.paths import DEFAULT_SETS
@@ -24,10 +24,13 @@ from engine.paths import DEFAULT_SETS
 if TYPE_CHECKING:
     from engine.models.cache import ModelCache
 
-__all__ = ["COMPARE_HEADERS", "MAX_GALLERY_SIDE", "WORST_HEADERS", "CompareResult", "eval_data_for", "open_eval_set",
-           "panel_size", "read_history", "compare_models"]
+__all__ = ["COMPARE_HEADERS", "MAX_GALLERY_SIDE", "WORST_HEADERS", "CompareResult", "absent_sets_for", "eval_data_for",
+           "open_eval_set", "panel_size", "read_history", "compare_models"]
 
-COMPARE_HEADERS = ["model", "prompt", "n", "mIoU", "Dice", "precision", "recall", "best thr", "ms/img"]
+# "false alarms" and "presence AUROC": each prompt on the other shared set's photos, where its concept is absent
+# (engine.evaluate.evaluate_sets); "-" when the set scored is an upload or a folder.
+COMPARE_HEADERS = ["model", "prompt", "n", "mIoU", "Dice", "precision", "recall", "false alarms", "presence AUROC",
+                   "best thr", "ms/img"]
 WORST_HEADERS = ["model", "prompt", "image", "IoU"]
 _EVAL_SPLITS = ("valid", "val", "validation", "test", "train")  # the first one a root holds is scored
 # A gallery image (ground truth + every model's overlay in one row) fits in this square: browsers and WebP
@@ -65,6 +68,14 @@ def eval_data_for(choice: str, *, data_root: str | os.PathLike, folder: str = ""
             raise ValueError("No zip uploaded: upload a labelled set (.zip, YOLOv8 or COCO export) first.")
         return zip_file, ()
     return folder, ()
+
+
+def absent_sets_for(choice: str, *, data_root: str | os.PathLike) -> list[tuple[Path, tuple[str, ...]]]:
+    """The sets whose photos count as absent concepts for the Compare tab's choice: for a shared set, the other
+    shared sets (with their prompts); for an upload or a folder, none."""
+    if choice not in DEFAULT_SETS:
+        return []
+    return [(Path(data_root) / name, prompts) for name, prompts in DEFAULT_SETS.items() if name != choice]
 
 
 def open_eval_set(path: str | os.PathLike, prompts: Sequence[str] = (), *, uploads_dir=None, limit: int | None = None):
@@ -122,15 +133,20 @@ def _load_entries(cache: ModelCache, models: Sequence[str], precisions: Sequence
     return entries
 
 
-def _score(entries, ds, prompts: Sequence[str], threshold: float | None, k_worst: int):
-    """Evaluate every entry: (rows, worst rows, reports by label, histories by run label)."""
+def _score(entries, ds, prompts: Sequence[str], threshold: float | None, k_worst: int, absent: Sequence = ()):
+    """Evaluate every entry: (rows, worst rows, reports by label, histories by run label).
+
+    absent: (labelled set, prompts) pairs whose photos also run `prompts`, as absent concepts."""
     rows, worst, reports, curves = [], [], {}, {}
     for label, source, seg in entries:
-        report = evaluate(seg, ds, prompts, threshold=threshold, k_worst=k_worst, progress=False)
+        report = evaluate_sets(seg, [(ds, prompts), *absent], threshold=threshold, k_worst=k_worst, progress=False)
         reports[label] = report.to_dict()
-        for prompt, r in report.prompts.items():
+        for prompt in prompts:
+            r, a = report.prompts[prompt], report.prompts[prompt].absent
             rows.append([label, prompt, r.n_images, round(r.miou, 3), round(r.dice, 3), round(r.precision, 3),
-                         round(r.recall, 3), round(r.best_threshold, 2), round(r.ms_per_image, 1)])
+                         round(r.recall, 3), f"{a.false_alarm_rate:.1%} of {a.n_images}" if a else "-",
+                         "-" if r.presence_auroc is None else round(r.presence_auroc, 3), round(r.best_threshold, 2),
+                         round(r.ms_per_image, 1)])
             worst.extend([label, prompt, image_id, round(v, 3)] for image_id, v in r.worst)
         history = read_history(source)
         if history:
@@ -182,11 +198,15 @@ def _shrink(mask, size: tuple[int, int]):
 
 def compare_models(cache: ModelCache, models: Sequence[str], data: str | os.PathLike, prompts: Sequence[str] = (),
                    *, precisions: Sequence[str] = ("fp32",), limit: int | None = None, uploads_dir=None,
-                   threshold: float | None = None, n_show: int = 3, k_worst: int = 3) -> CompareResult:
+                   threshold: float | None = None, n_show: int = 3, k_worst: int = 3,
+                   absent: Sequence[tuple] = ()) -> CompareResult:
     """Evaluate each model (x each torch precision) on one labelled set and gather tables, curves and overlays.
 
     ONNX exports run once whatever `precisions` says (their precision is fixed at export). prompts: default to
-    the set's own. threshold: None uses each model's calibrated threshold.
+    the set's own. threshold: None uses each model's calibrated threshold. absent: (path, prompts) of other
+    labelled sets (`absent_sets_for`), at most `limit` photos each, on which every prompt also runs where its
+    concept is absent: the rows' false alarms and presence AUROC. Their prompts that are among `prompts` are
+    left out, and a set left without prompts is skipped.
     """
     models = [m for m in dict.fromkeys(str(m).strip() for m in models) if m]
     if not models:
@@ -201,8 +221,13 @@ def compare_models(cache: ModelCache, models: Sequence[str], data: str | os.Path
         if not prompts:
             raise ValueError("No prompts given and the data set names none: type the prompts to score, "
                              "e.g. 'segment crack'.")
+        others = []
+        for path, own in absent:
+            own = [p for p in own if p not in prompts][:1]  # one is enough: the photos are what matter
+            if own:
+                others.append((open_eval_set(path, own, limit=limit), own))
         entries = _load_entries(cache, models, precisions)
-        rows, worst, reports, curves = _score(entries, ds, prompts, threshold, k_worst)
+        rows, worst, reports, curves = _score(entries, ds, prompts, threshold, k_worst, others)
         gallery = _gallery(entries, ds, prompts, worst, threshold, n_show, k_worst)
     finally:  # an uploaded zip's extracted copy is not needed once scored
         if _is_zip(data):
