@@ -82,7 +82,7 @@ def end_to_end(threads: int = 2, n_images: int = 64, epochs: int = 8, n_val: int
             "plain_epoch_s": plain["epoch_s"], "cached_epoch_s": cached["epoch_s"],
             # the rest of each way's time: loading the model and data, and writing checkpoints
             "plain_other_s": plain["s"] - sum(plain["epoch_s"]),
-            "cached_other_s": cached["s"] - sum(cached["epoch_s"]) - (cached["summary"].get("cache_build_seconds") or 0),
+            "cached_other_s": cached["s"] - sum(cached["epoch_s"]) - cached["summary"].get("cache_build_seconds", 0),
             "images": n_images, "val_images": n_val, "epochs": epochs, "views": cfg.cache_views,
             "batch_size": cfg.batch_size, "image_size": image_size}
 

@@ -25,8 +25,9 @@ from engine.app.views import IDLE_TEXT, format_eta, legend_html, status_dict, st
 __all__ = [
     "COMPARE_HEADERS", "DISPLAY_MAX_SIDE", "EXPORT_HEADERS", "IDLE_TEXT", "TABLE_HEADERS", "WORST_HEADERS",
     "CompareResult", "ExportResult", "SegmentResult", "TrainRequest",
-    "absent_sets_for", "compare_models", "eval_data_for", "example_rows", "export_model", "format_eta", "image_id_for", "legend_html",
-    "model_choices", "model_label", "new_run_dir", "open_eval_set", "read_history", "segment_photo", "slider_threshold", "speed_rows",
+    "absent_sets_for", "compare_models", "eval_data_for", "example_rows", "export_model", "format_eta", "image_id_for",
+    "legend_html", "model_choices", "model_label", "new_run_dir", "open_eval_set", "read_history", "segment_photo",
+    "slider_threshold", "speed_rows",
     "start_run", "start_training", "status_dict", "status_markdown", "stop_training", "table", "time_predict",
     "train_defaults", "training_data", "training_settings", "training_status", "training_view",
 ]
