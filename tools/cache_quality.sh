@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The feature cache's quality check: fine-tune the bundled model's decoder from caches built different ways and
-# score each result on both valid sets (mIoU, absent-concept false alarms, presence AUROC).
+# The feature cache's quality check: fine-tune the decoder of checkpoints/drywall-starter-base (stage 1 of the bundled
+# model) from caches built different ways, and score each result on both valid sets (mIoU, absent-concept false
+# alarms, presence AUROC).
 #
 #   bash tools/cache_quality.sh [OUT]          # OUT default /tmp/cache-quality; about 3 min per run on 2 cores
 #
@@ -18,7 +19,7 @@ run() {  # run NAME SEED KEY=VALUE...
   local name=$1 seed=$2; shift 2
   local sets=()
   for kv in "$@"; do sets+=(--set "$kv"); done
-  python -m engine train --model checkpoints/drywall-starter --image-size 224 --epochs 10 --out "$out/$name" \
+  python -m engine train --model checkpoints/drywall-starter-base --image-size 224 --epochs 10 --out "$out/$name" \
     --set train=decoder --set select=last --set calibrate_on=train --set patience=0 --set seed="$seed" \
     --set cache_dir="$out/features" "${sets[@]}" > "$out/$name.log" 2>&1
   python -m engine evaluate --model "$out/$name" --data "$data/cracks/valid=segment crack" \
