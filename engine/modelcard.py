@@ -128,6 +128,10 @@ def _stage(run_dir: Path, cfg: dict, summary: dict) -> str:
     else:
         what = (f"only the decoder trained, from cached features of the frozen backbone ({cfg.get('cache_views')} "
                 f"views per photo, computed in {summary.get('cache_precision', 'fp32')})")
+    walls = [(d["synthetic_walls"], d["synthetic_concept"]) for d in cfg.get("data", []) if d.get("synthetic_walls")]
+    if walls:
+        what += ", with " + " and ".join(f"{n} generated walls of {c}" for n, c in walls) + \
+            " (`engine/synth.py`, seeds unlike the example walls') added to the training photos"
     amp = " autocast" if summary["precision"] != "float32" else ""
     model = cfg.get("model")
     start = " from scratch" if model == "scratch" else f" from `{portable(in_repo(model))}`" if model else ""

@@ -264,3 +264,40 @@ def write_examples(out_dir, n: int = 6, quality: int = 85) -> list[Path]:
         prompts[path.name] = [PROMPT_FOR_MASK[key] for key in present]
     (out / "prompts.json").write_text(json.dumps(prompts, indent=2) + "\n")
     return paths
+
+
+def training_wall(concept: str, seed: int) -> tuple[Image.Image, dict[str, np.ndarray]]:
+    """One generated wall that holds only ``concept`` ("crack": 1-3 cracks, "taping area": 1-2 joints), its size
+    and lighting drawn from :data:`EXAMPLE_VARIANTS`; the same seed gives the same wall."""
+    if concept not in PROMPT_FOR_MASK:
+        raise ValueError(f"concept must be one of {sorted(PROMPT_FOR_MASK)}, not {concept!r}")
+    rng = np.random.default_rng(seed)
+    size, _, _, lighting = EXAMPLE_VARIANTS[int(rng.integers(len(EXAMPLE_VARIANTS)))]
+    if concept == "crack":
+        counts = {"cracks": int(rng.integers(1, 4)), "joints": 0}
+    else:
+        counts = {"cracks": 0, "joints": int(rng.integers(1, 3))}
+    return make_wall(seed, size, lighting=bool(lighting), **counts)
+
+
+def write_training_set(out_dir, concept: str, n: int, *, seed: int = 1000, quality: int = 90) -> Path:
+    """``n`` walls of :func:`training_wall` (seeds ``seed`` .. ``seed + n - 1``; the examples use 1-6, so they
+    stay unseen) as an images/ + masks/ labelled set of ``concept``. Skipped when the set is already complete.
+
+    Returns:
+        ``out_dir``, ready for ``engine.data.open_dataset``.
+    """
+    if concept not in PROMPT_FOR_MASK:
+        raise ValueError(f"concept must be one of {sorted(PROMPT_FOR_MASK)}, not {concept!r}")
+    out = Path(out_dir)
+    images, masks = out / "images", out / "masks"
+    if images.is_dir() and masks.is_dir() and len(list(masks.glob("*.png"))) == n:
+        return out
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image, wall_masks = training_wall(concept, seed + i)
+        name = f"synth_{concept.split()[0]}_{seed + i}"
+        image.save(images / f"{name}.jpg", "JPEG", quality=quality)
+        Image.fromarray(wall_masks[concept].astype(np.uint8) * 255).save(masks / f"{name}.png")
+    return out

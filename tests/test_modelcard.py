@@ -55,7 +55,8 @@ def test_card_says_when_the_valid_split_chose_the_epoch(tmp_path):
 def test_card_of_a_fine_tuned_run_describes_both_stages(tmp_path):
     base = _run(tmp_path, name="base", model="scratch", train="all")
     run = _run(tmp_path, model=str(base), train="decoder", cache_views=2, presence_weight=1.0, negative_rate=0.5,
-               data=[{"path": "/x/cracks", "prompts": ["segment crack"]}, {"path": "/x/joints", "prompts": ["t"]}])
+               data=[{"path": "/x/cracks", "prompts": ["segment crack"], "synthetic_concept": "crack",
+                      "synthetic_walls": 40}, {"path": "/x/joints", "prompts": ["t"]}])
     summary = json.loads((run / "summary.json").read_text())
     (run / "summary.json").write_text(json.dumps({**summary, "precision": "float32", "cache_precision": "bf16"}))
     card = render_card(run, SCORES)
@@ -63,5 +64,7 @@ def test_card_of_a_fine_tuned_run_describes_both_stages(tmp_path):
     assert "every layer trained; device cpu, precision bfloat16 autocast" in card
     assert f"2. `python -m engine train` with the settings in its `config.json`: 80 epochs from `{base}`" in card
     assert ("BCE + soft Dice + presence (weight 1), only the decoder trained, from cached features of the frozen "
-            "backbone (2 views per photo, computed in bf16); device cpu, precision float32, 10 minutes") in card
+            "backbone (2 views per photo, computed in bf16), with 40 generated walls of crack (`engine/synth.py`, "
+            "seeds unlike the example walls') added to the training photos; device cpu, precision float32, "
+            "10 minutes") in card
     assert "Throughout, 50% of the samples were absent-concept negatives" in card

@@ -70,3 +70,21 @@ def test_committed_examples():
     for name in prompts:
         path = EXAMPLES / name
         assert path.is_file() and path.stat().st_size < 150_000, name
+
+
+@pytest.mark.parametrize("concept, other", [("crack", "taping area"), ("taping area", "crack")])
+def test_a_training_set_holds_only_its_concept(tmp_path, concept, other):
+    from engine.data import open_dataset
+    from engine.synth import training_wall, write_training_set
+
+    folder = write_training_set(tmp_path / "set", concept, 3, seed=500)
+    ds = open_dataset(folder, prompts=("p",))
+    assert len(ds) == 3 and all(ds[i][1].any() for i in range(3))  # every wall has the concept, labelled
+    for i, item in enumerate(ds.items):  # and not the other one: it is a valid negative for the other prompt
+        _, masks = training_wall(concept, int(item.image_id.rsplit("_", 1)[1]))
+        assert not masks[other].any() and np.array_equal(masks[concept], ds[i][1])
+    stamp = sorted(p.stat().st_mtime_ns for p in (folder / "masks").iterdir())
+    write_training_set(folder, concept, 3, seed=500)  # complete already: nothing rewritten
+    assert sorted(p.stat().st_mtime_ns for p in (folder / "masks").iterdir()) == stamp
+    with pytest.raises(ValueError, match="concept must be one of"):
+        write_training_set(tmp_path / "x", "mould", 1)

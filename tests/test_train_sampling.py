@@ -123,3 +123,19 @@ def test_turning_the_token_grid_matches_turning_the_photo(flip, turns):
     assert torch.allclose(acts[0], _patch_tokens(turned_img.astype(np.float32), 16))
     assert torch.equal(m, torch.from_numpy(turned_msk))
     assert acts[0][0, 0] == 7.0  # the class token stays first
+
+
+def test_synthetic_walls_join_the_training_split_only(tiny_cfg, monkeypatch, tmp_path):
+    import engine.train.sampling as sampling
+    from engine.train import DataSpec
+
+    monkeypatch.setattr(sampling, "in_repo", lambda path: tmp_path / path)  # generated walls under tmp_path
+    plain = open_sets(tiny_cfg())
+    spec = plain[1].spec
+    with_walls = open_sets(tiny_cfg(data=[plain[0].spec, DataSpec(spec.path, spec.prompts,
+                                                                  synthetic_concept="taping area", synthetic_walls=3)]))
+    real, joined = plain[1], with_walls[1]
+    assert len(joined.train) == len(real.train) + 3 and joined.train.ids[:len(real.train)] == real.train.ids
+    assert all(i.startswith("synth_taping_") for i in joined.train.ids[len(real.train):])
+    assert joined.val.ids == real.val.ids and len(with_walls[0].train) == len(plain[0].train)
+    assert (tmp_path / ".cache" / "synthetic" / "taping-area-3" / "masks").is_dir()

@@ -83,6 +83,10 @@ class LabelledSet:
         return LabelledSet(self.name, self.root, [self.items[i] for i in indices],
                            [self._labels[i] for i in indices], self.prompts)
 
+    def joined(self, other: LabelledSet) -> LabelledSet:
+        """This set's items followed by `other`'s, under this set's name, root and prompts."""
+        return LabelledSet(self.name, self.root, self.items + other.items, self._labels + other._labels, self.prompts)
+
     def split(self, fractions: Sequence[float] = (0.85, 0.15), seed: int = 0) -> list[LabelledSet]:
         """Random subsets of about `fractions` of the items, all copies of one source photo in the same one."""
         groups = [source_photo_id(item.image_path.name) for item in self.items]

@@ -22,6 +22,10 @@ class DataSpec:
     prompts: tuple[str, ...]
     train_split: str | None = "train"  # used when `path` is a root with several splits
     val_split: str | None = "valid"
+    # Generated walls (engine.synth) that hold only this set's concept ("crack" or "taping area"), added after
+    # its real training photos (so calibration's first N train photos are real ones); never to validation.
+    synthetic_concept: str = ""
+    synthetic_walls: int = 0
 
 
 @dataclass
@@ -85,9 +89,11 @@ PRESETS: dict[str, dict] = {
              "feature_cache": False, "warmup_epochs": 0},
     "full": {"train": "last_n", "unfreeze_vision_layers": 2, "lr": 2e-4, "epochs": 20, "feature_cache": False},
     # The bundled model in two stages. starter-base trains a small CLIPSeg from scratch (46 min on 2 cores);
-    # starter fine-tunes its decoder with half the samples absent-concept negatives and the presence loss, which
-    # took false alarms from 75% / 31% to 0% / 3% (see the model card).
+    # starter fine-tunes its decoder with half the samples absent-concept negatives, the presence loss, and 40
+    # generated walls per set (so that the app's example walls, made by the same generator, come out right).
     "starter": {
+        "data": [{"path": str(SHARED_DATA / name), "prompts": DEFAULT_SETS[name], "synthetic_concept": concept,
+                  "synthetic_walls": 40} for name, concept in (("cracks", "crack"), ("joints", "taping area"))],
         "model": "checkpoints/drywall-starter-base", "out": "checkpoints/drywall-starter", "train": "decoder",
         "epochs": 30, "image_size": 224, "negative_rate": 0.5, "presence_weight": 1.0, "patience": 0,
         "cache_precision": "bf16", "select": "last", "calibrate_on": "train",
@@ -155,7 +161,8 @@ def config_from_json(path) -> TrainConfig:
     """The TrainConfig saved as a run's config.json (data entries back to DataSpec, prompts to tuples)."""
     values = json.loads(Path(path).read_text())
     values["data"] = [DataSpec(str(in_repo(d["path"])), tuple(d["prompts"]), d.get("train_split", "train"),
-                               d.get("val_split", "valid")) for d in values["data"]]
+                               d.get("val_split", "valid"), d.get("synthetic_concept", ""), d.get("synthetic_walls", 0))
+                      for d in values["data"]]
     return make_config(None, **values)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from engine.data import open_dataset
+from engine.paths import in_repo
 from engine.segmenter import normalise
 from engine.train.config import DataSpec, TrainConfig
 from engine.train.features import IDENTITY, CachedFeatures, random_view, render_view
@@ -30,6 +31,15 @@ class TrainSet:
     train: object  # LabelledSet
     val: object | None
     prompts: tuple[str, ...]
+
+
+def synthetic_set(spec: DataSpec):
+    """The generated walls a DataSpec asks for, written once under .cache/synthetic/ (engine.synth)."""
+    from engine.synth import write_training_set
+
+    folder = in_repo(".cache/synthetic") / f"{spec.synthetic_concept.replace(' ', '-')}-{spec.synthetic_walls}"
+    return open_dataset(write_training_set(folder, spec.synthetic_concept, spec.synthetic_walls),
+                        prompts=spec.prompts)
 
 
 def open_sets(cfg: TrainConfig) -> list[TrainSet]:
@@ -53,6 +63,8 @@ def open_sets(cfg: TrainConfig) -> list[TrainSet]:
             train, val = train.split((0.85, 0.15), seed=cfg.seed)
         if cfg.max_train_images:
             train = train.subset(range(min(len(train), cfg.max_train_images)))
+        if spec.synthetic_walls:  # after the real photos, so "the first N train photos" stay real ones
+            train = train.joined(synthetic_set(spec))
         if cfg.max_val_images:
             val = val.subset(range(min(len(val), cfg.max_val_images)))
         if len(train) == 0:
