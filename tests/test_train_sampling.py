@@ -93,6 +93,13 @@ def test_pick_prompt_draws_negatives_only_from_other_sets():
     assert 0.26 < len(negatives) / len(draws) < 0.34
     assert not any(negative for _, negative in (pick_prompt(0, sets[:1], 0.9, rng) for _ in range(200)))
     assert not any(negative for _, negative in (pick_prompt(1, sets, 0.0, rng) for _ in range(200)))
+    # two sets of one concept (say real and generated cracks) never give each other negatives
+    same = [sets[0], TrainSet(None, None, None, ("segment crack",)), sets[1]]
+    draws = [pick_prompt(0, same, 0.5, rng) for _ in range(500)]
+    assert {p for p, negative in draws if negative} == {"segment taping area"}
+    assert {p for p, negative in (pick_prompt(1, same, 0.5, rng) for _ in range(500)) if negative} == \
+        {"segment taping area"}
+    assert not any(negative for _, negative in (pick_prompt(0, same[:2], 0.9, rng) for _ in range(200)))
 
 
 def test_negatives_begin_at_negative_start():

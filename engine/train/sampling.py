@@ -112,10 +112,12 @@ def negative_rate_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
 def pick_prompt(si: int, sets: Sequence[TrainSet], negative_rate: float, rng: random.Random) -> tuple[str, bool]:
     """(prompt, negative) for an item of set si: one of its own synonyms, or with probability negative_rate
     (and only with two or more sets) a prompt of another set, whose target is then empty: the concept asked
-    for is absent from the photo, and the model must learn to answer with nothing."""
+    for is absent from the photo, and the model must learn to answer with nothing. A set that shares a prompt
+    with set si holds the same concept, so it never gives si's photos a negative."""
     if negative_rate > 0 and len(sets) > 1 and rng.random() < negative_rate:
-        other = rng.choice([j for j in range(len(sets)) if j != si])
-        return rng.choice(sets[other].prompts), True
+        others = [j for j in range(len(sets)) if j != si and not set(sets[j].prompts) & set(sets[si].prompts)]
+        if others:
+            return rng.choice(sets[rng.choice(others)].prompts), True
     return rng.choice(sets[si].prompts), False
 
 
