@@ -121,6 +121,18 @@ def choose_precision(threads: int | None = None, *, path: Path | None = None) ->
     return choice
 
 
+def resolve_precision(asked: str, device: str = "cpu", threads: int | None = None) -> PrecisionChoice:
+    """What to run for `asked`: "fp32" or "bf16" as asked; "auto" the measured choice on the CPU
+    (`choose_precision`), fp32 on any other device. Raises ValueError for anything else."""
+    if asked in CHOICES:
+        return PrecisionChoice(asked, f"{asked}: asked for")
+    if asked != "auto":
+        raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', not {asked!r}.")
+    if torch.device(device).type != "cpu":
+        return PrecisionChoice("fp32", "fp32: bf16 is measured on the CPU only")
+    return choose_precision(threads)
+
+
 def _read(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())

@@ -20,7 +20,7 @@ from torch import nn
 
 from engine.images import image_size, load_image
 from engine.prediction import Prediction, presence_score, resolve_thresholds, sigmoid
-from engine.precision import choose_precision
+from engine.precision import resolve_precision
 from engine.prompts import as_prompt_list
 
 # Longest side an uploaded photo is decoded at before it is resized to the model's input (352 px): a 12000 px
@@ -227,13 +227,9 @@ class Segmenter(SegmenterBase):
     def __init__(self, model, tokenizer, processor, *, threshold: float = 0.4, name: str = "model",
                  threads: int | None = None, precision: str = "fp32", device: str = "cpu", meta: dict | None = None):
         self.threads = threads or torch.get_num_threads()
-        self.precision_reason = f"{precision}: asked for"
-        if precision == "auto":  # measured on this machine (engine.precision), never guessed from CPU flags
-            choice = choose_precision(self.threads) if device == "cpu" else None
-            precision = choice.precision if choice else "fp32"
-            self.precision_reason = choice.reason if choice else "fp32: bf16 is measured on the CPU only"
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', not {precision!r}.")
+        # "auto" is measured on this machine (engine.precision), never guessed from CPU flags
+        choice = resolve_precision(precision, device, self.threads)
+        precision, self.precision_reason = choice.precision, choice.reason
         self.precision = precision
         self.dtype = torch.float32  # of the activations between modules, in both precisions
         self.device = torch.device(device)

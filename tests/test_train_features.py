@@ -7,8 +7,10 @@ import torch
 
 from engine.train import features
 from engine.train.events import LogEvent
-from engine.train.features import (AGREEMENT_TOLERANCE, IDENTITY, CachePrecision, build_feature_cache, cache_precision,
-                                   cached_views, fast_tower, model_fingerprint, relative_error)
+from engine.precision import PrecisionChoice as CachePrecision
+from engine.precision import resolve_precision as cache_precision
+from engine.train.features import (AGREEMENT_TOLERANCE, IDENTITY, build_feature_cache, cached_views, fast_tower,
+                                   model_fingerprint, relative_error)
 from engine.train.model import build_trainee
 from engine.train.sampling import open_sets
 from train_helpers import tiny_cfg  # noqa: F401  (a fixture)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save
 
 from engine.errors import TrainingStopped
 from engine.fileio import atomic_write_bytes
+from engine.precision import PrecisionChoice, resolve_precision
 from engine.segmenter import Segmenter, normalise, tower_activations
 from engine.train.events import Event, LogEvent, PhaseEvent, StepEvent
 
@@ -150,27 +151,6 @@ CACHE_BATCH = 4
 AGREEMENT_TOLERANCE = 0.03
 
 
-@dataclass(frozen=True)
-class CachePrecision:
-    """The precision the cache is built in ("fp32" or "bf16") and one line that says why."""
-
-    precision: str
-    reason: str
-
-
-def cache_precision(asked: str, device: torch.device, threads: int | None = None) -> CachePrecision:
-    """"fp32" or "bf16" as asked, or with "auto" the faster of the two as measured on this CPU
-    (engine.precision: measured once per machine, never guessed from CPU flags); fp32 off the CPU."""
-    if asked in ("fp32", "bf16"):
-        return CachePrecision(asked, f"{asked}: asked for")
-    if device.type != "cpu":
-        return CachePrecision("fp32", "fp32: the faster precision is measured on the CPU only")
-    from engine.precision import choose_precision  # times matmuls on first use
-
-    choice = choose_precision(threads or torch.get_num_threads())
-    return CachePrecision(choice.precision, choice.reason)
-
-
 def fast_tower(model, precision: str):
     """The vision tower the cache is computed with: the model's own for fp32; for bf16 a copy, cut after the
     deepest extract layer, whose matmuls run in bf16 (the trained model itself is left untouched)."""
@@ -200,14 +180,14 @@ def build_feature_cache(model, tokenizer, processor, sets: Sequence, *, root, im
     """Compute the vision activations of every (training image, view) not cached yet, and the prompts' embeddings.
 
     sets: the run's TrainSets (`.train` items with `.image_path`, `.prompts`). precision: "auto" (the faster of
-    fp32 and bf16 measured here, see `cache_precision`), "fp32" or "bf16"; a fast precision is checked against
+    fp32 and bf16 measured here, `engine.precision.resolve_precision`), "fp32" or "bf16"; a fast precision is checked against
     fp32 on the first photo and dropped if its features differ by more than AGREEMENT_TOLERANCE. Reports a
     "caching" phase, a LogEvent with the precision and why, and one StepEvent(caching=True) per view computed;
     raises TrainingStopped once `stop` is set.
     """
     extract_layers = list(model.config.extract_layers)
     digests = [[file_digest(item.image_path) for item in s.train.items] for s in sets]
-    chosen = cache_precision(precision, device)
+    chosen = resolve_precision(precision, str(device))
 
     def missing(cache: FeatureCache) -> list[tuple[int, int, View]]:
         return [(si, i, v) for si, s in enumerate(sets) for i in range(len(s.train)) for v in views
@@ -233,10 +213,10 @@ def build_feature_cache(model, tokenizer, processor, sets: Sequence, *, root, im
                 reason = f"{chosen.reason}; its features are within {error:.1%} of fp32's"
             else:
                 reason = f"fp32: {chosen.precision} features differed from fp32's by {error:.1%} here"
-                chosen, tower = CachePrecision("fp32", reason), model.clip.vision_model
+                chosen, tower = PrecisionChoice("fp32", reason), model.clip.vision_model
                 cache = FeatureCache(root, model_fingerprint(model, image_size, "fp32"), dtype)
                 todo = missing(cache)
-            chosen = CachePrecision(chosen.precision, reason)
+            chosen = PrecisionChoice(chosen.precision, reason)
         on_event(PhaseEvent("caching", f"caching features of {len(todo)} views"))
         if todo:
             on_event(LogEvent(f"feature cache: computing {len(todo)} views ({chosen.reason})"))
