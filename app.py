@@ -366,8 +366,9 @@ def segment_batch(ctx: AppContext, files, prompts, model, threshold, progress=gr
     cap = ctx.public.limits.batch_photos if ctx.public.enabled else MAX_BATCH_PHOTOS
     out_dir = ctx.call_dir("masks")
     photos = batch_photos([(p, Path(p).name) for p in paths if p], out_dir / "photos", max_photos=cap)
-    if segmenter.prompt_warning(chosen):
-        gr.Warning(segmenter.prompt_warning(chosen))
+    warning = segmenter.prompt_warning(chosen)
+    if warning:
+        gr.Warning(warning)
     result = run_batch(segmenter, photos, chosen, out_dir=out_dir, threshold=slider_threshold(segmenter, threshold),
                        progress=lambda f, m: progress(f, desc=m))
     if result.failed:

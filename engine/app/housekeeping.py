@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.paths import in_repo
+
 __all__ = ["WORK_DIR_PREFIX", "Entry", "bytes_used", "entries", "prune", "job_paths", "make_work_dir",
            "remove_work_dir", "stale_work_dirs"]
 
@@ -102,8 +104,9 @@ def prune(folders: Iterable[str | os.PathLike], max_bytes: int, *, keep: Iterabl
     """
     now = time.time() if now is None else now
     kept = [Path(k).resolve() for k in keep if k]
-    candidates = [e for e in entries(folders) if not _protected(e.path, kept) and now - e.mtime >= min_age_s]
-    total = bytes_used(folders)
+    found = entries(folders)  # one walk: the total and the candidates come from the same measurement
+    candidates = [e for e in found if not _protected(e.path, kept) and now - e.mtime >= min_age_s]
+    total = sum(e.size for e in found)
     deleted = []
     for entry in candidates:  # oldest first
         too_old = max_age_s is not None and now - entry.mtime > max_age_s
@@ -126,7 +129,8 @@ def job_paths(run_dir: str | os.PathLike | None) -> list[Path]:
     except (OSError, ValueError):
         return [run_dir]
     data = [d.get("path") for d in config.get("data") or [] if isinstance(d, dict)]
-    return [run_dir, *(Path(p) for p in (*data, config.get("model")) if isinstance(p, str) and p)]
+    # config.json stores paths relative to the repository (train.checkpoint); in_repo reads them back
+    return [run_dir, *(in_repo(p) for p in (*data, config.get("model")) if isinstance(p, str) and p)]
 
 
 def make_work_dir(parent: str | os.PathLike | None = None) -> Path:
