@@ -50,5 +50,10 @@ def is_onnx_export(path: str | os.PathLike) -> bool:
 
 
 def is_model_folder(path: str | os.PathLike) -> bool:
-    """True for a Hugging Face model folder (config.json beside the weights)."""
-    return (Path(path) / "config.json").is_file()
+    """True for a saved Hugging Face model folder: config.json beside its weights (*.safetensors or *.bin).
+
+    A training run's own folder also holds a config.json (its TrainConfig), and a run stopped before its first
+    save holds nothing else, so config.json alone does not make a model.
+    """
+    path = Path(path)
+    return (path / "config.json").is_file() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin")))

@@ -77,16 +77,7 @@ def list_models(checkpoints_dir=None, export_dir=None) -> list[tuple[str, str]]:
             if path.resolve() == STARTER_DIR.resolve():
                 continue
             usable = is_onnx_export(path) if kind == "onnx" else (
-                has_weights(path / "best") or has_weights(path / "last") or has_weights(path))
+                is_model_folder(path / "best") or is_model_folder(path / "last") or is_model_folder(path))
             if usable:
                 choices.append((f"{kind}: {path.name}", str(path)))
     return choices
-
-
-def has_weights(folder: Path) -> bool:
-    """True for a model folder that was saved: config.json beside its weights.
-
-    A run stopped or killed before its first save holds config.json (its TrainConfig) and metrics.jsonl but
-    no best/ or last/ (both are swapped in whole by `save_model_folder`), so it is not offered.
-    """
-    return is_model_folder(folder) and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")))
