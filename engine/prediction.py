@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from engine.errors import ImageError
-from engine.fileio import atomic_write_bytes, atomic_write_text
-from engine.masks import mask_filename
+from engine.fileio import atomic_write_text
+from engine.masks import mask_names, save_mask
 
 PRESENCE_KERNEL = 3  # box size (model pixels) of the presence score's smoothing
 # Output pixels computed per band when upsampling a map: bounds the float temporaries to ~2 x 4 MB x 4 bytes.
@@ -167,26 +166,15 @@ CSV_HEADER = ["photo", "prompt", "found", "area_percent", "presence", "max_score
               "ms"]
 
 
-def write_mask_png(mask: np.ndarray, path) -> Path:
-    """Write a bool (H, W) mask as an 8-bit PNG of 0/255, atomically, with one full-size uint8 copy at most.
-
-    The mask's memory is reused (its bool view becomes 0/255 bytes), so the caller must not use it afterwards.
-    """
-    values = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
-    np.multiply(values, 255, out=values)
-    buffer = io.BytesIO()
-    Image.fromarray(values, "L").save(buffer, format="PNG")
-    return atomic_write_bytes(Path(path), buffer.getvalue())
-
-
 def write_prediction(pred: Prediction, image_id: str, photo: str, out_dir) -> list[list]:
     """Write one photo's masks as `{image_id}__{prompt_slug}.png` (one prompt at a time, so one full-size mask
     in memory); returns its CSV rows (CSV_HEADER; area in % of the photo)."""
+    names = mask_names(image_id, pred.prompts)  # two prompts, one file name: refused before writing
     rows = []
     for p in pred.prompts:
         mask = pred.mask(p)
         area = 100.0 * np.count_nonzero(mask) / mask.size
-        write_mask_png(mask, Path(out_dir) / mask_filename(image_id, p))
+        save_mask(mask, Path(out_dir) / names[p])
         rows.append([photo, p, "found" if pred.found(p) else "not found", round(area, 3), round(pred.presence[p], 4),
                      round(pred.max_score(p), 4), pred.thresholds[p], pred.presence_thresholds[p], round(pred.ms, 1)])
     return rows

@@ -73,3 +73,12 @@ def test_write_prediction_and_csv(tmp_path):
     path = write_predictions_csv(rows, tmp_path / "predictions.csv")
     read = list(csv.reader(path.open()))
     assert read[0] == CSV_HEADER and read[1][:3] == ["photos/wall.jpg", "p", "found"] and len(read) == 2
+
+
+def test_write_prediction_refuses_two_prompts_with_one_file_name(tmp_path):
+    logits = np.zeros((8, 8), np.float32)
+    pred = Prediction({"crack": logits, "Crack!": logits}, (16, 16), {"crack": 0.5, "Crack!": 0.5},
+                      {"crack": 0.5, "Crack!": 0.5}, {"crack": 0.5, "Crack!": 0.5}, ms=1.0)
+    with pytest.raises(ValueError, match="both map to wall__crack.png"):
+        write_prediction(pred, "wall", "wall.jpg", tmp_path)
+    assert not list(tmp_path.iterdir())  # refused before any mask was written

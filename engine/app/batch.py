@@ -21,7 +21,7 @@ from engine.app.segment import image_id_for
 from engine.data.archive import safe_extract_zip
 from engine.errors import ImageError
 from engine.images import IMAGE_SUFFIXES
-from engine.masks import mask_filename
+from engine.masks import mask_names
 from engine.prediction import PREDICTIONS_CSV, write_prediction, write_predictions_csv
 from engine.report import report_photo, write_report
 
@@ -109,9 +109,7 @@ def segment_batch(segmenter, photos: Sequence[BatchPhoto], prompts: Sequence[str
     """
     out_dir = Path(out_dir)
     masks_dir = out_dir / "masks"
-    names = [mask_filename("photo", p) for p in prompts]  # two prompts, one file name: fail before running
-    if len(set(names)) < len(names):
-        raise ValueError("Two prompts map to the same mask file name; drop one or reword it.")
+    mask_names("photo", prompts)  # two prompts, one file name: refused before any photo runs
     rows, entries, failed = [], [], {}
     for i, photo in enumerate(photos):
         if progress is not None:

@@ -21,8 +21,7 @@ from PIL import Image
 
 from engine.draw import blend_heatmap, legend, overlay, side_by_side
 from engine.images import load_image
-from engine.masks import mask_filename
-from engine.prediction import write_mask_png
+from engine.masks import mask_names, save_mask
 
 __all__ = ["SegmentResult", "TABLE_HEADERS", "DISPLAY_MAX_SIDE", "example_rows", "image_id_for", "segment_photo",
            "slider_threshold"]
@@ -80,18 +79,6 @@ def slider_threshold(segmenter, value) -> float | None:
     return float(value)
 
 
-def _mask_names(prompts: Sequence[str], image_id: str) -> dict[str, str]:
-    """{prompt: mask file name}; ValueError before anything is written when two prompts share a file name."""
-    names: dict[str, str] = {}
-    for p in prompts:
-        name = mask_filename(image_id, p)
-        if name in names.values():
-            other = next(q for q, n in names.items() if n == name)
-            raise ValueError(f"Prompts {other!r} and {p!r} both map to {name}; drop one or reword it.")
-        names[p] = name
-    return names
-
-
 def segment_photo(segmenter, image, prompts: Sequence[str], *, threshold: float | None = None,
                   image_id: str = "photo", out_dir: str | os.PathLike) -> SegmentResult:
     """Segment one photo for several prompts: overlay, heatmap, per-prompt table and mask PNGs.
@@ -107,13 +94,13 @@ def segment_photo(segmenter, image, prompts: Sequence[str], *, threshold: float 
     start = time.perf_counter()
     pred = segmenter.prediction(image, prompts, threshold=threshold)
     ms = float(pred.ms or (time.perf_counter() - start) * 1000)
-    names = _mask_names(pred.prompts, image_id)
+    names = mask_names(image_id, pred.prompts)
     out_dir = Path(out_dir)
     paths, rows = [], []
     for p in pred.prompts:  # one full-size mask at a time: built, measured, written, dropped
         mask = pred.mask(p)
         area = 100.0 * float(np.count_nonzero(mask)) / mask.size
-        paths.append(write_mask_png(mask, out_dir / names[p]))
+        paths.append(save_mask(mask, out_dir / names[p]))
         del mask
         rows.append([p, "found" if pred.found(p) else "not found", round(area, 2), round(pred.presence[p], 3),
                      round(pred.max_score(p), 3), round(pred.thresholds[p], 2), round(ms, 1)])
