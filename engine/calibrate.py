@@ -12,7 +12,6 @@ on a saved model and rewrites its drywall_qa.json.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,9 +130,8 @@ def calibrate_model(segmenter, sets: Sequence[tuple], n_images: int = 100, *,
     gathered = _gather(segmenter, sets, n_images, progress)
     out = {}
     for p, g in gathered.items():
-        t, tau, score = pick_thresholds(np.asarray(g.own_iou, dtype=float).reshape(len(g.own_presence), -1),
-                                        g.own_presence, g.own_empty, g.absent_max, g.absent_presence)
         own_iou = np.asarray(g.own_iou, dtype=float).reshape(len(g.own_presence), len(THRESHOLDS))
+        t, tau, score = pick_thresholds(own_iou, g.own_presence, g.own_empty, g.absent_max, g.absent_presence)
         sweep = {float(t): float(v) for t, v in zip(THRESHOLDS, own_iou.mean(axis=0))} if len(own_iou) else {}
         out[p] = PromptCalibration(t, tau, score, len(g.own_presence), len(g.absent_max), sweep)
     return out
@@ -144,8 +142,10 @@ def write_thresholds(model_folder, calibration: dict[str, PromptCalibration], *,
 
     Prompts not calibrated keep their entries; the rest of the file is kept as it is.
     """
+    from engine.models.io import read_meta  # the one reader of drywall_qa.json (it loads transformers)
+
     path = Path(model_folder) / META_FILE
-    meta = json.loads(path.read_text()) if path.is_file() else {}
+    meta = read_meta(model_folder)
     meta["thresholds"] = {**meta.get("thresholds", {}), **{p: c.threshold for p, c in calibration.items()}}
     meta["presence_thresholds"] = {**meta.get("presence_thresholds", {}),
                                    **{p: c.presence_threshold for p, c in calibration.items()}}
