@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from engine.benchmark import count_flops, torch_matmul_gflops
+from engine.benchmark import count_flops, roofline, torch_matmul_gflops
 from engine.models import full_size_config, make_random_model_folder
 from engine.paths import SHARED_DATA
 from engine.segmenter import cpu_supports_bf16
@@ -152,8 +152,8 @@ def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int 
     result["cached_peak_share"] = result["cached_gflop_per_s"] / peak
     result["plain_peak_share"] = result["plain_gflop_per_s"] / peak
     # The cached step alone at several batch sizes (on the CPU a batch over 8 runs in pieces of 8: loop.py).
-    result["cached_by_batch"] = {str(b): {"s_per_image": s, "gflop_per_s": flops["cached"] / 1e9 / s,
-                                          "peak_share": flops["cached"] / 1e9 / s / peak} for b, s in by_batch.items()}
+    result["cached_by_batch"] = {str(b): {"s_per_image": s, **roofline(s, flops["cached"], peak)}
+                                 for b, s in by_batch.items()}
     result["end_to_end"] = end_to_end(threads, **(end_to_end_job or {}))
     return {**result, "threads": threads, "image_size": 352, "batch_size": batch_size,
             "images": n_images, "repeats": repeats, "architecture": "CIDAS/clipseg-rd64-refined (random weights)"}
