@@ -8,7 +8,6 @@ what a user gave (a folder, or a .zip) into a labelled-set folder on disk.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 import uuid
@@ -19,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from engine.data.coco import COCO_FILE_NAME
 from engine.data.dataset import find_splits, open_dataset, split_layout
+from engine.data.labels import is_absolute_name
 from engine.errors import ArchiveError, LabelError, LabelWarning
 
 __all__ = ["MAX_ZIP_FILES", "MAX_ZIP_BYTES", "MAX_ZIP_RATIO", "RATIO_CHECK_BYTES", "ArchiveError", "safe_extract_zip",
@@ -44,7 +44,7 @@ def _member_problem(info: zipfile.ZipInfo) -> str | None:
     if "\x00" in name:
         return "has a NUL byte in its name"
     posix = name.replace("\\", "/")
-    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+    if is_absolute_name(posix):
         return "is an absolute path"
     if ".." in PurePosixPath(posix).parts:
         return "climbs out of the folder with '..'"

@@ -9,7 +9,6 @@ only when asked for, at the image's own pixel size.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from engine.data.coco import COCO_FILE_NAME, coco_items
-from engine.data.labels import Item, MaskFileLabel, ShapeLabel, is_outside
+from engine.data.labels import Item, MaskFileLabel, ShapeLabel, is_absolute_name, is_outside
 from engine.data.maskdir import mask_folder_items
 from engine.data.split import source_photo_id, split_groups
 from engine.data.yolo import load_data_yaml, yolo_class_filter, yolo_items
@@ -195,7 +194,7 @@ def _yaml_split_folder(root: Path, entry: object, yaml_path: Path, key: str) -> 
     if not isinstance(entry, str):
         return None  # lists of folders or of .txt files: the folder scan finds the splits instead
     posix = entry.replace("\\", "/")
-    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+    if is_absolute_name(posix):
         candidates = [Path(entry)]
     else:
         relative = Path(posix)

@@ -141,11 +141,16 @@ def is_outside(path: Path, root: Path) -> bool:
     return not Path(path).resolve().is_relative_to(Path(root).resolve())
 
 
+def is_absolute_name(name: str) -> bool:
+    """True for a file name that is absolute on any system: "/x", "\\\\host\\x" or "C:/x"."""
+    posix = name.replace("\\", "/")
+    return posix.startswith("/") or re.match(r"^[A-Za-z]:", posix) is not None
+
+
 def unsafe_name(name: str) -> bool:
     """True for a file name that is absolute ("/x", "C:/x", "\\\\host\\x") or climbs out with "..": it would name
     a file outside the folder it is read from."""
-    posix = name.replace("\\", "/")
-    return posix.startswith("/") or re.match(r"^[A-Za-z]:", posix) is not None or ".." in posix.split("/")
+    return is_absolute_name(name) or ".." in name.replace("\\", "/").split("/")
 
 
 def fail_or_warn(error: Exception, skip_bad: bool) -> None:
