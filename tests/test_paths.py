@@ -20,6 +20,7 @@ def test_in_repo_resolves_relative_paths_against_the_repository_not_the_working_
 def test_is_onnx_export_needs_the_manifest_only(tmp_path):
     assert not is_onnx_export(tmp_path)
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")  # a model folder: config.json beside its weights
     assert not is_onnx_export(tmp_path) and is_model_folder(tmp_path)
     (tmp_path / MANIFEST_FILE).write_text(json.dumps({"format": "drywall-qa-onnx"}))
     assert is_onnx_export(tmp_path) and is_onnx_export(str(tmp_path))
