@@ -46,3 +46,10 @@ def test_portable_paths_are_relative_to_the_repo_and_read_back():
     assert portable(REPO_ROOT / "checkpoints" / "run-1") == "checkpoints/run-1"
     assert portable("/etc/elsewhere") == "/etc/elsewhere"
     assert in_repo(portable(shared)).resolve() == shared.resolve()
+
+
+def test_a_run_stopped_before_its_first_save_is_no_model_folder(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # a run's TrainConfig, and no weights yet
+    assert not is_model_folder(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert is_model_folder(tmp_path)
