@@ -1,8 +1,8 @@
 """Per-prompt thresholds that keep absent-concept false alarms low: `calibrate_model` and `write_thresholds`.
 
 For each prompt this picks a pixel threshold t and a presence threshold tau (see `engine.prediction`) that
-maximise the mean per-photo IoU over the prompt's own photos *and* the other sets' photos, where the concept is
-absent: there an empty prediction scores IoU 1 and anything else 0. Own photos score the usual IoU at t, or,
+maximise the mean per-photo IoU over the prompt's own photos plus that over the other sets' photos, where the
+concept is absent: there an empty prediction scores IoU 1 and anything else 0 (each mean weighs half). Own photos score the usual IoU at t, or,
 when the prompt is not found (presence < tau), the IoU of an empty mask (1 on a photo with nothing labelled,
 else 0). So a threshold that marks the salient line whatever the prompt says pays for it on the other sets.
 
@@ -37,7 +37,7 @@ PRESENCE_GRID = np.round(np.concatenate([THRESHOLDS, [0.97, 0.98, 0.99, 0.995, 0
 
 @dataclass
 class PromptCalibration:
-    """One prompt's picked thresholds and the score they reach (mean IoU over own + absent photos)."""
+    """One prompt's picked thresholds and the score they reach (the mean of own and absent photos' mean IoU)."""
 
     threshold: float
     presence_threshold: float
@@ -62,8 +62,10 @@ class _Gathered:
 def pick_thresholds(own_iou: np.ndarray, own_presence: np.ndarray, own_empty: np.ndarray, absent_max: np.ndarray,
                     absent_presence: np.ndarray, thresholds=THRESHOLDS, presence_grid=PRESENCE_GRID,
                     min_found: float = MIN_FOUND):
-    """The (pixel threshold, presence threshold, score) with the best mean IoU over own + absent photos, among
-    the presence thresholds that keep at least `min_found` of the own photos with a labelled mask found.
+    """The (pixel threshold, presence threshold, score) with the best score, among the presence thresholds that
+    keep at least `min_found` of the own photos with a labelled mask found. The score is the mean of two means,
+    own photos' IoU and absent photos' (each half, whatever their counts: with 11 own photos against 91 absent
+    ones a plain mean bought silence on the absent photos with the own photos' masks), or the one mean there is.
 
     own_iou: (n, T) IoU at each of `thresholds`; own_presence, own_empty: (n,); absent_max, absent_presence: (m,)
     (an absent photo scores 1 when its mask is empty: not found, or no pixel reaches the threshold).
@@ -72,9 +74,10 @@ def pick_thresholds(own_iou: np.ndarray, own_presence: np.ndarray, own_empty: np
     own_iou, thresholds = np.asarray(own_iou, float).reshape(len(own_presence), -1), np.asarray(thresholds, float)
     own_presence, own_empty = np.asarray(own_presence, float), np.asarray(own_empty, bool)
     absent_max, absent_presence = np.asarray(absent_max, float), np.asarray(absent_presence, float)
-    n = len(own_presence) + len(absent_max)
-    if n == 0:
+    n_own, n_absent = len(own_presence), len(absent_max)
+    if n_own + n_absent == 0:
         raise ValueError("no photos to calibrate on; pass sets with images")
+    halves = 2 if n_own and n_absent else 1
     best = None
     labelled = ~own_empty
     for tau in presence_grid:
@@ -85,7 +88,8 @@ def pick_thresholds(own_iou: np.ndarray, own_presence: np.ndarray, own_empty: np
         absent_found = absent_presence >= tau
         fired = absent_found[:, None] & (absent_max[:, None] >= thresholds[None, :])  # (m, T)
         absent = (~fired).sum(axis=0)
-        t, score = best_threshold({float(t): float(v) / n for t, v in zip(thresholds, own + absent)})
+        total = own / max(n_own, 1) + absent / max(n_absent, 1)
+        t, score = best_threshold({float(t): float(v) / halves for t, v in zip(thresholds, total)})
         if best is None or score > best[2] + 1e-12:
             best = (t, float(tau), score)
     return best

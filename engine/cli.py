@@ -108,6 +108,8 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--data", action="append", required=True, metavar="PATH=PROMPTS",
                    help='a set and its prompts, e.g. ../shared/data/drywall-qa/cracks="segment crack,segment wall crack"')
     p.add_argument("--split", default="train", help="split of each set to calibrate on (default: train)")
+    p.add_argument("--holdout-share", type=float, default=0.0,
+                   help="calibrate on the photos that training with this holdout_share kept unseen, e.g. 0.1")
     p.add_argument("--images", type=int, default=100, help="photos per set (the first N; default: 100)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
 
@@ -290,15 +292,20 @@ def cmd_calibrate(args) -> int:
     if source.kind not in ("folder", "run"):
         raise ValueError(f"Model {args.model!r} is a {source.kind} model; calibrate a local model folder or a run "
                          "(an ONNX export keeps the thresholds of the model it was exported from).")
-    sets = [(open_dataset(path, split=args.split, prompts=prompts, name=set_name(path)), list(prompts))
-            for path, prompts in specs]
+    sets = [(open_dataset(path, split=args.split, prompts=prompts, name=set_name(path), skip_bad=True),
+             list(prompts)) for path, prompts in specs]
+    where = f"{args.split} splits"
+    if args.holdout_share:  # the photos a run with this holdout_share kept out of training
+        from engine.train.sampling import split_holdout
+
+        sets = [(split_holdout(ds, args.holdout_share)[1], prompts) for ds, prompts in sets]
+        where = f"{args.holdout_share:.0%} of the {args.split} splits held out of training"
     segmenter = load_segmenter(source, threads=args.threads, precision="fp32")
     calibration = calibrate_model(segmenter, sets, args.images, progress=True)
     for p, c in calibration.items():
         print(f"{p}: threshold {c.threshold:.2f}, presence {c.presence_threshold:.3f} "
-              f"(mean IoU {c.score:.3f} over {c.n_own} own + {c.n_absent} absent photos)")
-    path = write_thresholds(source.path, calibration,
-                            source=f"{args.split} splits, first {args.images} photos per set")
+              f"(score {c.score:.3f} over {c.n_own} own + {c.n_absent} absent photos)")
+    path = write_thresholds(source.path, calibration, source=f"{where}, first {args.images} photos per set")
     print(f"wrote {path}")
     return 0
 

@@ -80,7 +80,8 @@ def render_card(run_dir, scores: dict) -> str:
         *[f"- `{_relative(d['path'])}` (prompts: {', '.join(repr(p) for p in d['prompts'])}): "
           f"{ATTRIBUTION.get(Path(d['path']).name, 'see its source')}" for d in cfg["data"]],
         "", "Both sets are split by source photo (no photo in two splits). The train splits were used for training"
-        f"{'' if _valid_unseen(cfg) else ', the valid splits for model selection and the scores below'}.", "",
+        f"{_held_out(cfg)}{'' if _valid_unseen(cfg) else ', the valid splits for model selection and the scores below'}.",
+        "",
         f"## Scores (validation splits, each prompt at its own threshold; default {scores['threshold']:.2f})", "",
         "| set | prompt | images | mIoU (per image) | Dice | precision | recall |",
         "|---|---|---|---|---|---|---|",
@@ -121,16 +122,23 @@ def _stage(run_dir: Path, cfg: dict, summary: dict) -> str:
     preset = _preset_of(run_dir)
     command = (f"`python -m engine train --preset {preset}` (see `PRESETS['{preset}']` in `engine/train/config.py`)"
                if preset else "`python -m engine train` with the settings in its `config.json`")
-    losses = "BCE + soft Dice" + (f" + presence (weight {cfg['presence_weight']:g})" if cfg.get("presence_weight")
-                                  else "")
+    losses = "BCE + soft Dice"
+    if cfg.get("dice_on_empty") is False:
+        losses += " (Dice on photos with a labelled mask only)"
+    if cfg.get("presence_weight"):
+        only = ", negatives only" if cfg.get("presence_on_positives") is False else ""
+        losses += f" + presence (weight {cfg['presence_weight']:g}{only})"
     if cfg.get("train") == "all":
         what = "flips / 90° turns / crops / colour jitter, every layer trained"
     else:
         what = (f"only the decoder trained, from cached features of the frozen backbone ({cfg.get('cache_views')} "
                 f"views per photo, computed in {summary.get('cache_precision', 'fp32')})")
-    walls = [(d["synthetic_walls"], d["synthetic_concept"]) for d in cfg.get("data", []) if d.get("synthetic_walls")]
+    walls = [(d["synthetic_walls"], d["synthetic_concept"], d.get("synthetic_mixed", 0)) for d in cfg.get("data", [])
+             if d.get("synthetic_walls")]
     if walls:
-        what += ", with " + " and ".join(f"{n} generated walls of {c}" for n, c in walls) + \
+        kinds = [f"{n} generated walls of {c}" + (f" ({m} of them with the other concept too)" if m else "")
+                 for n, c, m in walls]
+        what += ", with " + " and ".join(kinds) + \
             " (`engine/synth.py`, seeds unlike the example walls') added to the training photos"
     amp = " autocast" if summary["precision"] != "float32" else ""
     model = cfg.get("model")
@@ -171,16 +179,23 @@ def _absent_table(scores: dict) -> list[str]:
     return lines
 
 
+def _held_out(cfg: dict) -> str:
+    share = cfg.get("holdout_share") or 0
+    return f" (less {share:.0%} of each, held out for the thresholds)" if share else ""
+
+
 def _valid_unseen(cfg: dict) -> bool:
     """True when the valid splits chose neither the epoch nor the threshold."""
-    return cfg.get("select") == "last" and cfg.get("calibrate_on") == "train"
+    return cfg.get("select") == "last" and cfg.get("calibrate_on") in ("train", "holdout")
 
 
 def _selection(cfg: dict, summary: dict) -> str:
     epoch = (f"The final epoch ({summary['best_epoch']}) is kept" if cfg.get("select") == "last"
              else f"Best epoch {summary['best_epoch']} by mean validation IoU")
-    source = (f"the first {cfg.get('calibration_images')} train photos of each set" if cfg.get("calibrate_on") == "train"
-              else "the validation sets")
+    source = {"train": f"the first {cfg.get('calibration_images')} train photos of each set",
+              "holdout": f"{cfg.get('holdout_share', 0):.0%} of each set's train photos, held out of training (the "
+                         "same photos in every run with this share)"}.get(cfg.get("calibrate_on"),
+                                                                                          "the validation sets")
     when = f"From {cfg['negative_start']:.0%} of the run on" if cfg.get("negative_start") else "Throughout"
     negatives = (f" {when}, {cfg['negative_rate']:.0%} of the samples "
                  "were absent-concept negatives (a photo with another set's prompt and an empty mask)."
@@ -275,7 +290,8 @@ def run_card(run_dir, name: str | None = None) -> str:
     start = meta.get("base_model") or ("a new model (from scratch)" if cfg.get("model") == "scratch"
                                        else f"a local model ({Path(str(cfg.get('model'))).name})")
     settings = {k: cfg[k] for k in ("epochs", "lr", "batch_size", "image_size", "train", "unfreeze_vision_layers",
-                                    "unfreeze_text_layers", "augment", "negative_rate", "select", "calibrate_on")
+                                    "unfreeze_text_layers", "augment", "negative_rate", "select", "calibrate_on",
+                                    "holdout_share")
                 if k in cfg}
     lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# {name}", "",

@@ -266,29 +266,46 @@ def write_examples(out_dir, n: int = 6, quality: int = 85) -> list[Path]:
     return paths
 
 
-def training_wall(concept: str, seed: int) -> tuple[Image.Image, dict[str, np.ndarray]]:
-    """One generated wall that holds only ``concept`` ("crack": 1-3 cracks, "taping area": 1-2 joints), its size
-    and lighting drawn from :data:`EXAMPLE_VARIANTS`; the same seed gives the same wall."""
+def training_wall(concept: str, seed: int, *, mixed: bool = False) -> tuple[Image.Image, dict[str, np.ndarray]]:
+    """One generated wall that holds ``concept`` ("crack": 1-3 cracks, "taping area": 1-2 joints), and with
+    ``mixed`` the other concept too (both counts drawn), its size and lighting drawn from
+    :data:`EXAMPLE_VARIANTS`; the same arguments give the same wall."""
     if concept not in PROMPT_FOR_MASK:
         raise ValueError(f"concept must be one of {sorted(PROMPT_FOR_MASK)}, not {concept!r}")
     rng = np.random.default_rng(seed)
     size, _, _, lighting = EXAMPLE_VARIANTS[int(rng.integers(len(EXAMPLE_VARIANTS)))]
-    if concept == "crack":
-        counts = {"cracks": int(rng.integers(1, 4)), "joints": 0}
+    if concept == "crack":  # own count first: the walls without the other concept stay what they were
+        counts = {"cracks": int(rng.integers(1, 4))}
+        counts["joints"] = int(rng.integers(1, 3)) if mixed else 0
     else:
-        counts = {"cracks": 0, "joints": int(rng.integers(1, 3))}
+        counts = {"joints": int(rng.integers(1, 3))}
+        counts["cracks"] = int(rng.integers(1, 4)) if mixed else 0
     return make_wall(seed, size, lighting=bool(lighting), **counts)
 
 
-def write_training_set(out_dir, concept: str, n: int, *, seed: int = 1000, quality: int = 90) -> Path:
+def training_wall_name(concept: str, seed: int, mixed: bool = False) -> str:
+    """The file stem of a generated training wall; :func:`is_mixed_wall` tells the mixed ones by it."""
+    return f"synth_{concept.split()[0]}_{'mixed_' if mixed else ''}{seed}"
+
+
+def is_mixed_wall(name: str) -> bool:
+    """True for a generated training wall that holds both concepts (its set labels only its own)."""
+    return name.startswith("synth_") and "_mixed_" in name
+
+
+def write_training_set(out_dir, concept: str, n: int, *, mixed: int = 0, seed: int = 1000,
+                       quality: int = 90) -> Path:
     """``n`` walls of :func:`training_wall` (seeds ``seed`` .. ``seed + n - 1``; the examples use 1-6, so they
-    stay unseen) as an images/ + masks/ labelled set of ``concept``. Skipped when the set is already complete.
+    stay unseen), the last ``mixed`` of them holding the other concept too, as an images/ + masks/ labelled set
+    of ``concept`` (a mixed wall's mask is its ``concept`` only). Skipped when the set is already complete.
 
     Returns:
         ``out_dir``, ready for ``engine.data.open_dataset``.
     """
     if concept not in PROMPT_FOR_MASK:
         raise ValueError(f"concept must be one of {sorted(PROMPT_FOR_MASK)}, not {concept!r}")
+    if not 0 <= mixed <= n:
+        raise ValueError(f"mixed must be between 0 and n ({n}), not {mixed}")
     out = Path(out_dir)
     images, masks = out / "images", out / "masks"
     if images.is_dir() and masks.is_dir() and len(list(masks.glob("*.png"))) == n:
@@ -296,8 +313,9 @@ def write_training_set(out_dir, concept: str, n: int, *, seed: int = 1000, quali
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        image, wall_masks = training_wall(concept, seed + i)
-        name = f"synth_{concept.split()[0]}_{seed + i}"
+        both = i >= n - mixed
+        image, wall_masks = training_wall(concept, seed + i, mixed=both)
+        name = training_wall_name(concept, seed + i, both)
         image.save(images / f"{name}.jpg", "JPEG", quality=quality)
         Image.fromarray(wall_masks[concept].astype(np.uint8) * 255).save(masks / f"{name}.png")
     return out

@@ -23,6 +23,17 @@ def test_pick_thresholds_counts_absent_photos_as_empty_ground_truth():
         0.5, 0.5, 1.0)
 
 
+def test_own_and_absent_photos_weigh_half_each_whatever_their_counts():
+    # one own photo: IoU 0.9 at pixel threshold 0.3, 0 at 0.9; nine absent photos, each fires at 0.3 only
+    args = dict(own_iou=[[0.9, 0.0]], own_presence=[1.0], own_empty=[False], absent_max=[0.5] * 9,
+                absent_presence=[1.0] * 9, thresholds=[0.3, 0.9], presence_grid=[0.0])
+    # halves: 0.3 scores (0.9 + 0) / 2 = 0.45, 0.9 scores (0 + 1) / 2 = 0.5 (a plain mean: 0.09 against 0.9)
+    assert pick_thresholds(**args) == (0.9, 0.0, pytest.approx(0.5))
+    args["own_iou"] = [[1.0, 0.0]]
+    args["absent_max"] = [0.5] + [0.1] * 8  # one absent photo fires at 0.3: (1 + 8/9) / 2 beats (0 + 1) / 2
+    assert pick_thresholds(**args) == (0.3, 0.0, pytest.approx((1 + 8 / 9) / 2))
+
+
 @pytest.fixture(scope="module")
 def small_sets(shared_data):
     cracks = open_dataset(shared_data / "cracks" / "valid", name="cracks/valid")
@@ -67,3 +78,17 @@ def test_calibrate_command_rewrites_the_model_thresholds(tiny_model_dir, shared_
     seg = load_segmenter(model, threads=2)
     assert seg.thresholds_for(["segment crack", "other"]) == {"segment crack": meta["thresholds"]["segment crack"],
                                                               "other": 0.5}
+
+
+@pytest.mark.slow
+def test_calibrate_command_on_held_out_photos(tiny_model_dir, shared_data, tmp_path, capsys):
+    from engine.cli import main
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    code = main(["calibrate", "--model", str(model), "--data", f"{shared_data / 'cracks'}=segment crack",
+                 "--data", f"{shared_data / 'joints'}=segment taping area", "--images", "50",
+                 "--holdout-share", "0.1", "--threads", "2"])
+    assert code == 0 and "wrote" in capsys.readouterr().out
+    meta = json.loads((model / "drywall_qa.json").read_text())
+    assert meta["calibration"]["source"] == "10% of the train splits held out of training, first 50 photos per set"
+    assert meta["calibration"]["images"]["segment taping area"] == [11, 50]  # joints: 11 of 110 held out

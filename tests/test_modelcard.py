@@ -68,3 +68,16 @@ def test_card_of_a_fine_tuned_run_describes_both_stages(tmp_path):
             "seeds unlike the example walls') added to the training photos; device cpu, precision float32, "
             "10 minutes") in card
     assert "Throughout, 50% of the samples were absent-concept negatives" in card
+
+
+def test_card_of_a_run_calibrated_on_held_out_photos(tmp_path):
+    run = _run(tmp_path, calibrate_on="holdout", holdout_share=0.1, presence_weight=0.3, dice_on_empty=False,
+               data=[{"path": "/x/cracks", "prompts": ["segment crack"], "synthetic_concept": "crack",
+                      "synthetic_walls": 40, "synthetic_mixed": 20}])
+    card = render_card(run, SCORES)
+    assert ("thresholds were calibrated on 10% of each set's train photos, held out of training (the same photos "
+            "in every run with this share)") in card
+    assert "chose nothing (neither the epoch nor the threshold)" in card
+    assert "The train splits were used for training (less 10% of each, held out for the thresholds)." in card
+    assert "BCE + soft Dice (Dice on photos with a labelled mask only) + presence (weight 0.3), only the decoder" in card
+    assert "with 40 generated walls of crack (20 of them with the other concept too)" in card

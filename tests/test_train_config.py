@@ -23,7 +23,7 @@ def test_presets_are_small_overrides_and_bad_settings_are_named():
 @pytest.mark.parametrize("name, bad, message", [
     ("train", "everything", "train must be 'decoder', 'last_n' or 'all', not 'everything'"),
     ("select", "worst", "select must be 'best' or 'last'"),
-    ("calibrate_on", "test", "calibrate_on must be 'valid' or 'train'"),
+    ("calibrate_on", "test", "calibrate_on must be 'valid', 'train' or 'holdout'"),
     ("schedule", "step", "schedule must be 'cosine' or 'plateau'"),
     ("cache_precision", "fp16", "cache_precision must be 'auto', 'fp32' or 'bf16'"),
     ("epochs", 0, "epochs and batch_size must be >= 1"),

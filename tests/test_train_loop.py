@@ -97,6 +97,38 @@ def test_select_last_with_a_threshold_set_on_train_photos(tiny_cfg, shared_data,
 
 
 @pytest.mark.slow
+def test_thresholds_set_on_held_out_photos(tiny_cfg, shared_data, tmp_path):
+    """calibrate_on="holdout": the thresholds come from photos the run never trained on."""
+    from engine.calibrate import calibrate_model
+    from engine.train.sampling import open_sets
+
+    cracks = DataSpec(str(shared_data / "cracks"), ("segment crack",))
+    cfg = tiny_cfg(epochs=2, select="last", holdout_share=0.1, calibrate_on="holdout", calibration_images=4,
+                   data=[cracks])
+    held = open_sets(cfg)[0]
+    train(cfg)
+    seg = load_segmenter(tmp_path / "run")
+    picked = calibrate_model(seg, [(held.holdout, ["segment crack"])], 4)["segment crack"]
+    assert seg.thresholds_for(["segment crack"])["segment crack"] == pytest.approx(picked.threshold)
+    assert seg.presence_thresholds_for(["segment crack"])["segment crack"] == pytest.approx(picked.presence_threshold)
+    assert not set(held.holdout.ids) & set(held.train.ids)
+
+
+def test_base_holdout_reads_the_run_a_model_comes_from(tmp_path):
+    from engine.train.loop import base_holdout
+
+    run = tmp_path / "base"
+    (run / "best").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"holdout_share": 0.1}))
+    (run / "summary.json").write_text("{}")
+    assert base_holdout(str(run)) == base_holdout(str(run / "best")) == 0.1
+    (run / "config.json").write_text("{}")  # a run from before holdouts: it trained on every train photo
+    assert base_holdout(str(run / "best")) == 0.0
+    assert base_holdout(str(tmp_path)) is None and base_holdout("scratch") is None
+    assert base_holdout("CIDAS/clipseg-rd64-refined") is None
+
+
+@pytest.mark.slow
 def test_stop_keeps_the_last_finished_epoch(tiny_cfg, tmp_path):
     stop = threading.Event()
     steps_after_stop, finished = [], []

@@ -26,6 +26,29 @@ def test_soft_dice_averages_over_samples():
     assert soft_dice_loss(logits, target).item() == pytest.approx((0 + 2 / 3) / 2, abs=1e-6)
 
 
+def test_soft_dice_can_leave_empty_targets_out():
+    logits = torch.stack([torch.full((2, 2), 50.0), torch.zeros(2, 2)])
+    target = torch.stack([torch.ones(2, 2), torch.zeros(2, 2)])
+    # the empty-target sample (2/3 on its own) no longer counts; the perfect one scores 0
+    assert soft_dice_loss(logits, target, empty=False).item() == pytest.approx(0.0, abs=1e-6)
+    assert soft_dice_loss(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), empty=False).item() == 0.0
+    undecided = torch.zeros(2, 2, 2, requires_grad=True)
+    soft_dice_loss(undecided, target, empty=False).backward()
+    assert undecided.grad[1].abs().sum() == 0 and (undecided.grad[0] < 0).all()
+
+
+def test_presence_loss_on_negatives_only():
+    from engine.train.losses import presence_loss
+
+    # sample 0: foreground and a weak map (its presence loss is large); sample 1: empty target, map at p = 1/2
+    logits = torch.stack([torch.full((4, 4), -3.0), torch.zeros(4, 4)]).requires_grad_()
+    target = torch.stack([torch.ones(4, 4), torch.zeros(4, 4)])
+    assert presence_loss(logits, target, positives=False).item() == pytest.approx(LN2, abs=1e-5)
+    presence_loss(logits, target, positives=False).backward()
+    assert logits.grad[0].abs().sum() == 0 and (logits.grad[1] >= 0).all() and logits.grad[1].sum() > 0
+    assert presence_loss(logits, torch.ones(2, 4, 4), positives=False).item() == 0.0
+
+
 def test_focal_loss_at_p_one_half():
     # bce = ln 2 per pixel, p_t = 0.5: (1 - 0.5)^2 * ln 2
     assert focal_loss(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)).item() == pytest.approx(LN2 / 4)

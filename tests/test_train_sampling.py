@@ -132,6 +132,30 @@ def test_turning_the_token_grid_matches_turning_the_photo(flip, turns):
     assert acts[0][0, 0] == 7.0  # the class token stays first
 
 
+def test_the_holdout_is_kept_out_of_training_and_the_same_for_every_seed(shared_data):
+    from engine.train import make_config
+
+    whole = open_sets(make_config(None))
+    held = open_sets(make_config(None, holdout_share=0.1, seed=0))
+    again = open_sets(make_config(None, holdout_share=0.1, seed=7, max_train_images=20))
+    for w, h, a in zip(whole, held, again):
+        assert w.holdout is None
+        assert set(h.train.ids) | set(h.holdout.ids) == set(w.train.ids)
+        assert not set(h.train.ids) & set(h.holdout.ids)
+        assert abs(len(h.holdout) - 0.1 * len(w.train)) <= 2
+        assert a.holdout.ids == h.holdout.ids and set(a.train.ids) <= set(h.train.ids)
+        assert h.val.ids == w.val.ids
+    from engine.data import open_dataset
+    from engine.train.sampling import split_holdout
+
+    cracks = open_dataset(shared_data / "cracks", split="train", skip_bad=True)  # as `engine calibrate` opens it
+    assert split_holdout(cracks, 0.1)[1].ids == held[0].holdout.ids
+    with pytest.raises(ValueError, match="holdout_share"):
+        make_config(None, calibrate_on="holdout")
+    with pytest.raises(ValueError, match="holdout_share"):
+        make_config(None, holdout_share=1.0)
+
+
 def test_synthetic_walls_join_the_training_split_only(tiny_cfg, monkeypatch, tmp_path):
     import engine.train.sampling as sampling
     from engine.train import DataSpec
@@ -146,3 +170,23 @@ def test_synthetic_walls_join_the_training_split_only(tiny_cfg, monkeypatch, tmp
     assert all(i.startswith("synth_taping_") for i in joined.train.ids[len(real.train):])
     assert joined.val.ids == real.val.ids and len(with_walls[0].train) == len(plain[0].train)
     assert (tmp_path / ".cache" / "synthetic" / "taping-area-3" / "masks").is_dir()
+
+
+def test_mixed_walls_are_never_negatives(tiny_cfg, monkeypatch, tmp_path):
+    import engine.train.sampling as sampling
+    from engine.train import DataSpec
+    from engine.train.sampling import pick_prompt
+
+    monkeypatch.setattr(sampling, "in_repo", lambda path: tmp_path / path)
+    plain = open_sets(tiny_cfg())
+    spec = plain[0].spec
+    sets = open_sets(tiny_cfg(data=[DataSpec(spec.path, spec.prompts, synthetic_concept="crack", synthetic_walls=3,
+                                             synthetic_mixed=2), plain[1].spec]))
+    n_real = len(plain[0].train)
+    assert sets[0].mixed == {n_real + 1, n_real + 2} and sets[1].mixed == frozenset()
+    assert all("_mixed_" in sets[0].train.ids[i] for i in sets[0].mixed)
+    rng = random.Random(0)
+    for i in sets[0].mixed:  # a mixed wall keeps its own prompts, whatever the rate
+        assert not any(pick_prompt(0, sets, 0.99, rng, i)[1] for _ in range(100))
+    assert sum(pick_prompt(0, sets, 0.99, rng, n_real)[1] for _ in range(100)) > 90  # the plain wall is one
+    assert (tmp_path / ".cache" / "synthetic" / "crack-3-mixed-2" / "masks").is_dir()

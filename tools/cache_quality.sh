@@ -3,7 +3,12 @@
 # model) from caches built different ways, and score each result on both valid sets (mIoU, absent-concept false
 # alarms, presence AUROC).
 #
-#   bash tools/cache_quality.sh [OUT]          # OUT default /tmp/cache-quality; about 3 min per run on 2 cores
+#   bash tools/cache_quality.sh [OUT [BASE]]   # OUT default /tmp/cache-quality; about 3 min per run on 2 cores
+#
+# BASE (default checkpoints/drywall-starter-base) is the model whose decoder is fine-tuned. README's table was
+# measured on the stage-1 model of commit 144503c, before the starter was retrained with a holdout:
+#   git archive 144503c checkpoints/drywall-starter-base | tar -x -C /tmp/prev
+#   bash tools/cache_quality.sh /tmp/cache-quality /tmp/prev/checkpoints/drywall-starter-base
 #
 # Runs (10 epochs each, train photos only; select=last and calibrate_on=train keep the valid photos unseen):
 #   fp32-k4 / bf16-k4        the cache built in fp32 or in bf16 (4 views per photo), seeds 0 and 1
@@ -12,6 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/cache-quality}
+base=${2:-checkpoints/drywall-starter-base}
 mkdir -p "$out"
 data=../shared/data/drywall-qa
 
@@ -19,7 +25,7 @@ run() {  # run NAME SEED KEY=VALUE...
   local name=$1 seed=$2; shift 2
   local sets=()
   for kv in "$@"; do sets+=(--set "$kv"); done
-  python -m engine train --model checkpoints/drywall-starter-base --image-size 224 --epochs 10 --out "$out/$name" \
+  python -m engine train --model "$base" --image-size 224 --epochs 10 --out "$out/$name" \
     --set train=decoder --set select=last --set calibrate_on=train --set patience=0 --set seed="$seed" \
     --set cache_dir="$out/features" "${sets[@]}" > "$out/$name.log" 2>&1
   python -m engine evaluate --model "$out/$name" --data "$data/cracks/valid=segment crack" \

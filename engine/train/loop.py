@@ -9,6 +9,7 @@ Thread counts are the entry point's business (`python -m engine train` applies c
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
@@ -80,6 +81,9 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
     steps_per_epoch = math.ceil(sum(len(s.train) for s in sets) / state.batch_size / world)
     if cfg.negative_rate > 0 and len(sets) == 1:
         note(state, on_event, "one data set: no absent-concept negatives (they pair a photo with another set's prompt)")
+    if cfg.holdout_share and (base := base_holdout(cfg.model)) is not None and base != cfg.holdout_share:
+        note(state, on_event, f"the model this run starts from was trained with holdout_share={base}: it has seen "
+                              "photos this run holds out, so thresholds set on them run optimistic")
     total_steps = steps_per_epoch * cfg.epochs
     batches, cache = make_batches(trainee, sets, cfg, state.rng, on_event, stop,
                                           rate=lambda: negative_rate_at(cfg, state.global_step, total_steps))
@@ -137,6 +141,18 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
     return summary
 
 
+def base_holdout(model: str) -> float | None:
+    """The holdout_share of the local training run that `model` (its folder, best/ or last/) comes from; None
+    when it is no such run (scratch, a Hub id, a plain model folder)."""
+    if model in ("scratch", "auto"):
+        return None
+    run = in_repo(model)
+    for folder in (run, run.parent):  # a run folder, or its best/ or last/
+        if (folder / "config.json").is_file() and (folder / "summary.json").is_file():
+            return float(json.loads((folder / "config.json").read_text()).get("holdout_share", 0.0))
+    return None
+
+
 def note(state: RunState, on_event: Callable[[Event], None], message: str) -> None:
     """A line for the user: kept in the run's log (summary.json) and sent as a LogEvent."""
     state.log.append(message)
@@ -188,8 +204,14 @@ def make_batches(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, rng: 
 def batch_loss(trainee: Trainee, batch, cfg: TrainConfig) -> torch.Tensor:
     """The training loss (scalar, fp32) of one batch (CachedBatch or ImageBatch), the way trainee.mode says."""
     logits = batch_logits(trainee, batch)
-    return segmentation_loss(logits, batch.target.to(trainee.device), bce=cfg.bce_weight, dice=cfg.dice_weight,
-                             focal=cfg.focal_weight, presence=cfg.presence_weight)
+    return config_loss(logits, batch.target.to(trainee.device), cfg)
+
+
+def config_loss(logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """segmentation_loss with cfg's weights and options (training steps and validation both use it)."""
+    return segmentation_loss(logits, target, bce=cfg.bce_weight, dice=cfg.dice_weight, focal=cfg.focal_weight,
+                             presence=cfg.presence_weight, dice_empty=cfg.dice_on_empty,
+                             presence_positives=cfg.presence_on_positives)
 
 
 def train_step(trainee: Trainee, opt: Optimiser, batch, cfg: TrainConfig, *, lr: float | None = None,
@@ -304,7 +326,8 @@ def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: Act
     """Per-set evaluation with engine.evaluate (the same code as `engine evaluate`) plus the val loss.
 
     One default threshold for the model: the best mean (over sets) of the first prompt's per-image mIoU,
-    swept on the valid split, or on the first train photos with calibrate_on="train". Per prompt, `calibrate`
+    swept on the valid split, or on the first train (or held-out) photos with calibrate_on="train" ("holdout").
+    Per prompt, `calibrate`
     picks the pixel and presence thresholds on the same split, absent concepts counted.
     memo: with a frozen vision tower, the run's ActivationMemo (photos' activations kept between epochs).
     """
@@ -331,7 +354,7 @@ def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: Act
     model.train()
     swept = mean_sweep(sweeps)
     threshold, score = best_threshold(swept)
-    if cfg.calibrate_on == "train":  # scored on the valid split at the threshold the train photos chose
+    if cfg.calibrate_on != "valid":  # scored on the valid split at the threshold the train / held-out photos chose
         firsts = [calibration[s.prompts[0]].sweep for s in sets if s.prompts[0] in calibration]
         threshold = best_threshold(mean_sweep(firsts))[0]
         score = swept.get(threshold, 0.0)
@@ -345,16 +368,14 @@ def _val_loss(seg: Segmenter, processor, image, mask, prompt: str, cfg: TrainCon
     img, msk = render_view(image, mask, IDENTITY, cfg.image_size)
     pv = torch.from_numpy(normalise(img[None], processor.image_mean, processor.image_std))
     logits = seg.logits(pv, [prompt])[:, 0]
-    return float(segmentation_loss(logits, torch.from_numpy(msk)[None].to(logits.device), bce=cfg.bce_weight,
-                                   dice=cfg.dice_weight, focal=cfg.focal_weight,
-                                   presence=cfg.presence_weight))
+    return float(config_loss(logits, torch.from_numpy(msk)[None].to(logits.device), cfg))
 
 
 def calibrate(seg: Segmenter, sets: list[TrainSet], n_images: int, split: str = "train") -> dict[str, PromptCalibration]:
-    """{prompt: PromptCalibration} from each set's first n_images photos of `split` ("train" or "valid"), the
-    other sets' photos counted as absent (engine.calibrate.calibrate_model). One prompt per set keeps it
-    cheap; its synonyms share its thresholds. Sets without photos in `split` are left out."""
-    pairs = [(s.train if split == "train" else s.val, s) for s in sets]
+    """{prompt: PromptCalibration} from each set's first n_images photos of `split` ("train", "valid" or
+    "holdout"), the other sets' photos counted as absent (engine.calibrate.calibrate_model). One prompt per set
+    keeps it cheap; its synonyms share its thresholds. Sets without photos in `split` are left out."""
+    pairs = [({"train": s.train, "valid": s.val, "holdout": s.holdout}[split], s) for s in sets]
     pairs = [(ds, s) for ds, s in pairs if ds is not None and len(ds) > 0]
     if not pairs:
         return {}

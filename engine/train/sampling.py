@@ -25,21 +25,36 @@ Pair = tuple[int, int]  # (set index, item index in that set's train split)
 
 @dataclass
 class TrainSet:
-    """One DataSpec opened: its train and validation splits (LabelledSet) and its prompts (synonyms)."""
+    """One DataSpec opened: its train and validation splits (LabelledSet), its prompts (synonyms), and the train
+    photos held out of training (cfg.holdout_share; None without). mixed: indices into train of the photos that
+    hold another set's concept too (generated mixed walls), which are never negatives."""
 
     spec: DataSpec
     train: object  # LabelledSet
     val: object | None
     prompts: tuple[str, ...]
+    holdout: object | None = None
+    mixed: frozenset[int] = frozenset()
+
+
+#: The seed of the holdout split: fixed, so that every run (any seed, a fine-tune of a base) holds out the same photos.
+HOLDOUT_SEED = 0
+
+
+def split_holdout(train, share: float):
+    """(rest, holdout) of a LabelledSet: about `share` of its photos, whole source photos, the same every time."""
+    return tuple(train.split((1 - share, share), seed=HOLDOUT_SEED))
 
 
 def synthetic_set(spec: DataSpec):
     """The generated walls a DataSpec asks for, written once under .cache/synthetic/ (engine.synth)."""
     from engine.synth import write_training_set
 
-    folder = in_repo(".cache/synthetic") / f"{spec.synthetic_concept.replace(' ', '-')}-{spec.synthetic_walls}"
-    return open_dataset(write_training_set(folder, spec.synthetic_concept, spec.synthetic_walls),
-                        prompts=spec.prompts)
+    name = f"{spec.synthetic_concept.replace(' ', '-')}-{spec.synthetic_walls}"
+    name += f"-mixed-{spec.synthetic_mixed}" if spec.synthetic_mixed else ""
+    folder = write_training_set(in_repo(".cache/synthetic") / name, spec.synthetic_concept, spec.synthetic_walls,
+                                mixed=spec.synthetic_mixed)
+    return open_dataset(folder, prompts=spec.prompts)
 
 
 def open_sets(cfg: TrainConfig) -> list[TrainSet]:
@@ -61,15 +76,23 @@ def open_sets(cfg: TrainConfig) -> list[TrainSet]:
             train, val = open_dataset(root, prompts=spec.prompts, skip_bad=True), None
         if val is None:  # no validation split given: hold out 15%, keeping Roboflow copies of a photo together
             train, val = train.split((0.85, 0.15), seed=cfg.seed)
+        holdout = None
+        if cfg.holdout_share:
+            train, holdout = split_holdout(train, cfg.holdout_share)
         if cfg.max_train_images:
             train = train.subset(range(min(len(train), cfg.max_train_images)))
+        mixed = frozenset()
         if spec.synthetic_walls:  # after the real photos, so "the first N train photos" stay real ones
-            train = train.joined(synthetic_set(spec))
+            from engine.synth import is_mixed_wall
+
+            walls = synthetic_set(spec)
+            mixed = frozenset(len(train) + k for k, name in enumerate(walls.ids) if is_mixed_wall(name))
+            train = train.joined(walls)
         if cfg.max_val_images:
             val = val.subset(range(min(len(val), cfg.max_val_images)))
         if len(train) == 0:
             raise ValueError(f"Data set {spec.path} has no training images.")
-        sets.append(TrainSet(spec, train, val, tuple(spec.prompts)))
+        sets.append(TrainSet(spec, train, val, tuple(spec.prompts), holdout, mixed))
     if not sets:
         raise ValueError("No training data: give at least one --data PATH=prompts.")
     return sets
@@ -109,11 +132,15 @@ def negative_rate_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
     return cfg.negative_rate if step >= cfg.negative_start * total_steps else 0.0
 
 
-def pick_prompt(si: int, sets: Sequence[TrainSet], negative_rate: float, rng: random.Random) -> tuple[str, bool]:
-    """(prompt, negative) for an item of set si: one of its own synonyms, or with probability negative_rate
+def pick_prompt(si: int, sets: Sequence[TrainSet], negative_rate: float, rng: random.Random,
+                i: int | None = None) -> tuple[str, bool]:
+    """(prompt, negative) for item i of set si: one of its own synonyms, or with probability negative_rate
     (and only with two or more sets) a prompt of another set, whose target is then empty: the concept asked
     for is absent from the photo, and the model must learn to answer with nothing. A set that shares a prompt
-    with set si holds the same concept, so it never gives si's photos a negative."""
+    with set si holds the same concept, so it never gives si's photos a negative; nor does a photo that holds
+    another concept too (i in the set's `mixed`)."""
+    if i is not None and i in sets[si].mixed:
+        return rng.choice(sets[si].prompts), False
     if negative_rate > 0 and len(sets) > 1 and rng.random() < negative_rate:
         others = [j for j in range(len(sets)) if j != si and not set(sets[j].prompts) & set(sets[si].prompts)]
         if others:
@@ -169,7 +196,7 @@ def image_batch(pairs: Sequence[Pair], images: DecodedImages, tokenizer, process
         img, msk = render_view(image, mask, view, image_size)
         if augment:
             img = jitter(img, np.random.default_rng(rng.getrandbits(32)))
-        prompt, negative = pick_prompt(si, images.sets, negative_rate, rng)
+        prompt, negative = pick_prompt(si, images.sets, negative_rate, rng, i)
         imgs.append(img)
         masks.append(np.zeros_like(msk) if negative else msk)
         prompts.append(prompt)
@@ -233,7 +260,7 @@ def cached_batch(pairs: Sequence[tuple[int, int]], features: CachedFeatures, set
         if grid_augment:
             a, m = turn_grid(a, m, flip=rng.random() < 0.5, turns=rng.randrange(4))
         acts = [[x] for x in a] if acts is None else [lst + [x] for lst, x in zip(acts, a)]
-        prompt, negative = pick_prompt(si, sets, negative_rate, rng)
+        prompt, negative = pick_prompt(si, sets, negative_rate, rng, i)
         masks.append(torch.zeros_like(m) if negative else m)
         conds.append(features.cond[prompt])
         prompts.append(prompt)
