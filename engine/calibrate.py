@@ -2,9 +2,10 @@
 
 For each prompt this picks a pixel threshold t and a presence threshold tau (see `engine.prediction`) that
 maximise the mean per-photo IoU over the prompt's own photos plus that over the other sets' photos, where the
-concept is absent: there an empty prediction scores IoU 1 and anything else 0 (each mean weighs half). Own photos score the usual IoU at t, or,
-when the prompt is not found (presence < tau), the IoU of an empty mask (1 on a photo with nothing labelled,
-else 0). So a threshold that marks the salient line whatever the prompt says pays for it on the other sets.
+concept is absent: there an empty prediction scores IoU 1 and anything else 0 (each mean weighs half). Own
+photos score the usual IoU at t, or, when the prompt is not found (presence < tau), the IoU of an empty mask (1
+on a photo with nothing labelled, else 0). So a threshold that marks the salient line whatever the prompt says
+pays for it on the other sets.
 
 Training calls it at every validation (engine/train/loop.py `calibrate`); `python -m engine calibrate` runs it
 on a saved model and rewrites its drywall_qa.json.

@@ -292,14 +292,17 @@ def cmd_calibrate(args) -> int:
     if source.kind not in ("folder", "run"):
         raise ValueError(f"Model {args.model!r} is a {source.kind} model; calibrate a local model folder or a run "
                          "(an ONNX export keeps the thresholds of the model it was exported from).")
-    sets = [(open_dataset(path, split=args.split, prompts=prompts, name=set_name(path), skip_bad=True),
-             list(prompts)) for path, prompts in specs]
-    where = f"{args.split} splits"
-    if args.holdout_share:  # the photos a run with this holdout_share kept out of training
-        from engine.train.sampling import split_holdout
+    if args.holdout_share:  # the photos a run with this holdout_share kept out of training, opened as it opens them
+        from engine.train.sampling import open_sets
 
-        sets = [(split_holdout(ds, args.holdout_share)[1], prompts) for ds, prompts in sets]
-        where = f"{args.holdout_share:.0%} of the {args.split} splits held out of training"
+        held = open_sets(make_config(None, data=[DataSpec(path, tuple(prompts)) for path, prompts in specs],
+                                     holdout_share=args.holdout_share))
+        sets = [(s.holdout, list(s.prompts)) for s in held]
+        where = f"{args.holdout_share:.0%} of the train splits held out of training"
+    else:
+        sets = [(open_dataset(path, split=args.split, prompts=prompts, name=set_name(path)), list(prompts))
+                for path, prompts in specs]
+        where = f"{args.split} splits"
     segmenter = load_segmenter(source, threads=args.threads, precision="fp32")
     calibration = calibrate_model(segmenter, sets, args.images, progress=True)
     for p, c in calibration.items():

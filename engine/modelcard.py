@@ -80,7 +80,8 @@ def render_card(run_dir, scores: dict) -> str:
         *[f"- `{_relative(d['path'])}` (prompts: {', '.join(repr(p) for p in d['prompts'])}): "
           f"{ATTRIBUTION.get(Path(d['path']).name, 'see its source')}" for d in cfg["data"]],
         "", "Both sets are split by source photo (no photo in two splits). The train splits were used for training"
-        f"{_held_out(cfg)}{'' if _valid_unseen(cfg) else ', the valid splits for model selection and the scores below'}.",
+        f"{_held_out(cfg)}"
+        f"{'' if _valid_unseen(cfg) else ', the valid splits for model selection and the scores below'}.",
         "",
         f"## Scores (validation splits, each prompt at its own threshold; default {scores['threshold']:.2f})", "",
         "| set | prompt | images | mIoU (per image) | Dice | precision | recall |",

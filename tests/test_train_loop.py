@@ -119,6 +119,8 @@ def test_base_holdout_reads_the_run_a_model_comes_from(tmp_path):
 
     run = tmp_path / "base"
     (run / "best").mkdir(parents=True)
+    (run / "best" / "config.json").write_text("{}")  # a saved model: its config beside its weights
+    (run / "best" / "model.safetensors").write_bytes(b"")
     (run / "config.json").write_text(json.dumps({"holdout_share": 0.1}))
     (run / "summary.json").write_text("{}")
     assert base_holdout(str(run)) == base_holdout(str(run / "best")) == 0.1

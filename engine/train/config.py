@@ -137,7 +137,8 @@ PRESETS: dict[str, dict] = {
 }
 
 # Settings with a fixed set of values: name -> the values allowed.
-_CHOICES = {"train": ("decoder", "last_n", "all"), "select": ("best", "last"), "calibrate_on": ("valid", "train", "holdout"),
+_CHOICES = {"train": ("decoder", "last_n", "all"), "select": ("best", "last"),
+            "calibrate_on": ("valid", "train", "holdout"),
             "schedule": ("cosine", "plateau"), "cache_precision": ("auto", "fp32", "bf16")}
 
 

@@ -144,13 +144,18 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
 def base_holdout(model: str) -> float | None:
     """The holdout_share of the local training run that `model` (its folder, best/ or last/) comes from; None
     when it is no such run (scratch, a Hub id, a plain model folder)."""
+    from engine.errors import ModelSourceError
+    from engine.models.package import find_run
+
     if model in ("scratch", "auto"):
         return None
-    run = in_repo(model)
-    for folder in (run, run.parent):  # a run folder, or its best/ or last/
-        if (folder / "config.json").is_file() and (folder / "summary.json").is_file():
-            return float(json.loads((folder / "config.json").read_text()).get("holdout_share", 0.0))
-    return None
+    try:
+        run = find_run(in_repo(model)).run
+    except ModelSourceError:
+        return None
+    if run is None or not (run / "config.json").is_file():
+        return None
+    return float(json.loads((run / "config.json").read_text()).get("holdout_share", 0.0))
 
 
 def note(state: RunState, on_event: Callable[[Event], None], message: str) -> None:
