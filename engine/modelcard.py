@@ -67,7 +67,7 @@ def render_card(run_dir, scores: dict) -> str:
         "prompts listed under Data (synonyms within a set give the same mask); other text gives meaningless masks.", "",
         "## Architecture", "",
         f"CLIPSegForImageSegmentation with a ViT of {vision['num_hidden_layers']} layers, width {vision['hidden_size']}, "
-        f"patch {vision['patch_size']}, input {vision['image_size']} px; decoder reads layers "
+        f"patch {vision['patch_size']}, input {vision['image_size']} px{_runs_at(cfg, vision)}; decoder reads layers "
         f"{model_cfg['extract_layers']} (reduce_dim {model_cfg['reduce_dim']}); a text encoder of "
         f"{model_cfg['text_config']['num_hidden_layers']} layers with a tokenizer built locally "
         f"(`engine/models/tokenizer.py`). {_parameters(run_dir / 'best') / 1e6:.1f} M parameters, {size_mb:.1f} MB "
@@ -98,6 +98,12 @@ def render_card(run_dir, scores: dict) -> str:
               "in `best/drywall_qa.json`).", "",
               _honesty(cfg), ""]
     return "\n".join(lines)
+
+
+def _runs_at(cfg: dict, vision: dict) -> str:
+    """", run at 288 px" when the run saved the model to run at another size than its architecture's."""
+    size = cfg.get("inference_size") or cfg.get("image_size")
+    return f", run at {size} px" if size and size != vision["image_size"] else ""
 
 
 def _parameters(folder: Path) -> int:
@@ -141,6 +147,9 @@ def _stage(run_dir: Path, cfg: dict, summary: dict) -> str:
                  for n, c, m in walls]
         what += ", with " + " and ".join(kinds) + \
             " (`engine/synth.py`, seeds unlike the example walls') added to the training photos"
+    if cfg.get("inference_size") and cfg["inference_size"] != cfg.get("image_size"):
+        what += (f"; trained on {cfg['image_size']} px views, it runs at **{cfg['inference_size']} px** (its "
+                 "preprocessor config; position embeddings interpolated), where it was also validated and calibrated")
     amp = " autocast" if summary["precision"] != "float32" else ""
     model = cfg.get("model")
     start = " from scratch" if model == "scratch" else f" from `{portable(in_repo(model))}`" if model else ""
@@ -292,7 +301,7 @@ def run_card(run_dir, name: str | None = None) -> str:
                                        else f"a local model ({Path(str(cfg.get('model'))).name})")
     settings = {k: cfg[k] for k in ("epochs", "lr", "batch_size", "image_size", "train", "unfreeze_vision_layers",
                                     "unfreeze_text_layers", "augment", "negative_rate", "select", "calibrate_on",
-                                    "holdout_share")
+                                    "holdout_share", "inference_size")
                 if k in cfg}
     lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# {name}", "",

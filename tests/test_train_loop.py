@@ -298,3 +298,40 @@ def test_a_cached_step_in_pieces_is_the_same_step(tiny_cfg, monkeypatch):
     assert pieces == pytest.approx(whole, rel=1e-5)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after_whole, after_pieces))
     assert any(not torch.equal(a, b) for a, b in zip(after_whole, _setup(cfg)[1].model.decoder.parameters()))
+
+
+@pytest.mark.slow
+def test_inference_size_is_the_size_the_model_validates_calibrates_and_runs_at(tiny_cfg, shared_data, tmp_path):
+    """Trained on 64 px views, saved to run at 96 px: its val scores and thresholds are those of 96 px."""
+    from engine.data import open_dataset
+    from engine.evaluate import best_threshold, evaluate
+    from engine.train.sampling import open_sets
+
+    cracks = DataSpec(str(shared_data / "cracks"), ("segment crack",))
+    cfg = tiny_cfg(epochs=2, select="last", calibrate_on="train", calibration_images=4, data=[cracks],
+                   inference_size=96)
+    assert (cfg.image_size, cfg.model_size) == (64, 96)
+    train(cfg)
+    seg = load_segmenter(tmp_path / "run")
+    assert seg.input_size == 96
+    meta = json.loads((tmp_path / "run" / "best" / "drywall_qa.json").read_text())
+    assert (meta["image_size"], meta["inference_size"]) == (64, 96)
+    last = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    val = evaluate(seg, open_sets(cfg)[0].val, ["segment crack"], progress=False).prompts["segment crack"]
+    logged = last["val"]["segment crack"]["best_miou"]  # the sweep's best: the same whatever the thresholds
+    assert val.best_miou == pytest.approx(logged, abs=1e-5)
+    seg.input_size = 64  # the size it trained at scores otherwise
+    at_64 = evaluate(seg, open_sets(cfg)[0].val, ["segment crack"], progress=False).prompts["segment crack"]
+    assert abs(at_64.best_miou - logged) > 1e-3
+    seg.input_size = 96
+    photos = open_dataset(cracks.path, split="train", prompts=cracks.prompts).subset(range(4))
+    sweep = evaluate(seg, photos, ["segment crack"], progress=False).prompts["segment crack"].sweep
+    assert seg.threshold == pytest.approx(best_threshold(sweep)[0])
+
+
+def test_inference_size_must_fit_the_patch_grid(tiny_cfg, tmp_path):
+    with pytest.raises(ValueError, match="inference_size"):
+        make_config(None, inference_size=-1)
+    with pytest.raises(ValueError, match="patch size"):
+        train(tiny_cfg(inference_size=72))
+    assert not (tmp_path / "run" / "config.json").exists()

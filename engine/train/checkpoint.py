@@ -88,12 +88,14 @@ def read_history(run_dir: Path, before_epoch: int) -> list[dict]:
     return [row for row in read_jsonl(run_dir / METRICS_FILE) if row["epoch"] < before_epoch]
 
 
-def model_meta(val, epoch: int, prompts: list[str], run_name: str, image_size: int) -> dict:
-    """drywall_qa.json of a checkpoint: the calibrated threshold(s), the prompts, the epoch's val scores."""
+def model_meta(val, epoch: int, prompts: list[str], run_name: str, image_size: int,
+               inference_size: int | None = None) -> dict:
+    """drywall_qa.json of a checkpoint: the calibrated threshold(s), the prompts, the epoch's val scores, the
+    training image size and the size the model runs at (its preprocessor config's)."""
     return {"threshold": val.threshold, "prompts": prompts, "thresholds": val.thresholds,
             "presence_thresholds": val.presence_thresholds,
             "val": {p: {k: r[k] for k in ("miou", "dice", "best_miou")} for p, r in val.val.items()},
-            "epoch": epoch, "run": run_name, "image_size": image_size}
+            "epoch": epoch, "run": run_name, "image_size": image_size, "inference_size": inference_size or image_size}
 
 
 def training_state(opt: Optimiser, state: RunState, epoch: int) -> dict:

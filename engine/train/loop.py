@@ -24,6 +24,7 @@ import torch
 from engine.calibrate import PromptCalibration, calibrate_model
 from engine.errors import TrainingStopped
 from engine.evaluate import best_threshold, evaluate
+from engine.models.io import image_processor
 from engine.paths import in_repo
 from engine.segmenter import Segmenter, normalise
 from engine.train.checkpoint import (Optimiser, RunState, append_metrics, model_meta, restore_state, resume_config,
@@ -72,6 +73,10 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
     else:
         torch.manual_seed(cfg.seed)
     trainee = build_trainee(cfg, resolve_device(cfg), resume_from=run_dir / "last" if resume else None)
+    patch = trainee.model.config.vision_config.patch_size
+    if cfg.model_size % patch:
+        raise ValueError(f"inference_size {cfg.model_size} is not a multiple of the model's patch size ({patch} px); "
+                         f"try {max(patch, round(cfg.model_size / patch) * patch)}.")
     opt = make_optimiser(trainee, cfg)
     state = RunState(batch_size=cfg.batch_size, rng=random.Random(cfg.seed))
     if resume:
@@ -118,9 +123,10 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
                 state.bad_epochs += 1
             if is_main:
                 append_metrics(run_dir, record)
-                meta = model_meta(val, epoch, [p for s in sets for p in s.prompts], run_dir.name, cfg.image_size)
+                meta = model_meta(val, epoch, [p for s in sets for p in s.prompts], run_dir.name, cfg.image_size,
+                                  cfg.model_size)
                 for folder in (["best"] if improved else []) + ["last"]:
-                    save_checkpoint(run_dir / folder, trainee.model, trainee.tokenizer, image_size=cfg.image_size,
+                    save_checkpoint(run_dir / folder, trainee.model, trainee.tokenizer, image_size=cfg.model_size,
                                     meta=meta, state=training_state(opt, state, epoch) if folder == "last" else None)
                     on_event(CheckpointEvent(epoch, str(run_dir / folder)))
                 write_summary(run_dir, run_summary(run_dir, state, trainee, finished=False, processes=world,
@@ -338,11 +344,13 @@ def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: Act
     """
     model = trainee.model
     model.eval()
+    # at the size the saved model runs at (cfg.inference_size), so that its scores and thresholds are its own
+    processor = trainee.processor if cfg.model_size == cfg.image_size else image_processor(cfg.model_size)
     if memo is not None:  # the tower is frozen: its activations are computed at the first validation only
-        seg = FrozenTowerSegmenter(model, trainee.tokenizer, trainee.processor, threads=cfg.threads,
+        seg = FrozenTowerSegmenter(model, trainee.tokenizer, processor, threads=cfg.threads,
                                    device=str(trainee.device), memo=memo)
     else:
-        seg = Segmenter(model, trainee.tokenizer, trainee.processor, threads=cfg.threads, device=str(trainee.device))
+        seg = Segmenter(model, trainee.tokenizer, processor, threads=cfg.threads, device=str(trainee.device))
     results, losses, sweeps = {}, [], []
     with torch.inference_mode():
         for s in sets:
