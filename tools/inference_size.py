@@ -55,8 +55,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", required=True, help="a run or model folder trained with holdout_share")
     parser.add_argument("--holdout-share", type=float, default=0.1)
     parser.add_argument("--sizes", default="224,256,288,320,352")
+    parser.add_argument("--images", type=int, default=100, help="train photos per set that set the thresholds")
     args = parser.parse_args(argv)
-    results = score_sizes(args.model, [int(s) for s in args.sizes.split(",")], args.holdout_share)
+    results = score_sizes(args.model, [int(s) for s in args.sizes.split(",")], args.holdout_share, args.images)
     best = max(results, key=lambda s: results[s]["score"])
     print(f"best: {best} px (score {results[best]['score']:.3f})")
     return 0
