@@ -113,12 +113,14 @@ PRESETS: dict[str, dict] = {
     # 20 of them holding both concepts, synthetic_mixed, train photos set taping's threshold at 0.70, costing
     # 0.10 mIoU, and no more examples came out right). The valid splits stay unseen: no epoch is picked on them
     # (select=last), and the thresholds are set on the first 100 train photos of each set. It runs at 288 px
-    # (inference_size), picked on held-out train photos with tools/inference_size.py (README, "The bundled model").
+    # (inference_size), picked on held-out train photos with tools/inference_size.py (README, "The bundled
+    # model's input size").
     "starter": {
         "data": [{"path": str(SHARED_DATA / name), "prompts": DEFAULT_SETS[name], "synthetic_concept": concept,
                   "synthetic_walls": 40} for name, concept in (("cracks", "crack"), ("joints", "taping area"))],
         "model": "checkpoints/drywall-starter-base", "out": "checkpoints/drywall-starter", "train": "decoder",
-        "epochs": 30, "image_size": 224, "inference_size": 288, "negative_rate": 0.5, "patience": 0, "cache_precision": "bf16",
+        "epochs": 30, "image_size": 224, "inference_size": 288, "negative_rate": 0.5, "patience": 0,
+        "cache_precision": "bf16",
         # Dice on an empty target pushes the whole map towards 0, and a strong presence loss costs the masks'
         # quality: both cost crack mIoU (issue 10's closing note has the runs).
         "presence_weight": 0.3, "dice_on_empty": False,

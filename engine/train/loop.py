@@ -75,7 +75,8 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
     trainee = build_trainee(cfg, resolve_device(cfg), resume_from=run_dir / "last" if resume else None)
     patch = trainee.model.config.vision_config.patch_size
     if cfg.model_size % patch:
-        raise ValueError(f"inference_size {cfg.model_size} is not a multiple of the model's patch size ({patch} px); "
+        setting = "inference_size" if cfg.inference_size else "image_size"
+        raise ValueError(f"{setting} {cfg.model_size} is not a multiple of the model's patch size ({patch} px); "
                          f"try {max(patch, round(cfg.model_size / patch) * patch)}.")
     opt = make_optimiser(trainee, cfg)
     state = RunState(batch_size=cfg.batch_size, rng=random.Random(cfg.seed))
