@@ -93,3 +93,34 @@ def test_example_walls_find_what_they_hold_and_nothing_else(starter):
         wrong |= {f"{name[:7]} {p}" for p in prompts if prediction.found(p) != (p in present)}
     assert wrong <= {"wall_04 segment taping area", "wall_06 segment taping area"}
     assert len(holds) == 6
+
+
+@pytest.mark.parametrize("folder", ["drywall-starter", "drywall-starter-base"])
+def test_the_shipped_runs_name_no_path_of_the_machine_that_trained_them(folder):
+    """A clone anywhere reads the same: paths relative to the repo (or the data root), run names their folder's."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    run = STARTER_DIR.parent / folder
+
+    def strings(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+        elif isinstance(value, str):
+            yield value
+
+    for path in [*run.rglob("*.json"), *run.rglob("*.jsonl")]:
+        if path.name == "tokenizer.json":
+            continue
+        lines = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
+        for text in filter(None, lines):
+            absolute = [s for s in strings(json.loads(text)) if PurePosixPath(s).is_absolute()
+                        or PureWindowsPath(s).drive]
+            assert not absolute, f"{path.relative_to(run)}: {absolute}"
+    assert json.loads((run / "config.json").read_text())["out"] == f"checkpoints/{folder}"
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["run"], summary["run_dir"]) == (folder, f"checkpoints/{folder}")
+    assert json.loads((run / "best" / "drywall_qa.json").read_text())["run"] == folder
