@@ -202,10 +202,10 @@ def _valid_unseen(cfg: dict) -> bool:
 def _selection(cfg: dict, summary: dict) -> str:
     epoch = (f"The final epoch ({summary['best_epoch']}) is kept" if cfg.get("select") == "last"
              else f"Best epoch {summary['best_epoch']} by mean validation IoU")
-    source = {"train": f"the first {cfg.get('calibration_images')} train photos of each set",
-              "holdout": f"{cfg.get('holdout_share', 0):.0%} of each set's train photos, held out of training (the "
-                         "same photos in every run with this share)"}.get(cfg.get("calibrate_on"),
-                                                                                          "the validation sets")
+    sources = {"train": f"the first {cfg.get('calibration_images')} train photos of each set",
+               "holdout": f"{cfg.get('holdout_share', 0):.0%} of each set's train photos, held out of training (the "
+                          "same photos in every run with this share)"}
+    source = sources.get(cfg.get("calibrate_on"), "the validation sets")
     when = f"From {cfg['negative_start']:.0%} of the run on" if cfg.get("negative_start") else "Throughout"
     negatives = (f" {when}, {cfg['negative_rate']:.0%} of the samples "
                  "were absent-concept negatives (a photo with another set's prompt and an empty mask)."

@@ -30,6 +30,8 @@ def score_sizes(model: str, sizes: list[int], holdout_share: float, images: int 
     sets = open_sets(make_config("starter", holdout_share=holdout_share))
     prompts = [s.prompts[0] for s in sets]
     seg = load_segmenter(model, precision="fp32")
+    if seg.backend != "torch":  # an ONNX export's graphs are traced at one size
+        raise ValueError(f"{model} is a {seg.backend} model; give the training run or model folder.")
     out = {}
     for size in sizes:
         seg.input_size = size

@@ -195,10 +195,8 @@ def make_config(preset: str | None = None, **overrides) -> TrainConfig:
 def config_from_json(path) -> TrainConfig:
     """The TrainConfig saved as a run's config.json (data entries back to DataSpec, prompts to tuples)."""
     values = json.loads(Path(path).read_text())
-    values["data"] = [DataSpec(str(in_repo(d["path"])), tuple(d["prompts"]), d.get("train_split", "train"),
-                               d.get("val_split", "valid"), d.get("synthetic_concept", ""), d.get("synthetic_walls", 0),
-                               d.get("synthetic_mixed", 0))
-                      for d in values["data"]]
+    values["data"] = [DataSpec(**{**d, "path": str(in_repo(d["path"])), "prompts": tuple(d["prompts"])})
+                      for d in values["data"]]  # fields added since a run was saved take their defaults
     return make_config(None, **values)
 
 

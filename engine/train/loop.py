@@ -339,8 +339,8 @@ def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: Act
 
     One default threshold for the model: the best mean (over sets) of the first prompt's per-image mIoU,
     swept on the valid split, or on the first train (or held-out) photos with calibrate_on="train" ("holdout").
-    Per prompt, `calibrate`
-    picks the pixel and presence thresholds on the same split, absent concepts counted.
+    Per prompt, `calibrate` picks the pixel and presence thresholds on the same split, absent concepts counted.
+    All at cfg.model_size, the size the saved model runs at.
     memo: with a frozen vision tower, the run's ActivationMemo (photos' activations kept between epochs).
     """
     model = trainee.model
