@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import functools
 import html
 import importlib.util
 import inspect
 import logging
 import os
+import re
+import shutil
 import signal
 import sys
-import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -40,12 +43,15 @@ from engine.app import (COMPARE_HEADERS, EXPORT_HEADERS, IDLE_TEXT, TABLE_HEADER
                         legend_html, model_choices, segment_photo, slider_threshold, start_run, status_dict,
                         stop_training, table, train_defaults, training_status, training_view)
 from engine.app.batch import MAX_BATCH_PHOTOS, batch_photos, segment_batch as run_batch
-from engine.app.choices import public_choices
+from engine.app.choices import own_choices, public_choices
 from engine.app.download import download_run as zip_of_run, push_message, push_run_to_hub
-from engine.app.housekeeping import job_paths, make_work_dir, prune, remove_work_dir, stale_work_dirs
+from engine.app.housekeeping import bytes_used, job_paths, make_work_dir, prune, remove_work_dir, stale_work_dirs
 from engine.app.jobs import owns_job
 from engine.app.public import (PublicSettings, allowed_models, check_compare, check_count, check_model,
                                check_training, public_status, scrub_paths)
+from engine.app.visitors import (VISITORS_DIR, Workspace, forget_visitor, live_visitors, local_workspace,
+                                 visitor_workspace)
+from engine.data.archive import FOLDER_HINT
 from engine.errors import ImageError
 from engine.paths import CHECKPOINTS_DIR, DEFAULT_SETS, EXAMPLES_DIR, EXPORT_DIR, SHARED_DATA, STARTER_DIR
 from engine.prompts import parse_prompts
@@ -58,6 +64,8 @@ log = logging.getLogger("drywall_qa.app")
 QUICK_PICKS = tuple(prompts[0] for prompts in DEFAULT_SETS.values())  # "segment crack", "segment taping area"
 POLL_SECONDS = 1.5
 KEEP_FILES_S = 24 * 3600  # at start, the work dir's files older than this go (a work dir given by the caller)
+_VISITOR_PATH = re.compile(rf"{VISITORS_DIR}/[0-9a-f]{{16}}/(?:[a-z]+/)?")  # a visitor's folder, as scrubbed
+DIRECT_CALLER = "direct-call"  # who a handler called without a request (a test, a script) is, in public mode
 
 CSS = """
 .dq-header h1 { margin-bottom: 0.1em; }
@@ -84,9 +92,10 @@ def launch_options(public: PublicSettings | None = None) -> dict:
 class AppContext:
     """What the handlers share: the loaded models and the folders the app lists, reads and writes.
 
-    checkpoints_dir, export_dir: where runs and ONNX exports are listed and written; data_root: the shared
-    labelled sets (cracks/, joints/); work_dir: masks, uploads and export zips; examples: [photo, prompts]
-    rows; train_overrides: TrainConfig fields applied to every run started here; public: public mode and its caps.
+    checkpoints_dir, export_dir: the server's runs and ONNX exports (locally also where new ones go); data_root:
+    the shared labelled sets (cracks/, joints/); work_dir: masks, uploads, export zips, the feature cache and, in
+    public mode, each visitor's own folder (`engine.app.visitors`); examples: [photo, prompts] rows;
+    train_overrides: TrainConfig fields applied to every run started here; public: public mode and its caps.
     """
 
     cache: ModelCache
@@ -99,37 +108,94 @@ class AppContext:
     train_overrides: dict = field(default_factory=dict)
     public: PublicSettings = field(default_factory=PublicSettings)
 
-    @property
-    def uploads_dir(self) -> Path:
-        return self.work_dir / "uploads"
+    def workspace(self, request: gr.Request | None = None) -> Workspace:
+        """Where this request's files go: the visitor's own folder in public mode (marked as seen now), else
+        the shared folders (checkpoints/, export/, the work dir)."""
+        if not self.public.enabled:
+            return local_workspace(self.checkpoints_dir, self.export_dir, self.work_dir)
+        return visitor_workspace(self.work_dir, viewer(request) or DIRECT_CALLER)
 
-    def tidy(self, max_age_s: float | None = None) -> list[Path]:
-        """Delete the oldest of the app's own files past the disk cap (`housekeeping.prune`): the work dir's
-        uploads, masks and export zips (and features/, a feature cache placed there); in public mode runs and
-        exports too. Never the bundled or default model, nor what a running training job uses."""
-        folders = [self.work_dir / kind for kind in ("uploads", "masks", "exports", "features")]
-        if self.public.enabled:
-            folders += [self.checkpoints_dir, self.export_dir]
-        keep = [STARTER_DIR, self.default_model]
+    def _in_use(self) -> list[Path | str]:
+        """What no clean-up may delete now: the default model, and what a running training job uses."""
+        keep: list[Path | str] = [self.default_model]
         if "engine.train" in sys.modules:  # else no job has run in this process (and torch stays unloaded)
             status = training_status()
             keep += job_paths(status.run_dir) if status.active else []
-        return prune(folders, self.public.limits.disk_bytes, keep=keep, max_age_s=max_age_s)
+        return keep
+
+    def _pruned_folders(self) -> list[Path]:
+        kinds = ("uploads", "masks", "exports", "features") + ((VISITORS_DIR,) if self.public.enabled else ())
+        return [self.work_dir / kind for kind in kinds]
+
+    def tidy(self, max_age_s: float | None = None) -> list[Path]:
+        """Delete the oldest of the app's own files past the disk cap (`housekeeping.prune`, by its one rule
+        `may_delete`): the work dir's uploads, masks, export zips and feature cache, and in public mode the
+        folders of visitors who are no longer live (no request for `visitor_idle_min`). Never a live visitor's
+        files, the shipped or default model, a tracked file, or what a running training job uses.
+
+        Public mode: raises OSError when the live visitors' files alone fill the cap (the request is refused
+        before it writes; they free up as those visitors leave)."""
+        keep = self._in_use()
+        limits = self.public.limits
+        if self.public.enabled:
+            keep += live_visitors(self.work_dir, limits.visitor_idle_min * 60)
+        folders = self._pruned_folders()
+        deleted = prune(folders, limits.disk_bytes, keep=keep, max_age_s=max_age_s)
+        if self.public.enabled and bytes_used(folders) > limits.disk_bytes:
+            raise OSError(f"This app's disk for visitors' files is full ({limits.disk_gb:g} GB, DQA_MAX_DISK_GB) "
+                          "with the work of visitors who are here now; try again in a while, or run the app on "
+                          "your own machine.")
+        return deleted
+
+    def settle(self, ws: Workspace, keep: Sequence[Path] = ()) -> None:
+        """Public mode: hold the visitor to their budget (`limits.visitor_gb`): their own oldest files go first;
+        when what this request just made (`keep`) still does not fit, it is deleted and the request refused."""
+        if ws.root is None:
+            return
+        cap = self.public.limits.visitor_bytes
+        prune(ws.folders, cap, keep=[*keep, *self._in_use()], min_age_s=0)
+        used = bytes_used(ws.folders)
+        if used > cap:
+            for path in keep:
+                if Path(path).resolve().is_relative_to(ws.root.resolve()):
+                    shutil.rmtree(path, ignore_errors=True) if Path(path).is_dir() else Path(path).unlink(True)
+            raise OSError(f"That would take your files here to {used / 1024**3:.2f} GB, over the "
+                          f"{self.public.limits.visitor_gb:g} GB each visitor may keep (DQA_MAX_VISITOR_GB); "
+                          "download what you want to keep, then try again (your oldest files go first).")
+
+    @contextlib.contextmanager
+    def output_dir(self, ws: Workspace, kind: str):
+        """A fresh folder for one request's files (`Workspace.call_dir`), made after `tidy`; deleted at once
+        when the request fails, and held to the visitor's budget when it succeeds (`settle`)."""
+        self.tidy()
+        path = ws.call_dir(kind)
+        try:
+            yield path
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        self.settle(ws, keep=[path])
 
     def call_dir(self, kind: str) -> Path:
-        """A fresh folder for one request's files (Gradio serves files from the temp dir); older ones are
-        pruned first when the app's files are over the disk cap (`tidy`)."""
+        """A fresh folder for one request's files in the shared work dir, made after `tidy`."""
         self.tidy()
-        path = self.work_dir / kind / uuid.uuid4().hex[:12]
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return local_workspace(self.checkpoints_dir, self.export_dir, self.work_dir).call_dir(kind)
 
-    def choices(self, torch_only: bool = False) -> list[tuple[str, str]]:
-        """(label, value) for a model picker, the default model first when it is not listed (public mode: a
-        folder's value is its label, see `public_choices`)."""
+    def choices(self, ws: Workspace | None = None, torch_only: bool = False) -> list[tuple[str, str]]:
+        """(label, value) for a model picker, the default model first when it is not listed. Public mode: a
+        folder's value is its label (`public_choices`), and the visitor's own runs and exports follow the
+        server's ("my run: NAME"); nobody else's are listed."""
         choices = model_choices(self.checkpoints_dir, self.export_dir, torch_only=torch_only,
                                 default=self.default_model)
-        return public_choices(choices) if self.public.enabled else choices
+        if not self.public.enabled:
+            return choices
+        own = own_choices(ws.runs, ws.exports, torch_only=torch_only) if ws is not None and ws.root else []
+        return public_choices(choices + own)
+
+    def _allowed(self, ws: Workspace | None) -> dict[str, str]:
+        listed = model_choices(self.checkpoints_dir, self.export_dir, default=self.default_model)
+        own = own_choices(ws.runs, ws.exports) if ws is not None and ws.root else []
+        return allowed_models(listed + own, self.public.extra_models)
 
     @property
     def default_value(self) -> str:
@@ -140,15 +206,14 @@ class AppContext:
         label = next(label for label, source in listed if source == self.default_model)
         return public_choices([(label, self.default_model)])[0][1]
 
-    def model_source(self, value: str | None) -> str:
-        """The model source a picker value names (empty: the default). Public mode: only the listed models and
-        `public.extra_models`; anything else gets one message that names nothing (`check_model`). The pickers
-        allow custom values, so that this check (over the current list, new runs included) is the one refusal."""
-        value = value or self.default_model
-        if not self.public.enabled:
-            return value
-        listed = model_choices(self.checkpoints_dir, self.export_dir, default=self.default_model)
-        return check_model(value, allowed_models(listed, self.public.extra_models))
+    def model_source(self, value: str | None, ws: Workspace | None = None) -> str:
+        """The model source a picker value names (empty: the default). Public mode: only the server's listed
+        models, the visitor's own (`ws`) and `public.extra_models`, by their picker value; anything else, a
+        listed folder's path included, gets one message that names nothing (`check_model`). The pickers allow
+        custom values, so that this check (over the current list, new runs included) is the one refusal."""
+        if not value or not self.public.enabled:
+            return value or self.default_model
+        return check_model(value, self._allowed(ws))
 
     def prompts(self, text: str | None) -> list[str]:
         """The prompts typed (`parse_prompts`), at most `public.limits.prompts` of them in public mode."""
@@ -156,6 +221,14 @@ class AppContext:
         if self.public.enabled:
             check_count("Prompts", len(chosen), self.public.limits.prompts, "prompts per request")
         return chosen
+
+    def scrub(self, text: str) -> str:
+        """Public mode: `text` without server paths (`scrub_paths`), a visitor's folder by its kind
+        ("visitors/<key>/runs/my-run" -> "my-run"), nor advice to use server folders."""
+        if not self.public.enabled:
+            return text
+        text = scrub_paths(text.replace(FOLDER_HINT, ""), self.roots)
+        return _VISITOR_PATH.sub("", text)
 
     @property
     def roots(self) -> list[Path]:
@@ -173,13 +246,13 @@ def viewer(request: gr.Request | None) -> str | None:
 def user_errors(fn):
     """Turn engine errors into `gr.Error(message)` and anything else into a short note; log the traceback.
 
-    In public mode (an AppContext argument says so) the message loses every server path (`scrub_paths`).
+    In public mode (an AppContext argument says so) the message loses every server path (`AppContext.scrub`).
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         ctx = next((a for a in args if isinstance(a, AppContext)), None)
-        clean = (lambda m: scrub_paths(m, ctx.roots)) if ctx is not None and ctx.public.enabled else str
+        clean = ctx.scrub if ctx is not None else str
         try:
             return fn(*args, **kwargs)
         except gr.Error:
@@ -213,7 +286,7 @@ def bind(handler, ctx: AppContext):
 
 
 @user_errors
-def segment(ctx: AppContext, image, prompts, model, threshold):
+def segment(ctx: AppContext, image, prompts, model, threshold, request: gr.Request | None = None):
     """/segment: (overlay, mask file paths, table value, SegmentResult for the other views)."""
     # Raw upload (preprocess=False): the engine, not Gradio, decodes the photo, so a file that is not an
     # image gets the engine's message; Gradio has already checked the path is an upload in its cache.
@@ -221,10 +294,13 @@ def segment(ctx: AppContext, image, prompts, model, threshold):
     if not path:
         raise ValueError("No photo yet: upload one (JPEG, PNG, WebP) or pick an example below.")
     name = (image.get("orig_name") if isinstance(image, dict) else None) or Path(path).name
-    segmenter = ctx.cache.get(ctx.model_source(model))
+    ws = ctx.workspace(request)
+    segmenter = ctx.cache.get(ctx.model_source(model, ws))
+    chosen = ctx.prompts(prompts)
     try:  # the slider at the model's default means "each prompt's own threshold"; moved, it applies to all
-        result = segment_photo(segmenter, path, ctx.prompts(prompts), threshold=slider_threshold(segmenter, threshold),
-                               image_id=image_id_for(name), out_dir=ctx.call_dir("masks"))
+        with ctx.output_dir(ws, "masks") as out_dir:
+            result = segment_photo(segmenter, path, chosen, threshold=slider_threshold(segmenter, threshold),
+                                   image_id=image_id_for(name), out_dir=out_dir)
     except ImageError as exc:  # name the file as the user knows it, not by its upload cache path
         raise ImageError(str(exc).replace(str(path), name)) from None
     if result.warning:  # a prompt outside the model's trained list
@@ -244,9 +320,10 @@ def show_views(result):
 
 
 @user_errors
-def model_threshold(ctx: AppContext, model):
+def model_threshold(ctx: AppContext, model, request: gr.Request | None = None):
     """The threshold slider at the chosen model's calibrated threshold."""
-    return gr.Slider(value=round(float(ctx.cache.get(ctx.model_source(model)).threshold), 2))
+    source = ctx.model_source(model, ctx.workspace(request))
+    return gr.Slider(value=round(float(ctx.cache.get(source).threshold), 2))
 
 
 @user_errors
@@ -265,8 +342,9 @@ def train_start(ctx: AppContext, sets, cracks_prompts, joints_prompts, zip_file,
     and stops the job after `limits.train_minutes`.
     """
     public = ctx.public.enabled
+    ws = ctx.workspace(request)
     wanted = TrainRequest(
-        model=ctx.model_source(model), epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
+        model=ctx.model_source(model, ws), epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
         unfreeze_vision_layers=unfreeze_vision, unfreeze_text_layers=unfreeze_text, augment=augment,
         patience=patience, max_images=max_images, negative_rate=negative_rate, run_name=run_name, sets=sets or (),
         set_prompts={"cracks": cracks_prompts, "joints": joints_prompts}, zip_file=zip_file,
@@ -274,9 +352,10 @@ def train_start(ctx: AppContext, sets, cracks_prompts, joints_prompts, zip_file,
     if public:
         check_training(wanted, ctx.public.limits)
     ctx.tidy()  # room for the upload's extracted copy and the run
-    run_dir = start_run(wanted, data_root=ctx.data_root, checkpoints_dir=ctx.checkpoints_dir,
-                        uploads_dir=ctx.uploads_dir, cache=ctx.cache, overrides=ctx.train_overrides,
-                        owner=viewer(request), time_limit_s=ctx.public.limits.train_minutes * 60 if public else None)
+    ctx.settle(ws)  # the visitor's own oldest files go first when they are over their budget
+    run_dir = start_run(wanted, data_root=ctx.data_root, checkpoints_dir=ws.runs, uploads_dir=ws.uploads,
+                        cache=ctx.cache, overrides=ctx.train_overrides, owner=viewer(request),
+                        time_limit_s=ctx.public.limits.train_minutes * 60 if public else None)
     shown = Path(run_dir).name if public else run_dir
     return f"Training started: run folder `{shown}`. Progress and curves update below."
 
@@ -289,8 +368,9 @@ def start_polling():
 def status_views(ctx: AppContext, status, request: gr.Request | None):
     """(progress Markdown, curves figure, status JSON) as this viewer sees them: read-only when another
     session started the job; in public mode the run by its name and no server path."""
-    shown = public_status(status, ctx.roots) if ctx.public.enabled else status
-    markdown, figure = training_view(shown, owns_job(viewer(request)))
+    owned = owns_job(viewer(request))
+    shown = public_status(status, ctx.roots, owned) if ctx.public.enabled else status
+    markdown, figure = training_view(shown, owned)
     return markdown, figure, status_dict(shown)
 
 
@@ -319,11 +399,30 @@ def train_stop(ctx: AppContext, request: gr.Request | None = None):
 
 
 @user_errors
-def refresh_pickers(ctx: AppContext):
-    """The four model pickers with the current runs and exports (Segment, Train, Compare, Export)."""
-    every, torch_only = ctx.choices(), ctx.choices(torch_only=True)
+def refresh_pickers(ctx: AppContext, request: gr.Request | None = None):
+    """The four model pickers with the current runs and exports (Segment, Train, Compare, Export); in public
+    mode the server's and the asking visitor's own."""
+    ws = ctx.workspace(request)
+    every, torch_only = ctx.choices(ws), ctx.choices(ws, torch_only=True)
     return (gr.Dropdown(choices=every), gr.Dropdown(choices=torch_only), gr.Dropdown(choices=every),
             gr.Dropdown(choices=torch_only))
+
+
+def forget_session(ctx: AppContext, request: gr.Request | None = None):
+    """A browser tab closed: an anonymous visitor's folder goes (nobody can reach it again; a signed-in user
+    keeps theirs), unless their training job still runs (the idle clean-up takes it later)."""
+    if not ctx.public.enabled or request is None or getattr(request, "username", None):
+        return
+    who = viewer(request)
+    if who and not ("engine.train" in sys.modules and training_status().active and owns_job(who)):
+        forget_visitor(ctx.work_dir, who)
+
+
+@user_errors
+def list_my_models(ctx: AppContext, request: gr.Request | None = None) -> list[str]:
+    """/models: the values the caller may pass as `model` (the pickers' values: in public mode the server's
+    models and the caller's own runs and exports, by label)."""
+    return [value for _, value in ctx.choices(ctx.workspace(request))]
 
 
 def show_data_inputs(choice):
@@ -332,77 +431,111 @@ def show_data_inputs(choice):
 
 
 @user_errors
-def compare(ctx: AppContext, models, precisions, data_choice, folder, zip_file, prompts, limit):
+def compare(ctx: AppContext, models, precisions, data_choice, folder, zip_file, prompts, limit,
+            request: gr.Request | None = None):
     """/compare: (scores table, curves figure, gallery of (image, caption), worst-cases table)."""
     if ctx.public.enabled:  # no server folder, the listed models only, bounded counts
         check_compare(len(models or []), data_choice, limit, ctx.public.limits)
-    sources = [ctx.model_source(m) for m in models or []]
+    ws = ctx.workspace(request)
+    sources = [ctx.model_source(m, ws) for m in models or []]
     data, default_prompts = eval_data_for(data_choice, data_root=ctx.data_root, folder=folder, zip_file=zip_file)
     chosen = ctx.prompts(prompts) if (prompts or "").strip() else list(default_prompts)
     ctx.tidy()  # room for the upload's extracted copy (compare_models deletes it once scored)
     result = compare_models(ctx.cache, sources, data, chosen, precisions=precisions or ["fp32"],
-                            limit=int(limit or 0) or None, uploads_dir=ctx.uploads_dir,
+                            limit=int(limit or 0) or None, uploads_dir=ws.uploads,
                             absent=absent_sets_for(data_choice, data_root=ctx.data_root))
     return (table(result.rows, COMPARE_HEADERS), result.curves, result.gallery,
             table(result.worst, WORST_HEADERS))
 
 
 @user_errors
-def export(ctx: AppContext, model, precision, progress=gr.Progress()):
-    """/export: (parity and speed table, the report in Markdown, the zip's path)."""
-    result = export_model(ctx.model_source(model), ctx.export_dir, int8=precision == "int8", cache=ctx.cache,
-                          example=ctx.examples[0][0] if ctx.examples else None, prompts=QUICK_PICKS,
-                          zip_dir=ctx.call_dir("exports"), progress=lambda f, m: progress(f, desc=m))
-    report = scrub_paths(result.report, ctx.roots) if ctx.public.enabled else result.report
-    return table(result.rows, EXPORT_HEADERS), f"```\n{report}\n```", str(result.zip_path)
+def export(ctx: AppContext, model, precision, progress=gr.Progress(), request: gr.Request | None = None):
+    """/export: (parity and speed table, the report in Markdown, the zip's path). In public mode the export
+    goes to the visitor's own folder, and its manifest, report and zip name the model by its picker label."""
+    ws = ctx.workspace(request)
+    source = ctx.model_source(model, ws)
+    public = ctx.public.enabled
+    with ctx.output_dir(ws, "exports") as zip_dir:
+        result = export_model(source, ws.exports, int8=precision == "int8", cache=ctx.cache,
+                              example=ctx.examples[0][0] if ctx.examples else None, prompts=QUICK_PICKS,
+                              zip_dir=zip_dir, progress=lambda f, m: progress(f, desc=m),
+                              source_name=(model or ctx.default_value) if public else None,
+                              scrub=ctx.scrub if public else None)
+    ctx.settle(ws, keep=[result.out_dir, result.zip_path.parent])
+    rows = [[ctx.scrub(str(c)) for c in row] for row in result.rows] if public else result.rows
+    return table(rows, EXPORT_HEADERS), f"```\n{ctx.scrub(result.report)}\n```", str(result.zip_path)
 
 
 @user_errors
-def segment_batch(ctx: AppContext, files, prompts, model, threshold, progress=gr.Progress()):
+def segment_batch(ctx: AppContext, files, prompts, model, threshold, progress=gr.Progress(),
+                  request: gr.Request | None = None):
     """/segment_batch: (masks zip, predictions.csv, report.html) for several photos or a zip of photos."""
     paths = [f.get("path") if isinstance(f, dict) else f for f in files or []]
-    segmenter = ctx.cache.get(ctx.model_source(model))  # cheap refusals first: model, prompts, photo count
+    ws = ctx.workspace(request)
+    segmenter = ctx.cache.get(ctx.model_source(model, ws))  # cheap refusals first: model, prompts, photo count
     chosen = ctx.prompts(prompts)
     cap = ctx.public.limits.batch_photos if ctx.public.enabled else MAX_BATCH_PHOTOS
-    out_dir = ctx.call_dir("masks")
-    photos = batch_photos([(p, Path(p).name) for p in paths if p], out_dir / "photos", max_photos=cap)
-    warning = segmenter.prompt_warning(chosen)
-    if warning:
-        gr.Warning(warning)
-    result = run_batch(segmenter, photos, chosen, out_dir=out_dir, threshold=slider_threshold(segmenter, threshold),
-                       progress=lambda f, m: progress(f, desc=m))
+    with ctx.output_dir(ws, "masks") as out_dir:
+        photos = batch_photos([(p, Path(p).name) for p in paths if p], out_dir / "photos", max_photos=cap)
+        warning = segmenter.prompt_warning(chosen)
+        if warning:
+            gr.Warning(warning)
+        result = run_batch(segmenter, photos, chosen, out_dir=out_dir,
+                           threshold=slider_threshold(segmenter, threshold), progress=lambda f, m: progress(f, desc=m))
     if result.failed:
         gr.Warning(f"{len(result.failed)} photo(s) could not be read: " + "; ".join(result.failed.values()))
     return str(result.zip_path), str(result.csv_path), str(result.report_path)
 
 
 @user_errors
-def download_run(ctx: AppContext, model):
-    """/download_run: a zip of the run's Hugging Face folder (best model, model card, metrics.jsonl)."""
+def download_run(ctx: AppContext, model, request: gr.Request | None = None):
+    """/download_run: a zip of the run's Hugging Face folder (best model, model card, metrics.jsonl). Public
+    mode: the server's runs and the visitor's own only, with no server path in any of its files."""
     if not (model or "").strip():
         raise ValueError("No run chosen: pick a training run in the list, then download it.")
-    return str(zip_of_run(ctx.model_source(model), ctx.call_dir("exports")))
+    ws = ctx.workspace(request)
+    source = ctx.model_source(model, ws)
+    with ctx.output_dir(ws, "exports") as zip_dir:
+        zip_path = zip_of_run(source, zip_dir, scrub=ctx.scrub if ctx.public.enabled else None)
+    return str(zip_path)
 
 
 @user_errors
-def download_trained(ctx: AppContext):
-    """The Train tab's download: the zip of the current (or last) training job's run."""
+def download_trained(ctx: AppContext, request: gr.Request | None = None):
+    """The Train tab's download: the zip of the current (or last) training job's run, for the visitor who
+    started it."""
     run_dir = training_status().run_dir if "engine.train" in sys.modules else None
-    if not run_dir:
-        raise ValueError("No run trained in this app yet: train one, or pick a run in the Export tab.")
-    return str(zip_of_run(run_dir, ctx.call_dir("exports")))
+    if not run_dir or (ctx.public.enabled and not owns_job(viewer(request))):
+        raise ValueError("No run trained by you in this app yet: train one, or pick a run in the Export tab.")
+    ws = ctx.workspace(request)
+    with ctx.output_dir(ws, "exports") as zip_dir:
+        zip_path = zip_of_run(run_dir, zip_dir, scrub=ctx.scrub if ctx.public.enabled else None)
+    return str(zip_path)
 
 
 @user_errors
-def push_to_hub(ctx: AppContext, model, repo_id, private, oauth_token: gr.OAuthToken | None = None):
-    """The "Push to the Hub" button: the run's folder and card to `repo_id`, with the signed-in user's token
-    (locally, without sign-in, the one `hf auth login` saved; a public app never uses its own token)."""
-    token = getattr(oauth_token, "token", None)
+def push_to_hub(ctx: AppContext, model, repo_id, private, oauth_token: gr.OAuthToken | None = None,
+                request: gr.Request | None = None):
+    """The "Push to the Hub" button: the run's folder and card to `repo_id`, with the signed-in user's token.
+    Without sign-in: locally the token `hf auth login` saved; on a Space without OAuth, the Space's HF_TOKEN
+    (`push_token`); a public app with OAuth never uses a token of its own."""
+    token = getattr(oauth_token, "token", None) or push_token(ctx.public.enabled)
     if ctx.public.enabled and not token:
         raise PermissionError("Sign in with Hugging Face first (the button beside Push), or download the run as a "
                               "zip and upload it yourself.")
-    result = push_run_to_hub(ctx.model_source(model), repo_id, private=bool(private), token=token)
+    ws = ctx.workspace(request)
+    result = push_run_to_hub(ctx.model_source(model, ws), repo_id, private=bool(private), token=token,
+                             scrub=ctx.scrub if ctx.public.enabled else None)
     return push_message(result)
+
+
+def push_token(public: bool) -> str | None:
+    """The token a push uses when the visitor has not signed in: on a public app without OAuth (a Space whose
+    README has no `hf_oauth`, or a local test of one), HF_TOKEN from the environment; else None (locally
+    huggingface_hub then reads the token `hf auth login` saved)."""
+    if public and not oauth_available():
+        return os.environ.get("HF_TOKEN") or None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- layout
@@ -705,9 +838,10 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                          api_name="export", concurrency_limit=1).success(bind(refresh_pickers, ctx), None, pickers,
                                                                           api_visibility="private")
 
+        # Batches queue apart from /segment: a long batch never holds another visitor's single photo.
         batch_btn.click(bind(segment_batch, ctx), [batch_files, prompts, seg_model, threshold],
                         [batch_zip, batch_csv, batch_report], api_name="segment_batch", concurrency_limit=1,
-                        concurrency_id="model")
+                        concurrency_id="batch")
         trained_btn.click(bind(download_trained, ctx), None, trained_file, api_visibility="private",
                           concurrency_limit=1).success(lambda: gr.File(visible=True), None, trained_file,
                                                        api_visibility="private", queue=False)
@@ -720,15 +854,24 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
         demo.load(bind(model_threshold, ctx), seg_model, threshold, api_visibility="private", show_progress="minimal")
         demo.load(bind(poll, ctx), phase_key, [progress_md, curves, status_json, phase_key, timer],
                   api_visibility="private")
+        demo.unload(bind(forget_session, ctx))
+        gr.api(bind(list_my_models, ctx), api_name="models")
+    if os.environ.get("SPACE_ID") and public and not oauth_available():
+        log.info("no Hugging Face OAuth on this Space (its README lacks hf_oauth): no sign-in button; Push uses "
+                 "HF_TOKEN from the environment%s", "" if os.environ.get("HF_TOKEN") else " (not set: Push is refused)")
     return demo.queue(default_concurrency_limit=1)
 
 
+OAUTH_ENV = ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OPENID_PROVIDER_URL")  # what `hf_oauth: true` sets
+
+
 def oauth_available() -> bool:
-    """True on a Hugging Face Space (SPACE_ID set) with `gradio[oauth]` (authlib, itsdangerous) installed: there
-    the app shows a Sign-in button and Push uses the visitor's OAuth token. Elsewhere (locally, where Gradio's
-    sign-in would demand a saved Hub login just to start) there is no button and Push uses the token that
-    `hf auth login` saved."""
-    return bool(os.environ.get("SPACE_ID")) and all(
+    """True on a Hugging Face Space (SPACE_ID set) whose README asks for `hf_oauth` (the Space then sets
+    OAUTH_CLIENT_ID and its kin) with `gradio[oauth]` (authlib, itsdangerous) installed: there the app shows a
+    Sign-in button and Push uses the visitor's OAuth token. Elsewhere (locally, or a duplicated Space that lost
+    `hf_oauth`, where Gradio's sign-in would demand a saved Hub login just to start) there is no button and
+    Push uses HF_TOKEN (public) or the token that `hf auth login` saved (`push_token`)."""
+    return bool(os.environ.get("SPACE_ID")) and all(os.environ.get(name) for name in OAUTH_ENV) and all(
         importlib.util.find_spec(name) is not None for name in ("authlib", "itsdangerous"))
 
 

@@ -1,4 +1,5 @@
-"""Crash-safe writes: a `kill -9` at any moment leaves either the old file (or folder) or the new one."""
+"""Crash-safe writes (a `kill -9` at any moment leaves either the old file or folder or the new one), and
+rewriting the text files of a folder."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _RENAME_EXCHANGE = 2  # renameat2 flag (Linux >= 3.15): swap two paths atomically
@@ -129,3 +130,21 @@ def recover_dir(dst) -> None:
     old = dst.with_name(f".{dst.name}.old")
     if not dst.exists() and old.is_dir():
         os.replace(old, dst)
+
+
+TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".txt", ".yaml", ".yml", ".csv", ".html")
+
+
+def rewrite_text_files(folder, rewrite: Callable[[str], str], suffixes=TEXT_SUFFIXES) -> list[Path]:
+    """Apply `rewrite` to every text file under `folder` (by suffix; links not followed); returns the files
+    that changed. A public app scrubs server paths from what it hands out this way (run zips, exports)."""
+    changed = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix.lower() not in suffixes or path.is_symlink() or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        new = rewrite(text)
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            changed.append(path)
+    return changed

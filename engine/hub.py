@@ -80,13 +80,13 @@ def _check_reachable(endpoint: str, timeout_s: float) -> None:
 
 
 def push_run(source: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
-             timeout_s: float = HUB_TIMEOUT_S) -> PushResult:
+             timeout_s: float = HUB_TIMEOUT_S, scrub=None) -> PushResult:
     """Create (or reuse) the model repo `repo_id` and upload the run's Hugging Face folder to it.
 
     source: a run folder (its best/ is uploaded), or a model folder; token: a write token (None: the one saved
     by `hf auth login`). Raises ValueError for a bad repo id or source (before anything is sent),
     ConnectionError when the Hub is unreachable, PermissionError when no token or a read-only one is given;
-    the last two name the zip download as the alternative.
+    the last two name the zip download as the alternative. scrub: as in `engine.models.package.package_run`.
     """
     repo_id = check_repo_id(repo_id)
     find_run(source)  # a bad source fails before the network
@@ -94,7 +94,7 @@ def push_run(source: str | os.PathLike, repo_id: str, *, private: bool = False, 
     _check_reachable(endpoint, timeout_s)
     api = HfApi(endpoint=endpoint, token=token)
     with tempfile.TemporaryDirectory(prefix="drywall-push-") as tmp:
-        folder = package_run(source, tmp)
+        folder = package_run(source, tmp, scrub=scrub)
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

@@ -14,6 +14,8 @@ CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
 EXPORT_DIR = REPO_ROOT / "export"
 EXAMPLES_DIR = REPO_ROOT / "examples"
 STARTER_DIR = CHECKPOINTS_DIR / "drywall-starter"
+# The models the repository ships (the bundled model and its stage 1): read-only to the app, never pruned.
+SHIPPED_MODELS = (STARTER_DIR, CHECKPOINTS_DIR / "drywall-starter-base")
 FEATURE_CACHE_DIR = ".cache/features"  # relative to REPO_ROOT unless a TrainConfig gives an absolute path
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "drywall-qa"
 

@@ -34,3 +34,19 @@ def test_export_refuses_an_onnx_export(tmp_path):
     (tmp_path / "exp" / "manifest.json").write_text('{"files": {}}')
     with pytest.raises(ValueError, match="already an ONNX export"):
         export_model(str(tmp_path / "exp"), tmp_path / "out")
+
+
+def test_export_folders_never_replace_another_models_export(tmp_path):
+    import json
+
+    from engine.app.export import _slug, export_folder
+
+    assert _slug("Drywall-Starter") != _slug("drywall-starter") and _slug("a.b") != _slug("a-b")
+    taken = tmp_path / "tiny-fp32"
+    taken.mkdir()
+    (taken / "manifest.json").write_text(json.dumps({"format": "drywall-qa-onnx", "format_version": 1,
+                                                     "source": "run: tiny"}))
+    assert export_folder(tmp_path, "tiny-fp32", "run: tiny") == taken  # the same model: its own folder again
+    assert export_folder(tmp_path, "tiny-fp32", "my run: tiny") == tmp_path / "tiny-fp32-2"
+    (tmp_path / "odd-fp32").mkdir()  # not an export at all: never overwritten either
+    assert export_folder(tmp_path, "odd-fp32", "run: odd") == tmp_path / "odd-fp32-2"

@@ -154,10 +154,52 @@ def test_the_app_prunes_its_oldest_files_past_the_disk_cap(tmp_path, tiny_model_
     context(public=False).call_dir("masks")  # a request writes: the oldest go until under 3000 bytes
     assert not (tmp_path / "work/uploads/old-set").exists()  # 4500 -> 2500 bytes: under the cap
     assert (tmp_path / "work/masks/old/a.png").is_file() and (tmp_path / "work/exports/recent/e.zip").is_file()
-    assert (tmp_path / "runs/old-run/w.bin").is_file()  # runs count only on a public server
-    base = shutil.copytree(tiny_model_dir, tmp_path / "runs/base")  # the default model, the oldest run
-    for path in (base, *base.iterdir()):
-        os.utime(path, (old - 500, old - 500))
+    assert (tmp_path / "runs/old-run/w.bin").is_file()  # the server's runs are never the app's to prune
+    # Public: an idle visitor's folder goes, oldest first; a live visitor's, the server's runs and the default
+    # model stay, however old.
+    from engine.app.visitors import visitor_workspace
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "runs/base")
+    idle = visitor_workspace(tmp_path / "work", "idle-visitor", now=old - 3 * 3600)
+    live = visitor_workspace(tmp_path / "work", "live-visitor")
+    for ws in (idle, live):
+        (ws.runs / "r").mkdir()
+        (ws.runs / "r" / "w.bin").write_bytes(b"x" * 2000)
+    for path in [base, *base.iterdir(), idle.root, *idle.root.rglob("*"), live.runs / "r" / "w.bin"]:
+        if path.name != ".seen":
+            os.utime(path, (old - 500, old - 500))
     context(public=True, default=base).tidy()
-    assert not (tmp_path / "runs/old-run").exists()  # runs count on a public server: the oldest unkept goes
-    assert (base / "config.json").is_file()  # the default model is never pruned, however old
+    assert not idle.root.exists() and (live.runs / "r" / "w.bin").is_file()
+    assert (base / "config.json").is_file() and (tmp_path / "runs/old-run/w.bin").is_file()
+
+
+def test_may_delete_is_the_one_rule_and_refuses_each_protected_kind(tmp_path):
+    """Whatever folders a caller hands to `prune`, the rule keeps: a tracked file, a shipped model, the default
+    model, a kept path, anything outside the folders given, and anything reached through a link."""
+    from engine.app.housekeeping import may_delete, never_deleted
+    from engine.paths import CHECKPOINTS_DIR, REPO_ROOT, SHIPPED_MODELS
+
+    work = tmp_path / "work"
+    own = _put(work / "masks" / "own.png", 10, 500)
+    default = tmp_path / "work" / "masks" / "default-model"
+    default.mkdir()
+    outside = _put(tmp_path / "elsewhere" / "x.bin", 10, 500)
+    (work / "masks" / "link-out").symlink_to(outside)
+    linked = tmp_path / "linked-folder"
+    linked.symlink_to(tmp_path / "elsewhere")
+    assert may_delete(own, [work / "masks"])
+    assert not may_delete(default, [work / "masks"], keep=[default])  # the default model (a kept path)
+    assert not may_delete(outside, [work / "masks"])  # outside the folders given
+    assert not may_delete(outside, [linked])  # a folder that is a link
+    assert may_delete(work / "masks" / "link-out", [work / "masks"])  # the link itself, never what it points at
+    for shipped in SHIPPED_MODELS:  # even when a caller hands the repository's own folders to the clean-up
+        assert not may_delete(shipped, [CHECKPOINTS_DIR])
+    for name in ("README.md", "engine", ".git", ".venv", "tests"):  # tracked or not: the repository's own
+        assert not may_delete(REPO_ROOT / name, [REPO_ROOT]), name
+    (tmp_path / "clone" / ".git").mkdir(parents=True)
+    assert not may_delete(tmp_path / "clone" / ".git", [tmp_path / "clone"])  # any .git
+    assert REPO_ROOT.joinpath("app.py").resolve() in never_deleted()
+    # The rule inside prune (only temporary folders are handed to it here: never the repository's own).
+    deleted = prune([work / "masks", linked], 0, keep=[default], min_age_s=0)
+    assert sorted(p.name for p in deleted) == ["link-out", "own.png"]
+    assert outside.is_file() and default.is_dir() and all(p.is_dir() for p in SHIPPED_MODELS)

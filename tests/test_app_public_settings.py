@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 
 from engine.app.jobs import TrainRequest
-from engine.app.public import (FOLDER_REFUSED, MODEL_REFUSED, Limits, PublicSettings, allowed_models, check_compare,
-                               check_model, check_training, public_status, scrub_paths)
+from engine.app.public import (ANOTHER_VISITORS_JOB, FOLDER_REFUSED, MODEL_REFUSED, Limits, PublicSettings,
+                               allowed_models, check_compare, check_model, check_training, public_status, scrub_paths)
 from engine.paths import REPO_ROOT
 from engine.train.events import JobStatus
 
@@ -44,10 +44,10 @@ def test_environment_overrides_each_cap():
 def test_models_outside_the_list_get_one_message_that_names_nothing():
     allowed = allowed_models([("run: mine", "/srv/app/checkpoints/mine")], ("auto",))
     assert check_model("run: mine", allowed) == "/srv/app/checkpoints/mine"
-    assert check_model("/srv/app/checkpoints/mine", allowed) == "/srv/app/checkpoints/mine"
     assert check_model("auto", allowed) == "auto"
     messages = set()
-    for bad in ("/root", "/etc/passwd", "/proc/self", "someone/any-model", "../checkpoints", "", "mine"):
+    for bad in ("/root", "/etc/passwd", "/proc/self", "someone/any-model", "../checkpoints", "", "mine",
+                "/srv/app/checkpoints/mine"):  # a listed folder's own path too: it would confirm where the app is
         with pytest.raises(ValueError) as err:
             check_model(bad, allowed)
         messages.add(str(err.value))
@@ -113,3 +113,19 @@ def test_public_status_shows_the_run_by_name():
     assert shown.log == ["saved checkpoints/run-1/best"]
     assert shown.summary == {"run_dir": "checkpoints/run-1", "best_epoch": 2}
     assert status.run_dir == "/srv/app/checkpoints/run-1"  # the job's own status is untouched
+
+
+def test_another_visitors_job_shows_only_how_far_it_is():
+    status = JobStatus(phase="training", epoch=2, epochs=5, step=3, steps=10, eta_s=40.0, run_dir="/w/v/runs/x",
+                       message="epoch 2/5", history=[{"epoch": 1, "val": {"segment crack": {"miou": 0.3}}}],
+                       last_metrics={"epoch": 1}, log=["reading /w/v/uploads/secret-set"])
+    shown = public_status(status, ["/w"], owned=False)
+    assert (shown.phase, shown.epoch, shown.epochs, shown.step, shown.steps, shown.eta_s) == ("training", 2, 5, 3,
+                                                                                            10, 40.0)
+    assert shown.run_dir is None and shown.history == [] and shown.log == [] and shown.last_metrics is None
+    assert shown.message == ANOTHER_VISITORS_JOB
+
+
+def test_visitor_caps_are_named_settings():
+    limits = Limits.from_env({"DQA_MAX_VISITOR_GB": "0.5", "DQA_VISITOR_IDLE_MIN": "10"})
+    assert limits.visitor_bytes == 512 * 1024**2 and limits.visitor_idle_min == 10.0

@@ -44,6 +44,25 @@ def test_cache_evicts_a_retrained_run(tmp_path):
     assert cache.keys() == [("other", "fp32")]
 
 
+def test_a_model_saved_again_is_loaded_again_by_every_caller(tmp_path, tiny_model_dir):
+    import shutil
+
+    from engine.models import make_random_model_folder
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "best")
+    (run / "config.json").write_text("{}")  # a run folder: its TrainConfig beside best/
+    loader = _Loader()
+    cache = ModelCache(maxsize=4, loader=loader)
+    first = cache.get(str(run))
+    assert cache.get(str(run)) is first and len(loader.calls) == 1
+    make_random_model_folder(tmp_path / "new", seed=7)  # a new best is saved over the old one
+    shutil.rmtree(run / "best")
+    shutil.copytree(tmp_path / "new", run / "best")
+    fresh = cache.get(str(run))
+    assert fresh is not first and len(loader.calls) == 2 and cache.get(str(run)) is fresh
+
+
 def test_cache_key_leaves_exports_at_their_own_precision(tmp_path):
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "manifest.json").write_text("{}")

@@ -15,7 +15,7 @@ import os
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from engine.app.segment import image_id_for
 from engine.data.archive import safe_extract_zip
@@ -54,14 +54,30 @@ class BatchResult:
     n_photos: int = 0
 
 
+def _is_photo(name: str) -> bool:
+    path = PurePosixPath(name.replace("\\", "/"))
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
 def _zip_images(zip_path: Path, dest: Path, max_photos: int) -> list[tuple[Path, str]]:
-    """The images of a zip of photos, safely extracted into dest; (path, name inside the zip), sorted."""
-    safe_extract_zip(zip_path, dest, max_files=4 * max_photos + 100, max_bytes=_ZIP_MAX_BYTES)
-    found = sorted(p for p in dest.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not p.name.startswith("."))
-    if not found:
+    """The photos of a zip of photos, safely extracted into dest; (path, name inside the zip), sorted.
+
+    Judged from the zip's names before a byte is written: a zip without photos, or with more than `max_photos`,
+    is refused as it is, and only the photos are extracted (anything else in it is never written).
+    """
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            names = [n for n in archive.namelist() if _is_photo(n)]
+    except (zipfile.BadZipFile, OSError):
+        names = None  # safe_extract_zip says what is wrong with it
+    if names is not None and not names:
         raise ValueError(f"{zip_path.name} holds no photos ({', '.join(sorted(IMAGE_SUFFIXES))}); zip the photos "
                          "themselves.")
+    if names is not None and len(names) > max_photos:
+        raise ValueError(f"Too many photos: {zip_path.name} holds {len(names)}, at most {max_photos} per batch "
+                         "here; split the photos into smaller batches.")
+    safe_extract_zip(zip_path, dest, max_files=4 * max_photos + 100, max_bytes=_ZIP_MAX_BYTES, include=_is_photo)
+    found = sorted(p for p in dest.rglob("*") if p.is_file() and _is_photo(p.name))
     return [(p, p.relative_to(dest).as_posix()) for p in found]
 
 

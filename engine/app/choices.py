@@ -7,7 +7,7 @@ from pathlib import Path
 
 from engine.paths import is_onnx_export
 
-__all__ = ["model_choices", "model_label", "public_choices"]
+__all__ = ["model_choices", "model_label", "own_choices", "public_choices"]
 
 
 def model_label(source: str, precision: str = "fp32") -> str:
@@ -35,6 +35,18 @@ def model_choices(checkpoints_dir: str | os.PathLike | None = None, export_dir: 
     if default is not None and default not in [src for _, src in choices]:
         choices.insert(0, (f"{model_label(default)} (default)", default))
     return choices
+
+
+def own_choices(runs_dir: str | os.PathLike, export_dir: str | os.PathLike, *, torch_only: bool = False
+                ) -> list[tuple[str, str]]:
+    """A public visitor's own runs and exports, ("my run: NAME" / "my export: NAME", folder), apart from the
+    server's ("run: NAME"), so that a visitor's run may share a name with a server's and neither hides the other."""
+    from engine.models import list_models  # deferred like model_choices'
+
+    mine = (Path(runs_dir).resolve(), Path(export_dir).resolve())
+    own = [(f"my {label}".replace("my onnx:", "my export:"), src) for label, src in list_models(runs_dir, export_dir)
+           if Path(src).is_absolute() and Path(src).resolve().parent in mine]
+    return [(label, src) for label, src in own if not (torch_only and is_onnx_export(src))]
 
 
 def public_choices(choices: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.app.choices import model_label
+from engine.fileio import rewrite_text_files
 
 if TYPE_CHECKING:
     from engine.models.cache import ModelCache
@@ -39,7 +40,30 @@ class ExportResult:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "model"
+    """A folder name for a model name: letters, digits, '.', '_' and '-' kept as they are (case too, so that
+    "Drywall-Starter" and "drywall-starter", or "a.b" and "a-b", get folders of their own)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
+
+
+def export_folder(export_dir: str | os.PathLike, name: str, source_name: str) -> Path:
+    """export_dir/<name>, or <name>-2, -3, ... when that folder holds the export of another model.
+
+    The same model exported again replaces its own folder; another model never replaces it (its manifest's
+    `source` tells whose export a folder is).
+    """
+    from engine.onnx.runtime import read_manifest
+
+    export_dir = Path(export_dir)
+    candidate, n = export_dir / name, 1
+    while candidate.exists():
+        try:
+            if read_manifest(candidate).get("source") == source_name:
+                return candidate
+        except (OSError, ValueError):
+            pass  # not a readable export: never overwritten either
+        n += 1
+        candidate = export_dir / f"{name}-{n}"
+    return candidate
 
 
 def time_predict(segmenter, image, prompts: Sequence[str], repeats: int = 3) -> float:
@@ -83,11 +107,14 @@ def _backends():
 
 def export_model(source: str, export_dir: str | os.PathLike, *, int8: bool = False, cache: ModelCache | None = None,
                  example: str | os.PathLike | None = None, prompts: Sequence[str] = ("segment crack",),
-                 zip_dir: str | os.PathLike | None = None, progress: Callable[[float, str], None] | None = None
-                 ) -> ExportResult:
+                 zip_dir: str | os.PathLike | None = None, progress: Callable[[float, str], None] | None = None,
+                 source_name: str | None = None, scrub: Callable[[str], str] | None = None) -> ExportResult:
     """Export a model to ONNX under `export_dir`, time it against torch on one photo, and zip the folder.
 
-    The folder is export_dir/<model>-<fp32|int8> (an int8 export also holds the fp32 graphs). Rows:
+    The folder is export_dir/<model>-<fp32|int8> (an int8 export also holds the fp32 graphs), with a suffix
+    when that folder holds another model's export (`export_folder`). source_name: what the manifest and the
+    report call the source (a public app passes the picker's label; default: the source as given); scrub:
+    applied to the export's text files before they are zipped (a public app's removal of server paths). Rows:
     milliseconds per photo (all `prompts`) on `example` for torch fp32 and each exported precision, then the
     manifest's parity figures and graph sizes (`engine.onnx.export.report_rows`, as the CLI's report shows them).
     """
@@ -96,8 +123,10 @@ def export_model(source: str, export_dir: str | os.PathLike, *, int8: bool = Fal
     if resolved.kind == "onnx":
         raise ValueError(f"{source} is already an ONNX export; pick a PyTorch model or training run to export.")
     name = _slug(resolved.label.split("/")[-1] if resolved.kind == "hub" else model_label(str(resolved.path)))
-    out_dir = Path(export_dir) / f"{name}-{'int8' if int8 else 'fp32'}"
-    manifest = onnx_export.export_onnx(str(resolved.path), out_dir, int8=int8, progress=progress)
+    source_name = source_name or str(source)
+    out_dir = export_folder(export_dir, f"{name}-{'int8' if int8 else 'fp32'}", source_name)
+    manifest = onnx_export.export_onnx(str(resolved.path), out_dir, int8=int8, progress=progress,
+                                       source_name=source_name)
     if cache is not None:
         cache.evict(out_dir)  # a re-export replaces the graphs a cached session was reading
     rows = []  # speed first: the parity figures below it are the same on every machine
@@ -109,6 +138,8 @@ def export_model(source: str, export_dir: str | os.PathLike, *, int8: bool = Fal
                      (["fp32", "int8"] if int8 else ["fp32"])}
         rows += speed_rows(torch_seg, onnx_segs, example, prompts)
     rows += [list(row) for row in onnx_export.report_rows(manifest, out_dir)]
+    if scrub is not None:
+        rewrite_text_files(out_dir, scrub)
     zip_dir = Path(zip_dir or tempfile.mkdtemp(prefix="drywall-export-"))
     zip_dir.mkdir(parents=True, exist_ok=True)
     zip_path = Path(shutil.make_archive(str(zip_dir / out_dir.name), "zip", root_dir=out_dir))

@@ -2,8 +2,10 @@
 
 The app writes masks, uploads and export zips under its work dir and, on a public server, runs, ONNX exports and
 the feature cache too. `prune` deletes whole entries (each file or folder directly inside one of the folders it
-is given), oldest first, until they fit a cap; it never follows a link, never deletes what `keep` names (the
-bundled model, a running job's run) and never touches anything outside those folders. `make_work_dir` gives the
+is given), oldest first, until they fit a cap. Whatever a caller asks, `may_delete` is the one rule it deletes by:
+only an entry directly inside one of the folders it was given (no folder reached through a link, no link
+followed), never a tracked file of the repository or a folder holding one, never a shipped model, never what
+`keep` names (the default model, a running job's run and data, a live visitor's folder). `make_work_dir` gives the
 app a fresh work dir marked with its process id, `remove_work_dir` deletes it at exit, and
 `stale_work_dirs` finds those that a killed app (kill -9: no exit hook runs) left behind. Pure file-system
 functions: no gradio, no torch.
@@ -11,8 +13,10 @@ functions: no gradio, no torch.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import subprocess
 import shutil
 import tempfile
 import time
@@ -20,10 +24,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.paths import in_repo
+from engine.paths import CHECKPOINTS_DIR, EXPORT_DIR, REPO_ROOT, SHIPPED_MODELS, in_repo
 
-__all__ = ["WORK_DIR_PREFIX", "Entry", "bytes_used", "entries", "prune", "job_paths", "make_work_dir",
-           "remove_work_dir", "stale_work_dirs"]
+__all__ = ["WORK_DIR_PREFIX", "Entry", "bytes_used", "entries", "may_delete", "never_deleted", "prune", "job_paths",
+           "make_work_dir", "remove_work_dir", "stale_work_dirs"]
 
 WORK_DIR_PREFIX = "drywall-qa-app-"  # tempfile.mkdtemp(prefix=...) of each app process
 PID_FILE = ".app-pid"  # inside a work dir: the process that made it
@@ -63,10 +67,11 @@ def _measure(path: Path) -> tuple[int, float]:
 
 
 def entries(folders: Iterable[str | os.PathLike]) -> list[Entry]:
-    """Every entry directly inside each existing folder, oldest first (folders that are absent are skipped)."""
+    """Every entry directly inside each existing folder, oldest first (folders that are absent, or are links,
+    are skipped: a link could lead anywhere)."""
     found = []
     for folder in dict.fromkeys(Path(f) for f in folders):
-        if not folder.is_dir():
+        if not folder.is_dir() or folder.is_symlink():
             continue
         for path in folder.iterdir():
             size, mtime = _measure(path)
@@ -79,10 +84,53 @@ def bytes_used(folders: Iterable[str | os.PathLike]) -> int:
     return sum(e.size for e in entries(folders))
 
 
+@functools.lru_cache(maxsize=1)
+def _tracked_files() -> tuple[Path, ...] | None:
+    """The repository's tracked files (`git ls-files`), resolved; None when git cannot say (no git, no .git)."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = [n for n in out.stdout.decode("utf-8", "replace").split("\0") if n]
+    return tuple((REPO_ROOT / n).resolve() for n in names) or None
+
+
+# Inside the repository only these hold what the app itself writes (git-ignored runs, exports, caches); nothing
+# else there (the source, .git, a virtual environment) is ever the app's to delete.
+_APP_FOLDERS_IN_REPO = (CHECKPOINTS_DIR, EXPORT_DIR, REPO_ROOT / ".cache")
+
+
+def _in_repo_but_not_the_apps(resolved: Path) -> bool:
+    repo = REPO_ROOT.resolve()
+    if not resolved.is_relative_to(repo):
+        return False
+    return not any(resolved.is_relative_to(f.resolve()) and resolved != f.resolve() for f in _APP_FOLDERS_IN_REPO)
+
+
+def never_deleted() -> list[Path]:
+    """What no clean-up deletes, whoever asks: the shipped models and the repository's tracked files (the
+    whole repository when git cannot list them)."""
+    tracked = _tracked_files()
+    return [*(p.resolve() for p in SHIPPED_MODELS), *(tracked if tracked is not None else [REPO_ROOT.resolve()])]
+
+
 def _protected(path: Path, keep: list[Path]) -> bool:
     """An entry stays when it is a kept path, lies inside one, or holds one."""
     resolved = path.parent.resolve() / path.name  # the entry itself, not what a link points at
     return any(resolved == k or resolved.is_relative_to(k) or k.is_relative_to(resolved) for k in keep)
+
+
+def may_delete(path: str | os.PathLike, folders: Iterable[str | os.PathLike],
+               keep: Iterable[str | os.PathLike] = ()) -> bool:
+    """The rule every clean-up deletes by: `path` is an entry directly inside one of `folders` (the app's own
+    folders, none of them a link); inside the repository, only inside checkpoints/, export/ or .cache/; never a
+    `.git` folder or anything in one; and neither is, lies inside, nor holds a kept path or `never_deleted()`."""
+    path = Path(path)
+    parents = {Path(f).resolve() for f in folders if Path(f).is_dir() and not Path(f).is_symlink()}
+    resolved = path.parent.resolve() / path.name
+    if path.parent.resolve() not in parents or ".git" in resolved.parts or _in_repo_but_not_the_apps(resolved):
+        return False
+    return not _protected(path, [*(Path(k).resolve() for k in keep), *never_deleted()])
 
 
 def _delete(path: Path) -> None:
@@ -98,14 +146,16 @@ def prune(folders: Iterable[str | os.PathLike], max_bytes: int, *, keep: Iterabl
 
     folders: the app's own folders (the work dir's uploads/, masks/, exports/; runs and exports on a public
         server). Only entries directly inside them are deleted, whole; a link is deleted as a link.
-    keep: paths never deleted, nor any entry inside or above them (the bundled model, a running job's run).
+    keep: paths never deleted, nor any entry inside or above them (the default model, a running job's run, a
+        live visitor's folder); the shipped models and tracked files are kept whatever is passed (`may_delete`).
     max_age_s: entries older than this go too, whatever the cap (the app's start clears old uploads).
     min_age_s: entries newer than this stay (a request still writing its files), even past the cap.
     """
     now = time.time() if now is None else now
-    kept = [Path(k).resolve() for k in keep if k]
+    folders = list(folders)
+    kept = [k for k in keep if k]
     found = entries(folders)  # one walk: the total and the candidates come from the same measurement
-    candidates = [e for e in found if not _protected(e.path, kept) and now - e.mtime >= min_age_s]
+    candidates = [e for e in found if now - e.mtime >= min_age_s and may_delete(e.path, folders, kept)]
     total = sum(e.size for e in found)
     deleted = []
     for entry in candidates:  # oldest first

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # engine.train loads torch; this module stays light
     from engine.app.jobs import TrainRequest
     from engine.train.events import JobStatus
 
-__all__ = ["Limits", "PublicSettings", "MODEL_REFUSED", "FOLDER_REFUSED", "allowed_models", "check_compare",
+__all__ = ["ANOTHER_VISITORS_JOB", "Limits", "PublicSettings", "MODEL_REFUSED", "FOLDER_REFUSED", "allowed_models", "check_compare",
            "check_count", "check_model", "check_training", "public_status", "scrub_paths"]
 
 # One message for every model refused, whatever it names: it must not tell a visitor whether a path exists.
@@ -55,14 +55,17 @@ class Limits:
     compare_models: int = 4
     batch_photos: int = 20  # photos per /segment_batch request (a zip counts its photos)
     upload_mb: int = 100  # Gradio's max_file_size for every upload
-    disk_gb: float = 5.0  # uploads, runs, exports and the feature cache together; the oldest go first
+    disk_gb: float = 5.0  # every visitor's files and the feature cache together; idle visitors' go first
+    visitor_gb: float = 2.0  # what one visitor may keep (runs, exports, uploads, outputs); their oldest go first
+    visitor_idle_min: float = 60.0  # a visitor with no request for this long is no longer live: theirs may go
 
     ENV = {"prompts": "DQA_MAX_PROMPTS", "train_images": "DQA_MAX_TRAIN_IMAGES", "epochs": "DQA_MAX_EPOCHS",
            "image_size": "DQA_MAX_IMAGE_SIZE", "unfreeze_layers": "DQA_MAX_UNFREEZE_LAYERS",
            "batch_size": "DQA_MAX_BATCH_SIZE", "train_minutes": "DQA_MAX_TRAIN_MINUTES",
            "compare_images": "DQA_MAX_COMPARE_IMAGES", "compare_models": "DQA_MAX_COMPARE_MODELS",
            "batch_photos": "DQA_MAX_BATCH_PHOTOS",
-           "upload_mb": "DQA_MAX_UPLOAD_MB", "disk_gb": "DQA_MAX_DISK_GB"}
+           "upload_mb": "DQA_MAX_UPLOAD_MB", "disk_gb": "DQA_MAX_DISK_GB", "visitor_gb": "DQA_MAX_VISITOR_GB",
+           "visitor_idle_min": "DQA_VISITOR_IDLE_MIN"}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
@@ -93,6 +96,10 @@ class Limits:
     @property
     def disk_bytes(self) -> int:
         return int(self.disk_gb * 1024 ** 3)
+
+    @property
+    def visitor_bytes(self) -> int:
+        return int(self.visitor_gb * 1024 ** 3)
 
 
 @dataclass(frozen=True)
@@ -134,11 +141,16 @@ def check_model(source: str, allowed: Mapping[str, str]) -> str:
 
 
 def allowed_models(choices: Iterable[tuple[str, str]], extra: Sequence[str] = ()) -> dict[str, str]:
-    """value -> source for a public picker: each (label, source) by label and by source, and each extra id."""
+    """value -> source for a public picker: each (label, source) by its label, each extra id by itself.
+
+    A folder is named by its label only ("run: my-run"): its path is refused like any other, so a request
+    cannot confirm where the app is installed. Sources that are not paths (`auto`, Hub ids) also name themselves.
+    """
     allowed = {name: name for name in extra}
     for label, source in choices:
         allowed[label] = source
-        allowed[source] = source
+        if not Path(source).is_absolute():
+            allowed[source] = source
     return allowed
 
 
@@ -170,8 +182,19 @@ def _scrub_value(value, roots):
     return value
 
 
-def public_status(status: JobStatus, roots: Iterable[str | os.PathLike] = ()) -> JobStatus:
-    """The job status a public visitor sees: the run folder by its name, every text without server paths."""
+ANOTHER_VISITORS_JOB = "Another visitor's training job is running; yours can start when it ends."
+
+
+def public_status(status: JobStatus, roots: Iterable[str | os.PathLike] = (), owned: bool = True) -> JobStatus:
+    """The job status a public visitor sees: the run folder by its name, every text without server paths.
+
+    owned: False for a job another visitor started: then only how far it is and when it ends (phase, epoch,
+    step, ETA), nothing of what it trains on, its run's name, scores or log.
+    """
+    if not owned:
+        return type(status)(phase=status.phase, epoch=status.epoch, epochs=status.epochs, step=status.step,
+                            steps=status.steps, eta_s=status.eta_s, started=status.started,
+                            message=ANOTHER_VISITORS_JOB if status.active else "")
     return replace(status, run_dir=Path(status.run_dir).name if status.run_dir else None,
                    message=scrub_paths(status.message or "", roots),
                    error=scrub_paths(status.error, roots) if status.error else status.error,

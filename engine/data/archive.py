@@ -13,16 +13,17 @@ import stat
 import uuid
 import warnings
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from engine.data.coco import COCO_FILE_NAME
 from engine.data.dataset import find_splits, open_dataset, split_layout
 from engine.data.labels import is_absolute_name
 from engine.errors import ArchiveError, LabelError, LabelWarning
+from engine.images import IMAGE_SUFFIXES
 
-__all__ = ["MAX_ZIP_FILES", "MAX_ZIP_BYTES", "MAX_ZIP_RATIO", "RATIO_CHECK_BYTES", "ArchiveError", "safe_extract_zip",
-           "dataset_root", "has_layout", "check_upload", "extract_upload", "remove_upload", "upload_error",
+__all__ = ["FOLDER_HINT", "MAX_ZIP_FILES", "MAX_ZIP_BYTES", "MAX_ZIP_RATIO", "RATIO_CHECK_BYTES", "ArchiveError",
+           "DATA_SET_SUFFIXES", "is_data_set_file", "safe_extract_zip", "dataset_root", "has_layout", "check_upload", "extract_upload", "remove_upload", "upload_error",
            "as_data_path"]
 
 MAX_ZIP_FILES = 20_000
@@ -34,6 +35,11 @@ _SKIPPED_PREFIXES = ("__MACOSX/",)  # resource forks macOS Finder adds to zips
 _SKIPPED_NAMES = frozenset({".DS_Store", "Thumbs.db"})
 # Folders that belong to a data set layout (a split, or a split's parts): the set's root is above them.
 _LAYOUT_FOLDERS = frozenset({"train", "valid", "val", "validation", "test", "images", "labels", "masks"})
+# What a labelled set is made of (engine.data.dataset): photos and mask PNGs, YOLO label .txt, COCO .json,
+# data.yaml. Nothing else in an uploaded zip is written to disk.
+DATA_SET_SUFFIXES = frozenset(IMAGE_SUFFIXES) | {".txt", ".json", ".yaml", ".yml"}
+# The advice for an archive too large; the app drops it where visitors cannot name server folders.
+FOLDER_HINT = " or point to a folder on the server instead"
 _LAYOUTS_IN_ZIP = (f"it needs a Roboflow YOLOv8 or COCO export (images/ + labels/ folders, or {COCO_FILE_NAME} "
                    "next to the photos) or images/ + masks/ folders; zip the data set folder itself.")
 
@@ -58,20 +64,26 @@ def _member_problem(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def _check_members(zip_name: str, members: list[zipfile.ZipInfo], max_files: int, max_bytes: int,
-                   max_ratio: float) -> int:
-    """Refuse an archive from its headers alone (see `safe_extract_zip`); returns the declared total bytes."""
+def is_data_set_file(name: str) -> bool:
+    """Whether a zip member can be part of a labelled set (by its suffix; folders too)."""
+    return name.endswith(("/", "\\")) or PurePosixPath(name.replace("\\", "/")).suffix.lower() in DATA_SET_SUFFIXES
+
+
+def _check_members(zip_name: str, members: list[zipfile.ZipInfo], written: list[zipfile.ZipInfo], max_files: int,
+                   max_bytes: int, max_ratio: float) -> int:
+    """Refuse an archive from its headers alone (see `safe_extract_zip`): the count and safety of all `members`,
+    the sizes and ratios of those `written`; returns the declared total bytes to write."""
     if len(members) > max_files:
         raise ArchiveError(
             f"{zip_name} holds {len(members):,} entries, over the limit of {max_files:,}; upload a smaller "
-            "subset or point to a folder on the server instead."
+            f"subset{FOLDER_HINT}."
         )
-    total = sum(m.file_size for m in members)
-    packed = sum(m.compress_size for m in members)
+    total = sum(m.file_size for m in written)
+    packed = sum(m.compress_size for m in written)
     if total > max_bytes:
         raise ArchiveError(
             f"{zip_name} unpacks to {total / 1024**3:.2f} GB, over the limit of {max_bytes / 1024**3:.2f} GB; "
-            "upload a smaller subset or point to a folder on the server instead."
+            f"upload a smaller subset{FOLDER_HINT}."
         )
     if total > RATIO_CHECK_BYTES and total > max_ratio * max(packed, 1):
         raise ArchiveError(
@@ -83,6 +95,7 @@ def _check_members(zip_name: str, members: list[zipfile.ZipInfo], max_files: int
         if problem:
             raise ArchiveError(f"{zip_name}: entry {m.filename!r} {problem}; refusing the archive. "
                                "Re-create the zip from the data set folder itself.")
+    for m in written:
         if m.file_size > RATIO_CHECK_BYTES and m.file_size > max_ratio * max(m.compress_size, 1):
             raise ArchiveError(
                 f"{zip_name}: entry {m.filename!r} expands {m.file_size / max(m.compress_size, 1):.0f}x "
@@ -92,14 +105,16 @@ def _check_members(zip_name: str, members: list[zipfile.ZipInfo], max_files: int
 
 
 def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike, *, max_files: int = MAX_ZIP_FILES,
-                     max_bytes: int = MAX_ZIP_BYTES, max_ratio: float = MAX_ZIP_RATIO) -> Path:
+                     max_bytes: int = MAX_ZIP_BYTES, max_ratio: float = MAX_ZIP_RATIO,
+                     include: Callable[[str], bool] | None = None) -> Path:
     """Extract an uploaded zip into `dest` (created; must be empty or absent) and return `dest`.
 
     Every member is checked before anything is written: no absolute paths, no "..", no symbolic links or
     special files (Unix mode in `external_attr`), no encryption, at most `max_files` entries and `max_bytes`
     uncompressed, and no compression ratio above `max_ratio` (zip bombs) for the archive or any member larger
     than RATIO_CHECK_BYTES. Bytes are counted again while writing, so a header that lies about its size cannot
-    overshoot. `__MACOSX/` and `.DS_Store` entries are skipped. On any failure `dest` is removed.
+    overshoot. `__MACOSX/` and `.DS_Store` entries are skipped, and so is every member `include(name)` refuses
+    (they are checked for safety but neither written nor counted in the sizes). On any failure `dest` is removed.
     Raises ArchiveError (a ValueError) naming the offending member and the fix.
     """
     zip_path, dest = Path(zip_path), Path(dest)
@@ -111,7 +126,9 @@ def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike, *, ma
         raise ArchiveError(f"{zip_path}: no such file; upload the zip again.") from exc
     with archive:
         members = archive.infolist()
-        total = _check_members(zip_path.name, members, max_files, max_bytes, max_ratio)
+        written = [m for m in members if include is None or include(m.filename)]
+        total = _check_members(zip_path.name, members, written, max_files, max_bytes, max_ratio)
+        members = written
         if dest.exists() and any(dest.iterdir()):
             raise ArchiveError(f"{dest} is not empty; extract into a new folder.")
         dest.mkdir(parents=True, exist_ok=True)
@@ -227,9 +244,10 @@ def upload_error(exc: Exception, folder: Path, zip_name: str) -> ArchiveError:
 def extract_upload(zip_path: str | os.PathLike, uploads_dir: str | os.PathLike) -> Path:
     """Extract an uploaded data set zip into a fresh folder under `uploads_dir`; returns the data set root.
 
-    Refused before a byte is written when its names hold no data set layout; after extraction the set is
-    opened (`check_upload`), and when that fails the extracted folder is deleted at once. Errors name the
-    zip and the entries inside it, never the server's folders.
+    Refused before a byte is written when its names hold no data set layout; only the members a labelled set
+    is made of are written (`is_data_set_file`: photos, masks, labels, COCO json, data.yaml); after extraction
+    the set is opened (`check_upload`), and when that fails the extracted folder is deleted at once. Errors
+    name the zip and the entries inside it, never the server's folders.
     """
     zip_path = Path(zip_path)
     dest = Path(uploads_dir) / f"{zip_path.stem[:40]}-{uuid.uuid4().hex[:8]}"
@@ -240,7 +258,7 @@ def extract_upload(zip_path: str | os.PathLike, uploads_dir: str | os.PathLike) 
         names = None  # safe_extract_zip says what is wrong with it
     if names is not None and not has_layout(names):
         raise ArchiveError(f"The uploaded zip {zip_path.name} holds no labelled set: {_LAYOUTS_IN_ZIP}")
-    safe_extract_zip(zip_path, dest)
+    safe_extract_zip(zip_path, dest, include=is_data_set_file)
     try:
         root = dataset_root(dest)
         check_upload(root)

@@ -17,10 +17,12 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ModelSourceError
+from engine.fileio import rewrite_text_files
 from engine.modelcard import run_card
 from engine.paths import REPO_ROOT, is_model_folder, is_onnx_export
 
@@ -66,11 +68,13 @@ def find_run(source: str | os.PathLike) -> RunFolder:
                            "epoch to finish, or pick another run.")
 
 
-def package_run(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def package_run(source: str | os.PathLike, out_dir: str | os.PathLike, *,
+                scrub: Callable[[str], str] | None = None) -> Path:
     """Write the Hugging Face folder of a run into out_dir/<run name>/ and return it (see the module doc).
 
     A plain model folder (no run around it, e.g. a download unzipped into checkpoints/) is copied as it is,
-    its own README.md included.
+    its own README.md included. scrub: applied to every text file of the folder (a public app's removal of
+    server paths from the card, training_config.json, metrics and settings).
     """
     found = find_run(source)
     dest = Path(out_dir) / found.name
@@ -82,19 +86,22 @@ def package_run(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
             if (found.run / name).is_file():
                 shutil.copy2(found.run / name, dest / target)
         (dest / "README.md").write_text(run_card(found.run, found.name))
+    if scrub is not None:
+        rewrite_text_files(dest, scrub)
     return dest
 
 
-def zip_run(source: str | os.PathLike, zip_dir: str | os.PathLike) -> Path:
+def zip_run(source: str | os.PathLike, zip_dir: str | os.PathLike, *,
+            scrub: Callable[[str], str] | None = None) -> Path:
     """zip_dir/<run name>.zip holding one folder, <run name>/, the run's Hugging Face folder (`package_run`).
 
     The folder is built in a temporary folder under zip_dir and removed once zipped (models are stored, not
-    deflated: safetensors barely compress).
+    deflated: safetensors barely compress). scrub: as in `package_run`.
     """
     zip_dir = Path(zip_dir)
     zip_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=zip_dir, prefix=".package-") as tmp:
-        folder = package_run(source, tmp)
+        folder = package_run(source, tmp, scrub=scrub)
         zip_path = zip_dir / f"{folder.name}.zip"
         with zipfile.ZipFile(zip_path, "w") as archive:
             for file in sorted(folder.rglob("*")):

@@ -33,7 +33,7 @@ from engine.onnx.graphs import OPSET, export_graphs, quantize_graph
 from engine.onnx.runtime import (
     FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST_FILE, OnnxSegmenter, graph_file, read_manifest, sha256_file,
 )
-from engine.paths import DEFAULT_PROMPTS, EXAMPLES_DIR
+from engine.paths import DEFAULT_PROMPTS, EXAMPLES_DIR, portable
 
 PARITY_TOL = 1e-3  # max |delta logit| allowed between onnxruntime fp32 and torch fp32
 INT8_MIN_IOU = 0.95  # int8 becomes the export's default precision only if its masks agree this well with fp32
@@ -97,11 +97,12 @@ def logits_agreement(ref: np.ndarray, other: np.ndarray, threshold: float) -> di
 
 def export_onnx(model_source, out_dir, int8: bool = False, *, images: Sequence | None = None,
                 prompts: Sequence[str] | None = None, threads: int | None = None,
-                progress: Progress | None = None) -> dict:
+                progress: Progress | None = None, source_name: str | None = None) -> dict:
     """Export `model_source` (any torch model source string) to `out_dir`; returns the manifest written.
 
     images: photos added to the parity sample (default: examples/); prompts: parity prompts (default: the
-    model's own, from drywall_qa.json). Raises ExportError, writing nothing, when onnxruntime's fp32 logits
+    model's own, from drywall_qa.json); source_name: what the manifest calls the source (default: the source
+    as given and its folder; a public app passes the picker's label, so the manifest names no server path). Raises ExportError, writing nothing, when onnxruntime's fp32 logits
     differ from torch's by more than PARITY_TOL.
     """
     def step(fraction: float, message: str) -> None:
@@ -126,7 +127,7 @@ def export_onnx(model_source, out_dir, int8: bool = False, *, images: Sequence |
                 quantize_graph(tmp / fp32[g], tmp / graphs["int8"][g], ops)
         seg.tokenizer.save_pretrained(tmp)
         seg.processor.save_pretrained(tmp)
-        manifest = _manifest(seg, model_source, resolved, graphs, tmp)
+        manifest = _manifest(seg, model_source, resolved, graphs, tmp, source_name)
         _write_manifest(tmp, manifest)
 
         step(0.7, "checking parity in onnxruntime")
@@ -154,15 +155,15 @@ def export_onnx(model_source, out_dir, int8: bool = False, *, images: Sequence |
     return manifest
 
 
-def _manifest(seg, model_source, resolved, graphs: dict, folder: Path) -> dict:
+def _manifest(seg, model_source, resolved, graphs: dict, folder: Path, source_name: str | None = None) -> dict:
     config = seg.model.config
     files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "source": str(model_source),
-        "source_path": str(resolved.path),
+        "source": source_name or str(model_source),
+        "source_path": source_name or (portable(resolved.path) if resolved.path else str(model_source)),
         "threshold": seg.threshold,
         "meta": seg.meta,
         "input_size": seg.input_size,
