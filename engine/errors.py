@@ -48,4 +48,8 @@ class JobRunning(RuntimeError):
 
 
 class TrainingStopped(Exception):
-    """Raised inside the training loop when Stop was pressed; the loop saves and reports "stopped"."""
+    """Raised inside the training loop when Stop was pressed (or the job's time limit passed); the loop catches
+    it and reports "stopped", keeping the last finished epoch or, with none, removing the run folder it made."""
+
+    def __init__(self, message: str = "training was stopped (Stop pressed or the time limit reached)"):
+        super().__init__(message)

@@ -152,6 +152,34 @@ def test_stop_keeps_the_last_finished_epoch(tiny_cfg, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_stop_never_removes_a_folder_the_run_did_not_create(tiny_cfg, tmp_path):
+    """Resumed, or started in an existing folder (the CLI allows it): a stop before any epoch leaves it as it was."""
+    stop = threading.Event()
+    train(tiny_cfg(epochs=1))
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "run").rglob("*")) if p.is_file()}
+    stop.set()
+    events = []
+    summary = train(tiny_cfg(epochs=2), on_event=events.append, stop=stop, resume=True)
+    assert events[-1] == FinishedEvent(0, summary, stopped=True, removed=False)
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "run").rglob("*")) if p.is_file()} == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("kept")
+    train(tiny_cfg(out=str(tmp_path / "other")), on_event=events.append, stop=stop)
+    assert not events[-1].removed and (tmp_path / "other" / "notes.txt").read_text() == "kept"
+
+
+@pytest.mark.slow
+def test_validation_stops_between_photos_and_leaves_the_model_training(tiny_cfg):
+    cfg = tiny_cfg()
+    sets, trainee, _, _, _ = _setup(cfg)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(TrainingStopped, match="stopped while validating"):
+        validate(trainee, sets, cfg, stop=stop)
+    assert trainee.model.training
+
+
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny_cfg, tmp_path):
     straight = train(tiny_cfg(out=str(tmp_path / "straight"), epochs=2))
     stop = threading.Event()
@@ -210,9 +238,10 @@ def test_one_epoch_steps_in_batches_and_stops_before_a_step():
     assert events == [StepEvent(3, 1, 3, loss=2.0), StepEvent(3, 2, 3, loss=2.0), StepEvent(3, 3, 3, loss=1.0)]
     stop = threading.Event()
     stop.set()
-    with pytest.raises(TrainingStopped):
+    with pytest.raises(TrainingStopped, match="stopped while training epoch 1"):
         train_one_epoch(1, order, lambda pairs: seen.append(pairs) or 0.0, state, 3, events.append, stop)
     assert len(seen) == 3
+    assert str(TrainingStopped()) == "training was stopped (Stop pressed or the time limit reached)"
 
 
 def test_mean_sweep_averages_the_sets_per_threshold():

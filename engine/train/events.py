@@ -60,11 +60,16 @@ class CheckpointEvent:
 
 @dataclass(frozen=True)
 class FinishedEvent:
-    """The run ended: all epochs, early stopping, or Stop (stopped=True); summary is summary.json's content."""
+    """The run ended: all epochs, early stopping, or Stop (stopped=True); summary is summary.json's content.
+
+    removed: stopped before it saved an epoch, and it left no run folder (the one it had made, if any, was
+    deleted): its name is free for a new run.
+    """
 
     epoch: int
     summary: dict
     stopped: bool = False
+    removed: bool = False
 
 
 @dataclass(frozen=True)

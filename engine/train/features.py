@@ -187,6 +187,8 @@ def build_feature_cache(model, tokenizer, processor, sets: Sequence, *, root, im
     """
     extract_layers = list(model.config.extract_layers)
     digests = [[file_digest(item.image_path) for item in s.train.items] for s in sets]
+    if stop.is_set():  # hashing every photo of a large set takes a while
+        raise TrainingStopped("stopped while hashing the photos to cache")
     chosen = resolve_precision(precision, str(device))
 
     def missing(cache: FeatureCache) -> list[tuple[int, int, View]]:
@@ -222,7 +224,7 @@ def build_feature_cache(model, tokenizer, processor, sets: Sequence, *, root, im
             on_event(LogEvent(f"feature cache: computing {len(todo)} views ({chosen.reason})"))
         for n in range(0, len(todo), CACHE_BATCH):
             if stop.is_set():
-                raise TrainingStopped()
+                raise TrainingStopped("stopped while caching features")
             jobs = todo[n:n + CACHE_BATCH]
             pv, masks = pixels(jobs)
             acts = tower_activations(tower, pv, extract_layers)

@@ -2,7 +2,8 @@
 
 A job belongs to whoever started it (`owner`, e.g. the browser session): only the owner may stop it. It never
 writes into an existing folder (unless resuming) nor into the bundled model's, and a wall-clock limit stops it
-like the Stop button does (keeping its best epoch so far).
+like the Stop button does. A stop in any phase ends in "stopped": with the best epoch so far kept, or, before
+the first epoch was saved, with the run folder it created removed, so that the run name can be used again.
 """
 
 from __future__ import annotations
@@ -136,12 +137,23 @@ def fold_event(s: JobStatus, e: Event, eta=None) -> JobStatus:
     elif isinstance(e, EpochEvent):
         s = replace(s, history=[*s.history, e.record], last_metrics=e.record)
     elif isinstance(e, FinishedEvent):
-        kind = "stopped" if e.stopped else "finished"
-        s = replace(s, phase=kind, eta_s=0.0, message=f"{kind}: best epoch {e.summary.get('best_epoch')}",
+        s = replace(s, phase="stopped" if e.stopped else "finished", eta_s=0.0, message=finished_message(e),
                     summary=e.summary)
     elif isinstance(e, FailedEvent):
         s = replace(s, phase="failed", error=e.error, message=e.error)
     return s
+
+
+def finished_message(e: FinishedEvent) -> str:
+    """What the status says when the run ended: finished or stopped, and what it kept."""
+    best = e.summary.get("best_epoch")
+    if not e.stopped:
+        return f"finished: best epoch {best}"
+    if e.removed:
+        return "stopped before the first epoch finished: nothing was saved, the run name is free again"
+    if best:
+        return f"stopped: best epoch {best} kept"
+    return "stopped before an epoch finished: nothing was saved, the run folder is as it was"
 
 
 _JOB: TrainingJob | None = None

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from engine.calibrate import PromptCalibration, calibrate_model
 from engine.errors import TrainingStopped
 from engine.evaluate import best_threshold, evaluate
 from engine.models.io import image_processor
-from engine.paths import in_repo
+from engine.paths import in_repo, portable
 from engine.segmenter import Segmenter, normalise
 from engine.train.checkpoint import (Optimiser, RunState, append_metrics, model_meta, restore_state, resume_config,
                                      run_summary, save_checkpoint, start_run_folder, training_state, write_summary)
@@ -45,8 +47,11 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] | None = None, sto
           *, resume: bool = False) -> dict:
     """Run one training job in the caller's thread; returns the run summary (also in summary.json).
 
-    on_event gets the events of engine.train.events. `stop.set()` ends the run within one step, keeping the
-    last finished epoch's checkpoint (FinishedEvent(stopped=True)). resume: continue cfg.out from last/.
+    on_event gets the events of engine.train.events. `stop.set()` ends the run within one step (or one photo of
+    validation, or one batch of the feature cache) in whatever phase it is, and the run ends with
+    FinishedEvent(stopped=True): a run that saved an epoch keeps its best/ and last/ folders; one that saved none
+    has its run folder removed again if it created it (removed=True: the name is free for a new run), while a
+    resumed run's folder is left as it was. resume: continue cfg.out from last/.
     Errors are reported as a FailedEvent and re-raised.
     """
     on_event = on_event or (lambda event: None)
@@ -64,43 +69,48 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
     accelerator = make_accelerator()
     world = accelerator.num_processes if accelerator is not None else 1
     is_main = accelerator is None or accelerator.is_main_process  # only the first process writes the run folder
-
-    # 1. Data and model: a fresh start, or the saved config, weights and state of the run being resumed.
-    on_event(PhaseEvent("preparing", "reading data sets"))
-    sets = open_sets(cfg)
-    if resume:
-        cfg = resume_config(run_dir, cfg)
-    else:
-        torch.manual_seed(cfg.seed)
-    trainee = build_trainee(cfg, resolve_device(cfg), resume_from=run_dir / "last" if resume else None)
-    patch = trainee.model.config.vision_config.patch_size
-    if cfg.model_size % patch:
-        setting = "inference_size" if cfg.inference_size else "image_size"
-        raise ValueError(f"{setting} {cfg.model_size} is not a multiple of the model's patch size ({patch} px); "
-                         f"try {max(patch, round(cfg.model_size / patch) * patch)}.")
-    opt = make_optimiser(trainee, cfg)
-    state = RunState(batch_size=cfg.batch_size, rng=random.Random(cfg.seed))
-    if resume:
-        restore_state(run_dir, opt, state)
-    elif is_main:
-        start_run_folder(run_dir, cfg)
-    steps_per_epoch = math.ceil(sum(len(s.train) for s in sets) / state.batch_size / world)
-    if cfg.negative_rate > 0 and len(sets) == 1:
-        note(state, on_event, "one data set: no absent-concept negatives (they pair a photo with another set's prompt)")
-    if cfg.holdout_share and (base := base_holdout(cfg.model)) is not None and base != cfg.holdout_share:
-        note(state, on_event, f"the model this run starts from was trained with holdout_share={base}: it has seen "
-                              "photos this run holds out, so thresholds set on them run optimistic")
-    total_steps = steps_per_epoch * cfg.epochs
-    batches, cache = make_batches(trainee, sets, cfg, state.rng, on_event, stop,
-                                          rate=lambda: negative_rate_at(cfg, state.global_step, total_steps))
-    step = make_step(trainee, opt, cfg, state, batches, steps_per_epoch=steps_per_epoch, accelerator=accelerator)
-
-    memo = ActivationMemo() if trainee.mode == "cached" else None  # validation's frozen-tower activations
-
-    # 2. The epochs.
-    trainee.model.train()
-    stopped, epoch = False, state.start_epoch - 1
+    creates_folder = is_main and not resume and not run_dir.exists()  # only such a folder is removed on a stop
+    state, trainee, cache, stopped, epoch = None, None, None, False, 0
     try:
+        # 1. Data and model: a fresh start, or the saved config, weights and state of the run being resumed.
+        on_event(PhaseEvent("preparing", "reading data sets"))
+        sets = open_sets(cfg)
+        check_stop(stop, "reading the data sets")
+        if resume:
+            cfg = resume_config(run_dir, cfg)
+        else:
+            torch.manual_seed(cfg.seed)
+        on_event(PhaseEvent("preparing", "loading the model"))
+        trainee = build_trainee(cfg, resolve_device(cfg), resume_from=run_dir / "last" if resume else None)
+        check_stop(stop, "loading the model")
+        patch = trainee.model.config.vision_config.patch_size
+        if cfg.model_size % patch:
+            setting = "inference_size" if cfg.inference_size else "image_size"
+            raise ValueError(f"{setting} {cfg.model_size} is not a multiple of the model's patch size ({patch} px); "
+                             f"try {max(patch, round(cfg.model_size / patch) * patch)}.")
+        opt = make_optimiser(trainee, cfg)
+        state = RunState(batch_size=cfg.batch_size, rng=random.Random(cfg.seed))
+        if resume:
+            restore_state(run_dir, opt, state)
+        elif is_main:
+            start_run_folder(run_dir, cfg)
+        steps_per_epoch = math.ceil(sum(len(s.train) for s in sets) / state.batch_size / world)
+        if cfg.negative_rate > 0 and len(sets) == 1:
+            note(state, on_event, "one data set: no absent-concept negatives (they pair a photo with another "
+                                  "set's prompt)")
+        if cfg.holdout_share and (base := base_holdout(cfg.model)) is not None and base != cfg.holdout_share:
+            note(state, on_event, f"the model this run starts from was trained with holdout_share={base}: it has seen "
+                                  "photos this run holds out, so thresholds set on them run optimistic")
+        total_steps = steps_per_epoch * cfg.epochs
+        batches, cache = make_batches(trainee, sets, cfg, state.rng, on_event, stop,
+                                      rate=lambda: negative_rate_at(cfg, state.global_step, total_steps))
+        step = make_step(trainee, opt, cfg, state, batches, steps_per_epoch=steps_per_epoch, accelerator=accelerator)
+
+        memo = ActivationMemo() if trainee.mode == "cached" else None  # validation's frozen-tower activations
+
+        # 2. The epochs.
+        trainee.model.train()
+        epoch = state.start_epoch - 1
         for epoch in range(state.start_epoch, cfg.epochs + 1):
             t0 = time.perf_counter()
             on_event(PhaseEvent("training", f"epoch {epoch}/{cfg.epochs}", epoch))
@@ -109,7 +119,7 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
                 order = shard(order, world, accelerator.process_index)
             losses = train_one_epoch(epoch, order, step, state, steps_per_epoch, on_event, stop)
             on_event(PhaseEvent("validating", f"validating epoch {epoch}", epoch))
-            val = validate(trainee, sets, cfg, memo)
+            val = validate(trainee, sets, cfg, memo, stop=stop)
             lr = opt.optimizer.param_groups[0]["lr"]
             if opt.plateau is not None:
                 opt.plateau.step(val.score)
@@ -122,7 +132,7 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
                 state.best_score, state.best_epoch, state.bad_epochs = val.score, epoch, 0
             else:
                 state.bad_epochs += 1
-            if is_main:
+            if is_main:  # not stopped part-way: an epoch's checkpoints are written whole
                 append_metrics(run_dir, record)
                 meta = model_meta(val, epoch, [p for s in sets for p in s.prompts], run_dir.name, cfg.image_size,
                                   cfg.model_size)
@@ -138,14 +148,42 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
             if cfg.patience and state.bad_epochs >= cfg.patience:
                 note(state, on_event, f"early stop: no better val mIoU for {cfg.patience} epochs")
                 break
-    except TrainingStopped:
-        stopped = True
+        check_stop(stop, "saving the last epoch")  # Stop pressed while the last epoch saved: it ran, but stopped
+    except TrainingStopped as exc:  # the reason ("stopped while caching features") goes into the log
+        stopped, log = True, state.log if state is not None else []
+        log.append(str(exc))
+        on_event(LogEvent(str(exc)))
+    if stopped and (state is None or not state.best_epoch):
+        summary, removed = stopped_unsaved(run_dir, remove=creates_folder, seconds=time.perf_counter() - start,
+                                           log=log)
+        on_event(FinishedEvent(epoch, summary, stopped=True, removed=removed))
+        return summary
     summary = run_summary(run_dir, state, trainee, finished=not stopped, processes=world,
                           seconds=time.perf_counter() - start, cache=cache)
     if is_main:
         write_summary(run_dir, summary)
     on_event(FinishedEvent(epoch, summary, stopped=stopped))
     return summary
+
+
+def check_stop(stop: threading.Event | None, doing: str) -> None:
+    """Raise TrainingStopped("stopped while <doing>") once `stop` is set (None: never)."""
+    if stop is not None and stop.is_set():
+        raise TrainingStopped(f"stopped while {doing}")
+
+
+def stopped_unsaved(run_dir: Path, *, remove: bool, seconds: float, log: list[str]) -> tuple[dict, bool]:
+    """(summary, removed) of a run stopped before it saved an epoch: there is no model to keep.
+
+    remove: run_dir did not exist when the run started (it is no resumed run's nor any other existing folder),
+    so whatever the run made there is deleted and its name is free again (removed=True); otherwise the folder
+    is left as it was and no summary.json is written into it.
+    """
+    if remove and run_dir.is_dir():
+        shutil.rmtree(run_dir)
+    summary = {"run": run_dir.name, "run_dir": portable(run_dir), "finished": False, "best_epoch": 0,
+               "best_score": -1.0, "best": None, "epochs_done": 0, "total_seconds": round(seconds, 1), "log": log}
+    return summary, remove
 
 
 def base_holdout(model: str) -> float | None:
@@ -298,8 +336,7 @@ def train_one_epoch(epoch: int, order: list[Pair], step: Callable[[Sequence[Pair
     """
     losses = []
     for i in range(steps_per_epoch):
-        if stop.is_set():
-            raise TrainingStopped()
+        check_stop(stop, f"training epoch {epoch}")
         pairs = order[i * state.batch_size:(i + 1) * state.batch_size]
         if not pairs:
             break
@@ -333,8 +370,8 @@ def mean_sweep(sweeps: list[dict]) -> dict:
     return {t: float(np.mean([sw[t] for sw in sweeps])) for t in sweeps[0]} if sweeps else {0.5: 0.0}
 
 
-def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: ActivationMemo | None = None
-             ) -> Validation:
+def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: ActivationMemo | None = None, *,
+             stop: threading.Event | None = None) -> Validation:
     """Per-set evaluation with engine.evaluate (the same code as `engine evaluate`) plus the val loss.
 
     One default threshold for the model: the best mean (over sets) of the first prompt's per-image mIoU,
@@ -342,6 +379,7 @@ def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: Act
     Per prompt, `calibrate` picks the pixel and presence thresholds on the same split, absent concepts counted.
     All at cfg.model_size, the size the saved model runs at.
     memo: with a frozen vision tower, the run's ActivationMemo (photos' activations kept between epochs).
+    stop: raises TrainingStopped once set, checked after every validation photo and before the calibration.
     """
     model = trainee.model
     model.eval()
@@ -353,19 +391,25 @@ def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: Act
     else:
         seg = Segmenter(model, trainee.tokenizer, processor, threads=cfg.threads, device=str(trainee.device))
     results, losses, sweeps = {}, [], []
-    with torch.inference_mode():
-        for s in sets:
-            if s.val is None or len(s.val) == 0:
-                continue
-            report = evaluate(seg, s.val, list(s.prompts), threshold=0.5, progress=False)
-            for p, r in report.prompts.items():
-                results[p] = {"miou": r.miou, "dice": r.dice, "best_threshold": r.best_threshold,
-                              "best_miou": r.best_miou, "precision": r.precision, "recall": r.recall}
-            sweeps.append(report.prompts[s.prompts[0]].sweep)
-            losses += [_val_loss(seg, trainee.processor, image, mask, s.prompts[0], cfg) for image, mask in
-                       (s.val[i] for i in range(len(s.val)))]
-        calibration = calibrate(seg, sets, cfg.calibration_images, split=cfg.calibrate_on)
-    model.train()
+    try:
+        with torch.inference_mode():
+            for s in sets:
+                if s.val is None or len(s.val) == 0:
+                    continue
+                report = evaluate(seg, s.val, list(s.prompts), threshold=0.5, progress=False,
+                                  on_image=lambda done, n: check_stop(stop, "validating"))
+                for p, r in report.prompts.items():
+                    results[p] = {"miou": r.miou, "dice": r.dice, "best_threshold": r.best_threshold,
+                                  "best_miou": r.best_miou, "precision": r.precision, "recall": r.recall}
+                sweeps.append(report.prompts[s.prompts[0]].sweep)
+                for i in range(len(s.val)):
+                    check_stop(stop, "validating")
+                    image, mask = s.val[i]
+                    losses.append(_val_loss(seg, trainee.processor, image, mask, s.prompts[0], cfg))
+            check_stop(stop, "calibrating the thresholds")
+            calibration = calibrate(seg, sets, cfg.calibration_images, split=cfg.calibrate_on)
+    finally:
+        model.train()
     swept = mean_sweep(sweeps)
     threshold, score = best_threshold(swept)
     if cfg.calibrate_on != "valid":  # scored on the valid split at the threshold the train / held-out photos chose
