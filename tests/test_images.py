@@ -57,6 +57,24 @@ def test_rgba_is_composited_onto_white(tmp_path):
     assert _close(_pixel(loaded, (2, 2)), (127, 127, 255), tol=1)
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "RGBa", "PA", "P", "RGB"])
+def test_transparency_composited_by_bands_like_the_whole_image(monkeypatch, mode):
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (31, 17, 4), dtype=np.uint8), "RGBA").convert(mode)
+    if mode in ("P", "RGB"):
+        image.info["transparency"] = 5 if mode == "P" else image.getpixel((4, 4))
+    monkeypatch.setattr(images, "BAND_BYTES", 17 * 4 * 3)  # three rows a band
+    banded = np.asarray(load_image(image))
+    monkeypatch.setattr(images, "BAND_BYTES", 10**9)
+    np.testing.assert_array_equal(banded, np.asarray(load_image(image)))
+    if mode == "RGBA":  # over white: colour * alpha + 255 * (1 - alpha)
+        rgba = np.asarray(image).astype(np.float64)
+        expected = rgba[:, :, :3] * rgba[:, :, 3:] / 255 + 255 * (1 - rgba[:, :, 3:] / 255)
+        assert np.abs(banded - expected).max() <= 1
+    if mode == "RGB":
+        assert _pixel(Image.fromarray(banded), (4, 4)) == (255, 255, 255)
+
+
 def test_gray_alpha_and_premultiplied_modes():
     la = Image.new("LA", (3, 3), (0, 0))
     la.putpixel((1, 1), (40, 255))
@@ -107,6 +125,74 @@ def test_int32_and_float_modes(tmp_path):
     assert as_float.mode == "F" and [p[0] for p in np.asarray(load_image(as_float))[0]] == [0, 128, 255]
     tiff = _saved(tmp_path, as_float, "f.tif")
     assert [p[0] for p in np.asarray(load_image(tiff))[0]] == [0, 128, 255]
+
+
+def _wide_reference(values: np.ndarray, mode: str) -> np.ndarray:
+    """The documented scaling of `to_rgb`, on the whole (H, W) array at once: uint8 gray."""
+    if mode == "F":
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = values.min(), values.max()
+        if low >= 0 and high <= 1:
+            return np.round(values * 255).astype(np.uint8)
+        if low >= 0 and high <= 255:
+            return np.round(values).astype(np.uint8)
+        return np.round((values - low) * (255 / (high - low))).astype(np.uint8)
+    values = values.astype(np.int64)
+    if mode == "I" and (values.min() < 0 or values.max() > 65535):
+        return np.round((values - values.min()) * (255 / (values.max() - values.min()))).astype(np.uint8)
+    return ((values * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _wide_images() -> dict[str, Image.Image]:
+    """Small (37, 23) images of every wide mode, with values that pick each scaling rule."""
+    rng = np.random.default_rng(0)
+    shape = (37, 23)
+    stretched = rng.normal(40.0, 300.0, shape).astype(np.float32)
+    stretched[2, 3], stretched[30, 1], stretched[5, 20] = np.nan, np.inf, -np.inf
+    return {
+        "F stretched, NaN and inf": Image.fromarray(stretched, "F"),
+        "F in [0, 1]": Image.fromarray(rng.random(shape, dtype=np.float32), "F"),
+        "F in [0, 255]": Image.fromarray((rng.random(shape) * 255).astype(np.float32), "F"),
+        "I stretched": Image.fromarray(rng.integers(-70_000, 90_000, shape).astype(np.int32)),
+        "I in 0..65535": Image.fromarray(rng.integers(0, 65_536, shape).astype(np.int32)),
+        "I;16": Image.fromarray(rng.integers(0, 65_536, shape).astype("<u2")),
+        "I;16B": Image.fromarray(rng.integers(0, 65_536, shape).astype(">u2")),
+    }
+
+
+@pytest.mark.parametrize("case", list(_wide_images()))
+def test_wide_modes_convert_by_bands_like_the_whole_image(monkeypatch, case):
+    image = _wide_images()[case]
+    expected = _wide_reference(np.asarray(image), image.mode)
+    # Min and max differ from band to band here, so a stretch from one band's own statistics would not match.
+    monkeypatch.setattr(images, "BAND_BYTES", 23 * 4 * 5)  # 5 rows of F or I, 10 of I;16: several bands
+    banded = np.asarray(load_image(image))
+    monkeypatch.setattr(images, "BAND_BYTES", 10**9)  # one band
+    whole = np.asarray(load_image(image))
+    assert banded.shape == (37, 23, 3)
+    np.testing.assert_array_equal(banded[:, :, 0], expected)
+    np.testing.assert_array_equal(banded, whole)
+    assert (banded[:, :, 0] == banded[:, :, 2]).all()
+
+
+def test_wide_tiff_by_bands_then_downscaled_like_rgb(tmp_path, monkeypatch):
+    image = _wide_images()["F stretched, NaN and inf"]
+    path = _saved(tmp_path, image, "wide.tif", compression="tiff_deflate")
+    expected_gray = _wide_reference(np.asarray(image), "F")
+    monkeypatch.setattr(images, "BAND_BYTES", 1)  # one row a band
+    np.testing.assert_array_equal(np.asarray(load_image(path))[:, :, 0], expected_gray)
+    # Downscaled as 8-bit gray before becoming RGB: the same pixels as resizing the RGB image.
+    expected_small = load_image(np.repeat(expected_gray[:, :, None], 3, axis=2), max_side=11)
+    np.testing.assert_array_equal(np.asarray(load_image(path, max_side=11)), np.asarray(expected_small))
+
+
+def test_wide_arrays_convert_by_bands(monkeypatch):
+    rng = np.random.default_rng(1)
+    as_uint16, as_float = rng.integers(0, 65_536, (29, 7, 3)).astype(np.uint16), rng.random((29, 7))
+    monkeypatch.setattr(images, "BAND_BYTES", 1)
+    banded = [np.asarray(load_image(as_uint16)), np.asarray(load_image(as_float))]
+    np.testing.assert_array_equal(banded[0], ((as_uint16.astype(np.int64) * 255 + 32767) // 65535))
+    np.testing.assert_array_equal(banded[1][:, :, 1], np.round(as_float * 255))
 
 
 def test_ycbcr_converts():
@@ -256,6 +342,85 @@ def test_over_our_limit_raises(tmp_path, monkeypatch):
         with pytest.raises(ImageError, match=r"big\.png: 50x40 = 2,000 pixels is over the limit of 1,000 pixels; "
                                              "downscale"):
             call(path)
+
+
+def test_over_decoded_bytes_limit_raises_by_mode(tmp_path, monkeypatch):
+    # 50x40 = 2,000 pixels: 2,000 bytes as 8-bit gray, 4,000 as 16-bit, 8,000 as float32 (Pillow's layout).
+    gray = _saved(tmp_path, Image.new("L", (50, 40), 9), "gray.png")
+    deep = _saved(tmp_path, Image.fromarray(np.full((40, 50), 9, np.uint16)), "deep.png")
+    floats = _saved(tmp_path, Image.new("F", (50, 40), 0.5), "floats.tif")
+    monkeypatch.setattr(images, "MAX_DECODED_BYTES", 5000)
+    assert load_image(gray).size == load_image(deep).size == (50, 40)
+    with pytest.raises(ImageError, match=r"floats\.tif: 50x40 in mode 'F' decodes to 8,000 bytes, over the limit of "
+                                         r"5,000 bytes; downscale the photo .* \(8-bit instead of 16-bit or float\)"):
+        load_image(floats)
+    monkeypatch.setattr(images, "MAX_DECODED_BYTES", 3000)
+    with pytest.raises(ImageError, match=r"deep\.png: 50x40 in mode 'I;16' decodes to 4,000 bytes"):
+        load_image(deep)
+    assert image_size(floats) == (50, 40)  # the header alone decodes nothing
+
+
+def test_decoded_bytes_limit_counts_the_reduced_jpeg_decode(tmp_path, monkeypatch):
+    path = _saved(tmp_path, Image.new("RGB", (400, 300), (10, 20, 30)), "wide.jpg", quality=90)
+    monkeypatch.setattr(images, "MAX_DECODED_BYTES", 100_000)  # full decode: 400*300*4 = 480,000 bytes
+    assert load_image(path, max_side=50).size == (50, 38)  # decoded at 1/4 scale: 100x75*4 = 30,000 bytes
+    with pytest.raises(ImageError, match=r"wide\.jpg: 400x300 in mode 'RGB' decodes to 480,000 bytes"):
+        load_image(path)
+
+
+def _huge_file(folder: Path, kind: str) -> Path:
+    """A 12000x12000 float32 TIFF (values -100..665, so min-max stretched), 16-bit gray PNG or RGBA PNG (black
+    fading to transparent), a few MB at most: one value a row compresses well, and Pillow builds it without a
+    full-size numpy copy. Each is dark at the top and light at the bottom once loaded."""
+    ramp = Image.linear_gradient({"float32": "F", "16-bit": "I", "RGBA": "L"}[kind])  # (256, 256), rows 0..255
+    if kind == "RGBA":
+        path = folder / "huge-rgba.png"
+        black = Image.new("L", ramp.size, 0)
+        Image.merge("RGBA", (black, black, black, ramp.point(lambda v: 255 - v))).resize(
+            (12000, 12000), Image.Resampling.NEAREST).save(path)
+    elif kind == "float32":
+        path = folder / "huge-float32.tif"
+        ramp.point(lambda v: v * 3 - 100).resize((12000, 12000), Image.Resampling.NEAREST).save(
+            path, compression="tiff_deflate")
+    else:
+        path = folder / "huge-16bit.png"
+        ramp.point(lambda v: v * 257).resize((12000, 12000), Image.Resampling.NEAREST).convert("I;16").save(path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory read from Linux /proc")
+@pytest.mark.parametrize("kind,mode", [("float32", "F"), ("16-bit", "I;16"), ("RGBA", "RGBA")])
+def test_huge_photo_loads_within_memory_bound(tmp_path, kind, mode):
+    path = _huge_file(tmp_path, kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # 144 MP: Pillow warns above 89 MP
+        with Image.open(path) as opened:
+            assert opened.mode == mode and path.stat().st_size < 5_000_000
+    # In a fresh process per call: VmHWM is that process's peak RSS; idle is its RSS once engine.images is imported.
+    script = textwrap.dedent("""
+        import re, sys, warnings
+        warnings.simplefilter("error")
+        from engine.images import load_image
+        def kib(key):
+            with open("/proc/self/status") as status:
+                return int(re.search(key + r":\\s+(\\d+) kB", status.read()).group(1))
+        idle = kib("VmRSS")
+        image = load_image(sys.argv[1], max_side=int(sys.argv[2]))
+        print(image.mode, *image.size, image.getpixel((0, 0))[0], image.getpixel((0, image.height - 1))[0],
+              kib("VmHWM") - idle)
+    """)
+    for max_side in (1600, 352):
+        result = subprocess.run([sys.executable, "-c", script, str(path), str(max_side)], cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        image_mode, width, height, top, bottom, peak_kib = result.stdout.split()
+        assert (image_mode, int(width), int(height)) == ("RGB", max_side, max_side)
+        assert int(top) <= 1 and int(bottom) >= 254  # scaled, stretched or composited to 0..255, not clipped
+        # The decoded pixels (576 MB float32 or RGBA, 288 MB 16-bit) and the 144 MB 8-bit copy or, for RGBA, the
+        # 576 MB RGB one; before banding, whole-image copies took 4.6 GB (float32), 2.3 GB (16-bit), 2.9 GB (RGBA).
+        peak_gb = int(peak_kib) * 1024 / 1e9
+        assert peak_gb <= 1.5, f"{kind} at max_side={max_side}: peak {peak_gb:.2f} GB above idle"
 
 
 def test_pillow_guard_kept_and_its_warning_silenced_only_under_our_limit(tmp_path, monkeypatch):
