@@ -129,3 +129,23 @@ def test_another_visitors_job_shows_only_how_far_it_is():
 def test_visitor_caps_are_named_settings():
     limits = Limits.from_env({"DQA_MAX_VISITOR_GB": "0.5", "DQA_VISITOR_IDLE_MIN": "10"})
     assert limits.visitor_bytes == 512 * 1024**2 and limits.visitor_idle_min == 10.0
+
+
+def test_an_anonymous_visitors_folder_goes_when_their_tab_closes(tmp_path, tiny_model_dir, shared_data):
+    """The page's unload event: an anonymous session's folder is deleted (nobody can reach it again); a signed-in
+    user's stays, and so does another visitor's."""
+    import gradio as gr
+
+    import app
+
+    ctx = app.make_context(checkpoints_dir=tmp_path / "c", export_dir=tmp_path / "e", data_root=shared_data,
+                           work_dir=tmp_path / "work", default_model=str(tiny_model_dir),
+                           public=PublicSettings(enabled=True))
+    anonymous, other = gr.Request(session_hash="tab-1"), gr.Request(session_hash="tab-2")
+    user = gr.Request(username="inspector", session_hash="tab-3")
+    folders = {name: ctx.workspace(r).root for name, r in (("anon", anonymous), ("other", other), ("user", user))}
+    for root in folders.values():
+        (root / "runs" / "r").mkdir()
+    app.forget_session(ctx, anonymous)
+    app.forget_session(ctx, user)
+    assert not folders["anon"].exists() and folders["other"].is_dir() and folders["user"].is_dir()

@@ -5,7 +5,8 @@ then: visitor A sends `--requests` single photos to /segment one after another, 
 again while visitor B's /segment_batch of `--batch` photos (8 prompts each) runs. Prints the latencies
 (median, p95, max) of both, and how long the batch took, as JSON:
 
-    python tools/public_latency.py --json latency.json
+    python tools/public_latency.py --json latency.json                      # a batch of real photos
+    python tools/public_latency.py --tiff-side 12000 --json latency.json    # 20 float32 TIFFs of 12000 px
 
 Timings vary from run to run on a shared machine: compare the two rows of one run.
 """
@@ -36,6 +37,18 @@ def _times(client, photos, handle_file) -> list[float]:
     return out
 
 
+def _float_tiff(path: Path, side: int) -> Path:
+    """A side x side float32 TIFF of cracks-like stripes that deflates to about 1 MB."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.full((side, side), 0.8, np.float32)
+    for i in range(0, side, max(1, side // 8)):
+        values[:, i:i + 30] = 0.15
+    Image.fromarray(values, "F").save(path, compression="tiff_deflate")
+    return path
+
+
 def _summary(seconds: list[float]) -> dict:
     ordered = sorted(seconds)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -48,6 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "cracks" / "valid" / "images")
     parser.add_argument("--batch", type=int, default=20, help="photos in visitor B's batch (default 20)")
     parser.add_argument("--requests", type=int, default=20, help="single photos visitor A sends (default 20)")
+    parser.add_argument("--tiff-side", type=int, default=0,
+                        help="make the batch of float32 TIFFs of this side (about 1 MB each on the wire) instead of "
+                             "real photos: the costliest photos a visitor can send")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -66,8 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
         alone = _times(a, photos[: args.requests], handle_file)
         prompts = "\n".join(["segment crack", "segment taping area"] + [f"segment thing {k}" for k in range(6)])
         t0 = time.perf_counter()
-        job = b.submit([handle_file(str(p)) for p in photos[: args.batch]], prompts, "", 0.25,
-                       api_name="/segment_batch")
+        batch = [str(p) for p in photos[: args.batch]]
+        if args.tiff_side:
+            batch = [str(_float_tiff(work / "huge.tif", args.tiff_side))] * args.batch
+        job = b.submit([handle_file(p) for p in batch], prompts, "", 0.25, api_name="/segment_batch")
         during, k = [], 0
         while not job.done():
             during += _times(a, [photos[k % len(photos)]], handle_file)
@@ -77,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         demo.close()
     result = {"alone": _summary(alone), "during_batch": _summary(during), "batch_photos": args.batch,
+              "batch_kind": f"float32 TIFF {args.tiff_side} px" if args.tiff_side else "real photos",
               "batch_s": round(batch_s, 1)}
     print(json.dumps(result, indent=2))
     if args.json:
