@@ -9,7 +9,8 @@ result back into widget values, so a test can call it without HTTP. What handler
 the folders) travels in an `AppContext` bound as their first argument. Engine errors (ValueError, OSError,
 RuntimeError, with the fix in their message) reach the user as `gr.Error`.
 The named endpoints (/segment, /segment_batch, /train_start, /train_status, /train_stop, /compare, /export,
-/download_run, /push) are the app's API for `gradio_client`. `import app` builds nothing; `build_app()` makes the Blocks.
+/download_run, /push, /models) are the app's API for `gradio_client`. `import app` builds nothing; `build_app()`
+makes the Blocks.
 Public mode (`--public`, or on a Space where SPACE_ID is set; `engine.app.public`) hides the server-folder
 inputs, offers and accepts only the listed models, caps each request's cost and keeps server paths out of
 every message. In every mode a training job belongs to the browser session that started it.
@@ -38,22 +39,59 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from engine.app import (COMPARE_HEADERS, EXPORT_HEADERS, IDLE_TEXT, TABLE_HEADERS, WORST_HEADERS, TrainRequest,
-                        absent_sets_for, compare_models, eval_data_for, example_rows, export_model, image_id_for,
-                        legend_html, model_choices, segment_photo, slider_threshold, start_run, status_dict,
-                        stop_training, table, train_defaults, training_status, training_view)
-from engine.app.batch import MAX_BATCH_PHOTOS, batch_photos, segment_batch as run_batch
+from engine.app import (
+    COMPARE_HEADERS,
+    EXPORT_HEADERS,
+    IDLE_TEXT,
+    TABLE_HEADERS,
+    WORST_HEADERS,
+    TrainRequest,
+    absent_sets_for,
+    compare_models,
+    eval_data_for,
+    example_rows,
+    export_model,
+    image_id_for,
+    legend_html,
+    model_choices,
+    segment_photo,
+    slider_threshold,
+    start_run,
+    status_dict,
+    stop_training,
+    table,
+    train_defaults,
+    training_status,
+    training_view,
+)
+from engine.app.batch import MAX_BATCH_PHOTOS, batch_photos
+from engine.app.batch import segment_batch as run_batch
 from engine.app.choices import own_choices, public_choices
-from engine.app.download import download_run as zip_of_run, push_message, push_run_to_hub
+from engine.app.download import download_run as zip_of_run
+from engine.app.download import push_message, push_run_to_hub
 from engine.app.housekeeping import bytes_used, job_paths, make_work_dir, prune, remove_work_dir, stale_work_dirs
 from engine.app.jobs import owns_job
-from engine.app.public import (PublicSettings, allowed_models, check_compare, check_count, check_model,
-                               check_training, public_status, scrub_paths)
-from engine.app.visitors import (VISITORS_DIR, Workspace, forget_visitor, live_visitors, local_workspace,
-                                 visitor_workspace)
+from engine.app.public import (
+    PublicSettings,
+    allowed_models,
+    check_compare,
+    check_count,
+    check_model,
+    check_training,
+    public_status,
+    scrub_paths,
+)
+from engine.app.visitors import (
+    VISITORS_DIR,
+    Workspace,
+    forget_visitor,
+    live_visitors,
+    local_workspace,
+    visitor_workspace,
+)
 from engine.data.archive import FOLDER_HINT
 from engine.errors import ImageError
-from engine.paths import CHECKPOINTS_DIR, DEFAULT_SETS, EXAMPLES_DIR, EXPORT_DIR, SHARED_DATA, STARTER_DIR
+from engine.paths import CHECKPOINTS_DIR, DEFAULT_SETS, EXAMPLES_DIR, EXPORT_DIR, SHARED_DATA
 from engine.prompts import parse_prompts
 
 if TYPE_CHECKING:

@@ -54,8 +54,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.images import load_image
-from engine.models import (DEFAULT_THRESHOLD, full_size_config, load_clipseg, load_segmenter,
-                           make_random_model_folder, read_meta, resolve_source)
+from engine.models import (
+    DEFAULT_THRESHOLD,
+    full_size_config,
+    load_clipseg,
+    load_segmenter,
+    make_random_model_folder,
+    read_meta,
+    resolve_source,
+)
 from engine.paths import REPO_ROOT, SHARED_DATA
 from engine.segmenter import cpu_supports_bf16, probability_maps
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from engine.benchmark import count_flops, roofline, torch_matmul_gflops
+from engine.fileio import read_jsonl
 from engine.models import full_size_config, make_random_model_folder
 from engine.paths import SHARED_DATA
 from engine.segmenter import cpu_supports_bf16
 from engine.train.checkpoint import RunState
-from engine.fileio import read_jsonl
 from engine.train.config import DataSpec, make_config
 from engine.train.features import IDENTITY, build_feature_cache
 from engine.train.loop import make_optimiser, make_step, train

@@ -26,6 +26,7 @@ from typing import IO, Union
 
 import numpy as np
 from PIL import Image, ImageOps
+
 from engine.errors import ImageError
 
 # Our own size limit, in pixels (width * height as stored). A 12000x9000 photo (108 MP) is accepted.

@@ -66,7 +66,8 @@ def render_card(run_dir, scores: dict) -> str:
         "IoU for it. Use `auto` (the default) wherever the Hugging Face Hub is reachable. It learned only the "
         "prompts listed under Data (synonyms within a set give the same mask); other text gives meaningless masks.", "",
         "## Architecture", "",
-        f"CLIPSegForImageSegmentation with a ViT of {vision['num_hidden_layers']} layers, width {vision['hidden_size']}, "
+        f"CLIPSegForImageSegmentation with a ViT of {vision['num_hidden_layers']} layers, "
+        f"width {vision['hidden_size']}, "
         f"patch {vision['patch_size']}, input {vision['image_size']} px{_runs_at(cfg, vision)}; decoder reads layers "
         f"{model_cfg['extract_layers']} (reduce_dim {model_cfg['reduce_dim']}); a text encoder of "
         f"{model_cfg['text_config']['num_hidden_layers']} layers with a tokenizer built locally "
@@ -211,7 +212,8 @@ def _selection(cfg: dict, summary: dict) -> str:
                  "were absent-concept negatives (a photo with another set's prompt and an empty mask)."
                  if cfg.get("negative_rate") and len(cfg.get("data", [])) > 1 else "")
     return (f"{epoch}; each prompt's pixel and presence thresholds were calibrated on {source} (`python -m engine "
-            f"calibrate`: the other sets' photos count as absent concepts, and at least {MIN_FOUND:.0%} of a prompt's own "
+            "calibrate`: the other sets' photos count as absent concepts, and at least "
+            f"{MIN_FOUND:.0%} of a prompt's own "
             f"labelled photos stay found).{negatives}")
 
 

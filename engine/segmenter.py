@@ -19,8 +19,8 @@ from PIL import Image
 from torch import nn
 
 from engine.images import image_size, load_image
-from engine.prediction import Prediction, presence_score, resolve_thresholds, sigmoid
 from engine.precision import resolve_precision
+from engine.prediction import Prediction, presence_score, resolve_thresholds, sigmoid
 from engine.prompts import as_prompt_list
 
 # Longest side an uploaded photo is decoded at before it is resized to the model's input (352 px): a 12000 px
@@ -268,7 +268,8 @@ class Segmenter(SegmenterBase):
             tokens = self.tokenizer(missing, padding=True, return_tensors="pt")
             with torch.inference_mode():
                 emb = self.model.clip.get_text_features(
-                    input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device)
+                    input_ids=tokens["input_ids"].to(self.device),
+                    attention_mask=tokens["attention_mask"].to(self.device)
                 ).pooler_output
             self._text_cache.update(zip(missing, emb))
         return torch.stack([self._text_cache[p] for p in prompts])

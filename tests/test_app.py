@@ -14,6 +14,7 @@ import app
 from engine.app.views import status_markdown
 from engine.prompts import parse_prompts
 from engine.train import get_job
+
 from app_helpers import free_port
 
 ENDPOINTS = ["/segment", "/segment_batch", "/train_start", "/train_status", "/train_stop", "/compare", "/export",

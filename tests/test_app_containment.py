@@ -15,6 +15,7 @@ from PIL import Image
 import app
 from engine.app.compare import MAX_GALLERY_SIDE
 from engine.train import get_job
+
 from app_helpers import free_port
 
 pytestmark = pytest.mark.slow

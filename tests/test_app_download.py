@@ -5,10 +5,11 @@ import json
 import zipfile
 
 import pytest
-from train_helpers import tiny_cfg  # noqa: F401  (a fixture)
 
 import app
 from engine.app.public import MODEL_REFUSED, PublicSettings
+
+from train_helpers import tiny_cfg  # noqa: F401  (a fixture)
 
 
 @pytest.fixture

@@ -8,8 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from engine.app.housekeeping import (PID_FILE, WORK_DIR_PREFIX, bytes_used, entries, job_paths, make_work_dir, prune,
-                                     remove_work_dir, stale_work_dirs)
+from engine.app.housekeeping import (
+    PID_FILE,
+    WORK_DIR_PREFIX,
+    bytes_used,
+    entries,
+    job_paths,
+    make_work_dir,
+    prune,
+    remove_work_dir,
+    stale_work_dirs,
+)
 
 NOW = 1_000_000.0
 

@@ -13,6 +13,7 @@ import app
 from engine.app.public import FOLDER_REFUSED, MODEL_REFUSED, Limits, PublicSettings
 from engine.paths import STARTER_DIR
 from engine.train import get_job
+
 from app_helpers import free_port
 
 pytestmark = pytest.mark.slow  # each test talks to a launched server

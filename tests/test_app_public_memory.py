@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from engine.app.public import Limits
+
 from train_helpers import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,8 @@ cfg = make_config(None, model=str(model), out=str(tmp / "run"), cache_dir=str(tm
                   batch_size=caps["batch_size"], image_size=caps["image_size"], train="last_n",
                   unfreeze_vision_layers=caps["unfreeze_layers"], unfreeze_text_layers=caps["unfreeze_layers"],
                   feature_cache=False, max_train_images=caps["batch_size"], max_val_images=2,
-                  data=[DataSpec(f"{data}/cracks", ("segment crack",)), DataSpec(f"{data}/joints", ("segment taping area",))])
+                  data=[DataSpec(f"{data}/cracks", ("segment crack",)),
+                        DataSpec(f"{data}/joints", ("segment taping area",))])
 stop = threading.Event()
 train(cfg, lambda e: stop.set() if isinstance(e, StepEvent) else None, stop)  # one optimiser step: the peak
 print(json.dumps({"idle_gb": idle, "peak_gb": gb("VmHWM")}))

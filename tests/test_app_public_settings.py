@@ -5,8 +5,19 @@ import dataclasses
 import pytest
 
 from engine.app.jobs import TrainRequest
-from engine.app.public import (ANOTHER_VISITORS_JOB, FOLDER_REFUSED, MODEL_REFUSED, Limits, PublicSettings,
-                               allowed_models, check_compare, check_model, check_training, public_status, scrub_paths)
+from engine.app.public import (
+    ANOTHER_VISITORS_JOB,
+    FOLDER_REFUSED,
+    MODEL_REFUSED,
+    Limits,
+    PublicSettings,
+    allowed_models,
+    check_compare,
+    check_model,
+    check_training,
+    public_status,
+    scrub_paths,
+)
 from engine.paths import REPO_ROOT
 from engine.train.events import JobStatus
 

@@ -24,6 +24,7 @@ from engine.app.public import MODEL_REFUSED, Limits, PublicSettings
 from engine.app.visitors import VISITORS_DIR
 from engine.paths import REPO_ROOT, SHIPPED_MODELS
 from engine.train import get_job
+
 from app_helpers import free_port
 
 pytestmark = pytest.mark.slow  # each test talks to a launched server

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.app.segment import (DISPLAY_MAX_SIDE, example_rows, image_id_for, resize_map, segment_photo,
-                                slider_threshold)
+from engine.app.segment import DISPLAY_MAX_SIDE, example_rows, image_id_for, resize_map, segment_photo, slider_threshold
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,16 @@ import json
 
 import pytest
 
-from engine.app.views import IDLE_TEXT, NOT_YOURS_TEXT, format_eta, legend_html, status_dict, status_markdown, table, training_view
+from engine.app.views import (
+    IDLE_TEXT,
+    NOT_YOURS_TEXT,
+    format_eta,
+    legend_html,
+    status_dict,
+    status_markdown,
+    table,
+    training_view,
+)
 from engine.train.events import JobStatus
 
 

@@ -5,8 +5,18 @@ The full benchmark (full-size model, minutes) stays out of the tests: they run i
 import pytest
 import torch
 
-from engine.benchmark import (BACKENDS, PROMPT_COUNTS, count_flops, default_photos, format_table, matmul_peaks,
-                              onnx_matmul_gflops, roofline, run_inference_benchmark, torch_matmul_gflops)
+from engine.benchmark import (
+    BACKENDS,
+    PROMPT_COUNTS,
+    count_flops,
+    default_photos,
+    format_table,
+    matmul_peaks,
+    onnx_matmul_gflops,
+    roofline,
+    run_inference_benchmark,
+    torch_matmul_gflops,
+)
 from engine.precision import ENV_VAR
 
 

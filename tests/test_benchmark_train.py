@@ -12,6 +12,7 @@ from engine.train.checkpoint import RunState
 from engine.train.loop import make_batches, make_optimiser, make_step
 from engine.train.model import build_trainee
 from engine.train.sampling import DecodedImages, image_batch, open_sets
+
 from train_helpers import tiny_cfg  # noqa: F401  (a fixture)
 
 

@@ -41,7 +41,8 @@ def url(tmp_path_factory, shared_data):
 def page(url):
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's (apt-get install chromium), not `playwright install`.")
+        pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's (apt-get install chromium), not "
+                    "`playwright install`.")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})

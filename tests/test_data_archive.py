@@ -6,8 +6,16 @@ import zipfile
 import numpy as np
 import pytest
 
-from engine.data.archive import (RATIO_CHECK_BYTES, ArchiveError, as_data_path, dataset_root, extract_upload,
-                                 has_layout, remove_upload, safe_extract_zip)
+from engine.data.archive import (
+    RATIO_CHECK_BYTES,
+    ArchiveError,
+    as_data_path,
+    dataset_root,
+    extract_upload,
+    has_layout,
+    remove_upload,
+    safe_extract_zip,
+)
 
 
 def _zip(path, entries):

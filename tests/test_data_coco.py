@@ -11,6 +11,7 @@ import pytest
 from engine.data import LabelError, LabelWarning, open_dataset
 from tests.data_helpers import H, W, known_mask, make_image, rle_encode, rle_string
 
+
 def _coco(tmp_path: Path, annotations: list[dict], extra_images=(), folder_name="coco") -> Path:
     folder = tmp_path / folder_name
     images = []

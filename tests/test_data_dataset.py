@@ -11,6 +11,7 @@ import pytest
 from engine.data import LabelError, LabelledSet, open_dataset, source_photo_id
 from tests.data_helpers import SHARED_DATA, yolo_split
 
+
 @pytest.mark.parametrize("set_name,split,count", [("cracks", "train", 905), ("cracks", "valid", 141),
                                                   ("joints", "valid", 24)])
 def test_real_sets_open_with_expected_counts(set_name, split, count):

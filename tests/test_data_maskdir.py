@@ -9,6 +9,7 @@ from PIL import Image
 from engine.data import LabelError, LabelWarning, open_dataset
 from tests.data_helpers import H, W, make_image
 
+
 def test_mask_folder(tmp_path):
     folder = tmp_path / "set"
     make_image(folder / "images" / "a.jpg")

@@ -8,6 +8,7 @@ import pytest
 from engine.data import decode_rle, rle_counts_from_string
 from tests.data_helpers import H, W, known_mask, rle_encode, rle_string
 
+
 def test_rle_string_codec():
     assert rle_counts_from_string("1232") == [1, 2, 3, 4]  # 4th stored as 4 - 2
     counts = rle_encode(known_mask())

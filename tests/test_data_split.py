@@ -8,6 +8,7 @@ import pytest
 
 from engine.data import source_photo_id, split_groups
 
+
 @pytest.mark.parametrize("name,photo", [
     ("00002_jpg.rf.9fb3dca8ca9d4f494861a39eb071f64e.jpg", "00002_jpg"),
     ("/data/x/IMG_1.rf.abc.png", "IMG_1"),

@@ -9,6 +9,7 @@ import pytest
 from engine.data import LabelError, LabelWarning, open_dataset
 from tests.data_helpers import H, W, yolo_split
 
+
 def test_yolo_box_polygon_union_and_empty(tmp_path):
     folder = yolo_split(tmp_path / "set", {
         "box": "0 0.5 0.5 0.5 0.5\n",  # 32 x 24 px box centred

@@ -13,8 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.distributed import (clear_stale_part, merge_parts, part_paths, rank_and_world, remove_parts, shard,
-                                write_part)
+from engine.distributed import (
+    clear_stale_part,
+    merge_parts,
+    part_paths,
+    rank_and_world,
+    remove_parts,
+    shard,
+    write_part,
+)
 from engine.prediction import CSV_HEADER
 from engine.report import ReportPhoto
 

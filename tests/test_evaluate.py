@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.evaluate import (EvalReport, PromptReport, auroc, best_threshold, evaluate, evaluate_sets,
-                             false_alarm_rate)
+from engine.evaluate import EvalReport, PromptReport, auroc, best_threshold, evaluate, evaluate_sets, false_alarm_rate
 from engine.metrics import THRESHOLDS
 
 # red values / 255: 230 -> 0.902, 150 -> 0.588, 100 -> 0.392, 56 -> 0.220 (all away from the 0.05 grid)

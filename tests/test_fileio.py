@@ -5,8 +5,15 @@ import os
 
 import pytest
 
-from engine.fileio import (append_line, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl,
-                           recover_dir, replace_dir)
+from engine.fileio import (
+    append_line,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+    recover_dir,
+    replace_dir,
+)
 
 
 def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):

@@ -60,7 +60,8 @@ def test_card_of_a_fine_tuned_run_describes_both_stages(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     (run / "summary.json").write_text(json.dumps({**summary, "precision": "float32", "cache_precision": "bf16"}))
     card = render_card(run, SCORES)
-    assert "Two stages.\n\n1. `python -m engine train` with the settings in its `config.json`: 80 epochs from scratch" in card
+    assert ("Two stages.\n\n1. `python -m engine train` with the settings in its `config.json`: 80 epochs from "
+            "scratch") in card
     assert "every layer trained; device cpu, precision bfloat16 autocast" in card
     assert f"2. `python -m engine train` with the settings in its `config.json`: 80 epochs from `{base}`" in card
     assert ("BCE + soft Dice + presence (weight 1), only the decoder trained, from cached features of the frozen "
@@ -79,5 +80,6 @@ def test_card_of_a_run_calibrated_on_held_out_photos(tmp_path):
             "in every run with this share)") in card
     assert "chose nothing (neither the epoch nor the threshold)" in card
     assert "The train splits were used for training (less 10% of each, held out for the thresholds)." in card
-    assert "BCE + soft Dice (Dice on photos with a labelled mask only) + presence (weight 0.3), only the decoder" in card
+    assert ("BCE + soft Dice (Dice on photos with a labelled mask only) + presence (weight 0.3), only the "
+            "decoder") in card
     assert "with 40 generated walls of crack (20 of them with the other concept too)" in card

@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 
 from engine.paths import (
-    DEFAULT_PROMPTS, DEFAULT_SETS, MANIFEST_FILE, REPO_ROOT, STARTER_DIR, in_repo, is_model_folder, is_onnx_export,
+    DEFAULT_PROMPTS,
+    DEFAULT_SETS,
+    MANIFEST_FILE,
+    REPO_ROOT,
+    STARTER_DIR,
+    in_repo,
+    is_model_folder,
+    is_onnx_export,
 )
 
 

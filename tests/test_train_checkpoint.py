@@ -16,8 +16,19 @@ import torch
 
 from engine.models import load_clipseg
 from engine.train import make_config
-from engine.train.checkpoint import (STATE_FILE, Optimiser, RunState, append_metrics, read_history, restore_state,
-                                     resume_config, save_checkpoint, start_run_folder, training_state)
+from engine.train.checkpoint import (
+    STATE_FILE,
+    Optimiser,
+    RunState,
+    append_metrics,
+    read_history,
+    restore_state,
+    resume_config,
+    save_checkpoint,
+    start_run_folder,
+    training_state,
+)
+
 from train_helpers import REPO_ROOT
 
 # The writer training really uses for best/ and last/: save_checkpoint with the training state.

@@ -6,8 +6,7 @@ import json
 import pytest
 
 from engine.paths import DEFAULT_SETS, REPO_ROOT, SHARED_DATA
-from engine.train.config import (PRESETS, DataSpec, TrainConfig, config_from_json, default_data, make_config,
-                                 run_folder)
+from engine.train.config import PRESETS, DataSpec, TrainConfig, config_from_json, default_data, make_config, run_folder
 
 
 def test_presets_are_small_overrides_and_bad_settings_are_named():
@@ -66,7 +65,8 @@ def test_saved_config_stores_data_roots_relative_to_the_repo(tmp_path, shared_da
     cfg = make_config("quick", out=str(tmp_path / "run"))
     start_run_folder(tmp_path / "run", cfg)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert [d["path"] for d in saved["data"]] == ["../shared/data/drywall-qa/cracks", "../shared/data/drywall-qa/joints"]
+    assert [d["path"] for d in saved["data"]] == ["../shared/data/drywall-qa/cracks",
+                                                 "../shared/data/drywall-qa/joints"]
     assert [d.path for d in config_from_json(tmp_path / "run" / "config.json").data] == [d.path for d in cfg.data]
 
 

@@ -5,14 +5,22 @@ import threading
 import pytest
 import torch
 
-from engine.train import features
-from engine.train.events import LogEvent
 from engine.precision import PrecisionChoice as CachePrecision
 from engine.precision import resolve_precision as cache_precision
-from engine.train.features import (AGREEMENT_TOLERANCE, IDENTITY, build_feature_cache, cached_views, fast_tower,
-                                   model_fingerprint, relative_error)
+from engine.train import features
+from engine.train.events import LogEvent
+from engine.train.features import (
+    AGREEMENT_TOLERANCE,
+    IDENTITY,
+    build_feature_cache,
+    cached_views,
+    fast_tower,
+    model_fingerprint,
+    relative_error,
+)
 from engine.train.model import build_trainee
 from engine.train.sampling import open_sets
+
 from train_helpers import tiny_cfg  # noqa: F401  (a fixture)
 
 
@@ -68,7 +76,8 @@ def test_a_bf16_cache_agrees_with_fp32_and_leaves_the_model_alone(tiny_cfg, tmp_
     assert (fast.precision, ref.precision) == ("bf16", "fp32")
     assert fast.cache.dir != ref.cache.dir  # a bf16 cache is never mistaken for an fp32 one
     log = [e.message for e in fast_events if isinstance(e, LogEvent)]
-    assert len(log) == 1 and log[0].startswith("feature cache: computing 12 views (bf16: asked for; its features are within")
+    assert len(log) == 1 and log[0].startswith(
+        "feature cache: computing 12 views (bf16: asked for; its features are within")
     for digest in fast.digests[0]:
         a_fast, _ = fast.cache.load(digest, IDENTITY)
         a_ref, _ = ref.cache.load(digest, IDENTITY)

@@ -8,10 +8,23 @@ import time
 import pytest
 
 from engine.models import load_segmenter
-from engine.train import (CheckpointEvent, DataSpec, EpochEvent, FailedEvent, FinishedEvent, JobRunning, JobStatus,
-                          LogEvent, PhaseEvent, StepEvent, TrainingJob, train)
 from engine.paths import STARTER_DIR
+from engine.train import (
+    CheckpointEvent,
+    DataSpec,
+    EpochEvent,
+    FailedEvent,
+    FinishedEvent,
+    JobRunning,
+    JobStatus,
+    LogEvent,
+    PhaseEvent,
+    StepEvent,
+    TrainingJob,
+    train,
+)
 from engine.train.job import fold_event
+
 from train_helpers import tiny_cfg  # noqa: F401  (a fixture)
 
 

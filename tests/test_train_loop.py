@@ -16,15 +16,23 @@ from transformers import CLIPSegForImageSegmentation
 
 from engine.errors import TrainingStopped
 from engine.models import load_clipseg, load_segmenter
-from engine.train import (CheckpointEvent, DataSpec, EpochEvent, FinishedEvent, LogEvent, StepEvent, make_config,
-                          train)
-from engine.train.checkpoint import RunState
+from engine.train import CheckpointEvent, DataSpec, EpochEvent, FinishedEvent, LogEvent, StepEvent, make_config, train
 from engine.train import features as features_module
+from engine.train.checkpoint import RunState
 from engine.train.features import ActivationMemo
-from engine.train.loop import (batch_loss, make_batches, make_optimiser, make_step, mean_sweep, step_with_oom_retry,
-                               train_one_epoch, validate)
+from engine.train.loop import (
+    batch_loss,
+    make_batches,
+    make_optimiser,
+    make_step,
+    mean_sweep,
+    step_with_oom_retry,
+    train_one_epoch,
+    validate,
+)
 from engine.train.model import build_trainee
 from engine.train.sampling import DecodedImages, image_batch, open_sets
+
 from train_helpers import REPO_ROOT, tiny_cfg  # noqa: F401  (a fixture)
 
 

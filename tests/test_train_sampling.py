@@ -10,6 +10,7 @@ from PIL import Image
 
 from engine.train.features import IDENTITY, View, render_view
 from engine.train.sampling import DecodedImages, epoch_order, image_batch, jitter, open_sets, shard, turn_grid
+
 from train_helpers import tiny_cfg  # noqa: F401  (a fixture)
 
 

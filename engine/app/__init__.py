@@ -13,13 +13,37 @@ Safe zip extraction lives in `engine.data.archive`, the cache of loaded models i
 """
 
 from engine.app.choices import model_choices, model_label
-from engine.app.compare import (COMPARE_HEADERS, WORST_HEADERS, CompareResult, absent_sets_for, compare_models,
-                                eval_data_for, open_eval_set, read_history)
+from engine.app.compare import (
+                                COMPARE_HEADERS,
+                                WORST_HEADERS,
+                                CompareResult,
+                                absent_sets_for,
+                                compare_models,
+                                eval_data_for,
+                                open_eval_set,
+                                read_history,
+)
 from engine.app.export import EXPORT_HEADERS, ExportResult, export_model, speed_rows, time_predict
-from engine.app.jobs import (TrainRequest, new_run_dir, start_run, start_training, stop_training, train_defaults,
-                             training_data, training_settings, training_status)
-from engine.app.segment import (DISPLAY_MAX_SIDE, TABLE_HEADERS, SegmentResult, example_rows, image_id_for,
-                                segment_photo, slider_threshold)
+from engine.app.jobs import (
+                                TrainRequest,
+                                new_run_dir,
+                                start_run,
+                                start_training,
+                                stop_training,
+                                train_defaults,
+                                training_data,
+                                training_settings,
+                                training_status,
+)
+from engine.app.segment import (
+                                DISPLAY_MAX_SIDE,
+                                TABLE_HEADERS,
+                                SegmentResult,
+                                example_rows,
+                                image_id_for,
+                                segment_photo,
+                                slider_threshold,
+)
 from engine.app.views import IDLE_TEXT, format_eta, legend_html, status_dict, status_markdown, table, training_view
 
 __all__ = [

@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterable

@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # engine.train loads torch; this module stays light
     from engine.app.jobs import TrainRequest
     from engine.train.events import JobStatus
 
-__all__ = ["ANOTHER_VISITORS_JOB", "Limits", "PublicSettings", "MODEL_REFUSED", "FOLDER_REFUSED", "allowed_models", "check_compare",
-           "check_count", "check_model", "check_training", "public_status", "scrub_paths"]
+__all__ = ["ANOTHER_VISITORS_JOB", "Limits", "PublicSettings", "MODEL_REFUSED", "FOLDER_REFUSED", "allowed_models",
+           "check_compare", "check_count", "check_model", "check_training", "public_status", "scrub_paths"]
 
 # One message for every model refused, whatever it names: it must not tell a visitor whether a path exists.
 MODEL_REFUSED = ("This model is not offered here: pick one from the model list (the Hub model, the bundled "

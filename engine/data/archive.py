@@ -23,8 +23,8 @@ from engine.errors import ArchiveError, LabelError, LabelWarning
 from engine.images import IMAGE_SUFFIXES
 
 __all__ = ["FOLDER_HINT", "MAX_ZIP_FILES", "MAX_ZIP_BYTES", "MAX_ZIP_RATIO", "RATIO_CHECK_BYTES", "ArchiveError",
-           "DATA_SET_SUFFIXES", "is_data_set_file", "safe_extract_zip", "dataset_root", "has_layout", "check_upload", "extract_upload", "remove_upload", "upload_error",
-           "as_data_path"]
+           "DATA_SET_SUFFIXES", "is_data_set_file", "safe_extract_zip", "dataset_root", "has_layout", "check_upload",
+           "extract_upload", "remove_upload", "upload_error", "as_data_path"]
 
 MAX_ZIP_FILES = 20_000
 MAX_ZIP_BYTES = 2 * 1024**3  # total uncompressed size

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.labels import (Item, ShapeLabel, clip_normalised, fail_or_warn, is_outside, polygon_points,
-                                unsafe_name)
+from engine.data.labels import Item, ShapeLabel, clip_normalised, fail_or_warn, is_outside, polygon_points, unsafe_name
 from engine.data.rle import rle_counts_from_string
 from engine.errors import ImageError, LabelError
 from engine.images import image_size

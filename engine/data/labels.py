@@ -72,7 +72,8 @@ def rasterise(label: ShapeLabel, width: int, height: int) -> np.ndarray:
     """Union of the label's polygons, boxes and RLEs as a (height, width) bool mask.
 
     Polygons are filled with PIL ImageDraw (edges included, so a hairline crack keeps its pixels); a box
-    covers the pixels whose centres lie inside it (at least one pixel; none for a zero-area box), so its area is w*W x h*H, rounded.
+    covers the pixels whose centres lie inside it (at least one pixel; none for a zero-area box), so its area is
+    w*W x h*H, rounded.
     """
     scale_x, scale_y = (width, height) if label.normalised else (1.0, 1.0)
     canvas = Image.new("L", (width, height), 0)

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from engine.data.labels import (Item, ShapeLabel, clip_normalised, fail_or_warn, image_files, is_outside,
-                                polygon_points)
+from engine.data.labels import Item, ShapeLabel, clip_normalised, fail_or_warn, image_files, is_outside, polygon_points
 from engine.errors import LabelError, LabelWarning
 
 

@@ -7,7 +7,12 @@ below are re-exported so callers write `from engine.models import load_segmenter
 
 from engine.errors import ModelSourceError
 from engine.models.configs import (
-    fit_config_to_tokenizer, full_size_config, new_model, processor_size_for, reinit_decoder, tiny_config,
+    fit_config_to_tokenizer,
+    full_size_config,
+    new_model,
+    processor_size_for,
+    reinit_decoder,
+    tiny_config,
 )
 from engine.models.io import image_processor, load_clipseg, make_random_model_folder, read_meta, save_model_folder
 from engine.models.loader import DEFAULT_THRESHOLD, DEFAULT_TORCH_PRECISION, PRECISIONS, list_models, load_segmenter

@@ -77,7 +77,8 @@ def load_clipseg(folder: Path):
     """
     folder = Path(folder)
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-        raise ModelSourceError(f"{folder} has config.json but no weights (*.safetensors); the download or save is incomplete.")
+        raise ModelSourceError(f"{folder} has config.json but no weights (*.safetensors); the download or save is "
+                               "incomplete.")
     try:
         model, info = CLIPSegForImageSegmentation.from_pretrained(folder, output_loading_info=True, dtype="float32")
     except Exception as exc:

@@ -20,7 +20,8 @@ DEFAULT_THRESHOLD = 0.4
 # What `load_segmenter` runs torch models in unless told otherwise: "auto" = the faster of fp32 and bf16 matmuls
 # as timed on this machine (engine.precision; CPUs differ: bf16 was 2.3x faster on one, 2x slower on another).
 # bf16 is a candidate because its masks agree with fp32: mean IoU 0.998 on the bundled model (retrained with
-# negatives) over the 165 valid photos and both prompts at threshold 0.45 (rule: >= 0.97). Pass precision="fp32" for bit-for-bit reference numbers.
+# negatives) over the 165 valid photos and both prompts at threshold 0.45 (rule: >= 0.97). Pass precision="fp32"
+# for bit-for-bit reference numbers.
 DEFAULT_TORCH_PRECISION = "auto"
 PRECISIONS = (None, "auto", "fp32", "bf16", "int8")
 

@@ -31,7 +31,14 @@ from engine.metrics import confusion, iou
 from engine.models import load_segmenter, resolve_source
 from engine.onnx.graphs import OPSET, export_graphs, quantize_graph
 from engine.onnx.runtime import (
-    FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST_FILE, OnnxSegmenter, graph_file, read_manifest, sha256_file,
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPHS,
+    MANIFEST_FILE,
+    OnnxSegmenter,
+    graph_file,
+    read_manifest,
+    sha256_file,
 )
 from engine.paths import DEFAULT_PROMPTS, EXAMPLES_DIR, portable
 
@@ -102,7 +109,8 @@ def export_onnx(model_source, out_dir, int8: bool = False, *, images: Sequence |
 
     images: photos added to the parity sample (default: examples/); prompts: parity prompts (default: the
     model's own, from drywall_qa.json); source_name: what the manifest calls the source (default: the source
-    as given and its folder; a public app passes the picker's label, so the manifest names no server path). Raises ExportError, writing nothing, when onnxruntime's fp32 logits
+    as given and its folder; a public app passes the picker's label, so the manifest names no server path).
+    Raises ExportError, writing nothing, when onnxruntime's fp32 logits
     differ from torch's by more than PARITY_TOL.
     """
     def step(fraction: float, message: str) -> None:
@@ -141,7 +149,8 @@ def export_onnx(model_source, out_dir, int8: bool = False, *, images: Sequence |
             raise ExportError(
                 f"The ONNX graphs do not reproduce the torch model: max |delta logit| {worst:.2e} > {PARITY_TOL:g} "
                 f"on {pixel_values.shape[0]} sample images; nothing was written to {out_dir}. This engine was checked "
-                f"with torch 2.13, transformers 5.23 and onnxruntime 1.31 (here: {manifest['versions']}); install those."
+                f"with torch 2.13, transformers 5.23 and onnxruntime 1.31 (here: {manifest['versions']}); "
+                "install those."
             )
         if int8:
             step(0.85, "measuring int8 agreement with fp32")

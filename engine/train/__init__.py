@@ -19,8 +19,17 @@ import importlib
 
 from engine.errors import JobRunning, TrainingStopped
 from engine.train.config import PRESETS, DataSpec, TrainConfig, config_from_json, default_data, make_config
-from engine.train.events import (CheckpointEvent, EpochEvent, Event, FailedEvent, FinishedEvent, JobStatus,
-                                 LogEvent, PhaseEvent, StepEvent)
+from engine.train.events import (
+    CheckpointEvent,
+    EpochEvent,
+    Event,
+    FailedEvent,
+    FinishedEvent,
+    JobStatus,
+    LogEvent,
+    PhaseEvent,
+    StepEvent,
+)
 from engine.train.job import TrainingJob, get_job
 
 _LAZY = {
@@ -32,11 +41,12 @@ _LAZY = {
     "STATE_FILE": "engine.train.checkpoint",
 }
 
-__all__ = sorted([
+__all__ = [
     "PRESETS", "DataSpec", "TrainConfig", "config_from_json", "default_data", "make_config",
     "CheckpointEvent", "EpochEvent", "Event", "FailedEvent", "FinishedEvent", "JobStatus", "LogEvent", "PhaseEvent",
-    "StepEvent", "TrainingJob", "get_job", "JobRunning", "TrainingStopped", *_LAZY,
-])
+    "StepEvent", "TrainingJob", "get_job", "JobRunning", "TrainingStopped",
+]
+__all__ += list(_LAZY)
 
 
 def __getattr__(name):

@@ -180,7 +180,8 @@ def build_feature_cache(model, tokenizer, processor, sets: Sequence, *, root, im
     """Compute the vision activations of every (training image, view) not cached yet, and the prompts' embeddings.
 
     sets: the run's TrainSets (`.train` items with `.image_path`, `.prompts`). precision: "auto" (the faster of
-    fp32 and bf16 measured here, `engine.precision.resolve_precision`), "fp32" or "bf16"; a fast precision is checked against
+    fp32 and bf16 measured here, `engine.precision.resolve_precision`), "fp32" or "bf16"; a fast precision is
+    checked against
     fp32 on the first photo and dropped if its features differ by more than AGREEMENT_TOLERANCE. Reports a
     "caching" phase, a LogEvent with the precision and why, and one StepEvent(caching=True) per view computed;
     raises TrainingStopped once `stop` is set.

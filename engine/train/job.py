@@ -16,8 +16,16 @@ from pathlib import Path
 from engine.errors import JobRunning
 from engine.paths import STARTER_DIR
 from engine.train.config import TrainConfig, run_folder
-from engine.train.events import (EpochEvent, Event, FailedEvent, FinishedEvent, JobStatus, LogEvent, PhaseEvent,
-                                 StepEvent)
+from engine.train.events import (
+    EpochEvent,
+    Event,
+    FailedEvent,
+    FinishedEvent,
+    JobStatus,
+    LogEvent,
+    PhaseEvent,
+    StepEvent,
+)
 
 
 class TrainingJob:

@@ -29,17 +29,53 @@ from engine.evaluate import best_threshold, evaluate
 from engine.models.io import image_processor
 from engine.paths import in_repo, portable
 from engine.segmenter import Segmenter, normalise
-from engine.train.checkpoint import (Optimiser, RunState, append_metrics, model_meta, restore_state, resume_config,
-                                     run_summary, save_checkpoint, start_run_folder, training_state, write_summary)
+from engine.train.checkpoint import (
+    Optimiser,
+    RunState,
+    append_metrics,
+    model_meta,
+    restore_state,
+    resume_config,
+    run_summary,
+    save_checkpoint,
+    start_run_folder,
+    training_state,
+    write_summary,
+)
 from engine.train.config import TrainConfig, run_folder
-from engine.train.events import (CheckpointEvent, EpochEvent, Event, FailedEvent, FinishedEvent, LogEvent,
-                                 PhaseEvent, StepEvent)
-from engine.train.features import (IDENTITY, ActivationMemo, CachedFeatures, FrozenTowerSegmenter, build_feature_cache,
-                                   cached_views, render_view)
+from engine.train.events import (
+    CheckpointEvent,
+    EpochEvent,
+    Event,
+    FailedEvent,
+    FinishedEvent,
+    LogEvent,
+    PhaseEvent,
+    StepEvent,
+)
+from engine.train.features import (
+    IDENTITY,
+    ActivationMemo,
+    CachedFeatures,
+    FrozenTowerSegmenter,
+    build_feature_cache,
+    cached_views,
+    render_view,
+)
 from engine.train.losses import segmentation_loss
 from engine.train.model import Trainee, batch_logits, build_trainee, make_accelerator, resolve_device
-from engine.train.sampling import (CachedBatch, DecodedImages, Pair, TrainSet, cached_batch, epoch_order, image_batch,
-                                   negative_rate_at, open_sets, shard)
+from engine.train.sampling import (
+    CachedBatch,
+    DecodedImages,
+    Pair,
+    TrainSet,
+    cached_batch,
+    epoch_order,
+    image_batch,
+    negative_rate_at,
+    open_sets,
+    shard,
+)
 from engine.train.schedule import cosine_lr
 
 
@@ -429,7 +465,8 @@ def _val_loss(seg: Segmenter, processor, image, mask, prompt: str, cfg: TrainCon
     return float(config_loss(logits, torch.from_numpy(msk)[None].to(logits.device), cfg))
 
 
-def calibrate(seg: Segmenter, sets: list[TrainSet], n_images: int, split: str = "train") -> dict[str, PromptCalibration]:
+def calibrate(seg: Segmenter, sets: list[TrainSet], n_images: int,
+              split: str = "train") -> dict[str, PromptCalibration]:
     """{prompt: PromptCalibration} from each set's first n_images photos of `split` ("train", "valid" or
     "holdout"), the other sets' photos counted as absent (engine.calibrate.calibrate_model). One prompt per set
     keeps it cheap; its synonyms share its thresholds. Sets without photos in `split` are left out."""

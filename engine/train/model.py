@@ -15,8 +15,15 @@ from pathlib import Path
 
 import torch
 
-from engine.models import (fit_config_to_tokenizer, image_processor, load_clipseg, new_model, reinit_decoder,
-                           resolve_source, tiny_config)
+from engine.models import (
+    fit_config_to_tokenizer,
+    image_processor,
+    load_clipseg,
+    new_model,
+    reinit_decoder,
+    resolve_source,
+    tiny_config,
+)
 from engine.models.tokenizer import build_tokenizer
 from engine.segmenter import cpu_supports_bf16, vision_activations
 from engine.train.config import TrainConfig
