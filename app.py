@@ -91,7 +91,15 @@ from engine.app.visitors import (
 )
 from engine.data.archive import FOLDER_HINT
 from engine.errors import ImageError
-from engine.paths import CHECKPOINTS_DIR, DEFAULT_SETS, EXAMPLES_DIR, EXPORT_DIR, SHARED_DATA
+from engine.paths import (
+    CHECKPOINTS_DIR,
+    DEFAULT_HUB_ID,
+    DEFAULT_SETS,
+    EXAMPLES_DIR,
+    EXPORT_DIR,
+    SHARED_DATA,
+    STARTER_DIR,
+)
 from engine.prompts import parse_prompts
 
 if TYPE_CHECKING:
@@ -103,6 +111,7 @@ QUICK_PICKS = tuple(prompts[0] for prompts in DEFAULT_SETS.values())  # "segment
 POLL_SECONDS = 1.5
 KEEP_FILES_S = 24 * 3600  # at start, the work dir's files older than this go (a work dir given by the caller)
 _VISITOR_PATH = re.compile(rf"{VISITORS_DIR}/[0-9a-f]{{16}}/(?:[a-z]+/)?")  # a visitor's folder, as scrubbed
+DEFAULT_MODEL_ENV = "DQA_DEFAULT_MODEL"  # the Segment tab's first model (default: the bundled model)
 DIRECT_CALLER = "direct-call"  # who a handler called without a request (a test, a script) is, in public mode
 
 CSS = """
@@ -141,7 +150,7 @@ class AppContext:
     export_dir: Path
     data_root: Path
     work_dir: Path
-    default_model: str = "auto"
+    default_model: str = str(STARTER_DIR)
     examples: list[list[str]] = field(default_factory=list)
     train_overrides: dict = field(default_factory=dict)
     public: PublicSettings = field(default_factory=PublicSettings)
@@ -343,7 +352,17 @@ def segment(ctx: AppContext, image, prompts, model, threshold, request: gr.Reque
         raise ImageError(str(exc).replace(str(path), name)) from None
     if result.warning:  # a prompt outside the model's trained list
         gr.Warning(result.warning)
+    fallback = auto_fallback(model or ctx.default_model, segmenter)
+    if fallback:
+        gr.Warning(fallback)
     return result.overlay, [str(p) for p in result.mask_paths], table(result.rows, TABLE_HEADERS), result
+
+
+def auto_fallback(value: str, segmenter) -> str | None:
+    """The line that says `auto` fell back to the bundled model (the Hub was unreachable), or None."""
+    if str(value).strip() != "auto" or str(getattr(segmenter, "name", "")) == DEFAULT_HUB_ID:
+        return None
+    return (f"auto: the Hugging Face Hub is unreachable, so the bundled model answered, not {DEFAULT_HUB_ID}.")
 
 
 @user_errors
@@ -589,9 +608,16 @@ def _own_work_dir() -> Path:
     return work_dir
 
 
+def default_segment_model() -> str:
+    """The model the Segment, Compare and Export tabs start on: DQA_DEFAULT_MODEL when set (a run marked as the
+    default), else the bundled model, trained on walls, the one this app has evidence for (README "Models").
+    Training starts from `auto` instead: the pretrained Hub model where reachable (it fine-tunes best)."""
+    return os.environ.get(DEFAULT_MODEL_ENV) or str(STARTER_DIR)
+
+
 def make_context(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: str | os.PathLike | None = None,
                  data_root: str | os.PathLike | None = None, examples_dir: str | os.PathLike | None = None,
-                 work_dir: str | os.PathLike | None = None, default_model: str = "auto", cache_size: int = 4,
+                 work_dir: str | os.PathLike | None = None, default_model: str | None = None, cache_size: int = 4,
                  train_overrides: dict | None = None, public: PublicSettings | None = None) -> AppContext:
     """The handlers' context with the repo's defaults (engine.paths) for what is not given; loads no model.
 
@@ -608,14 +634,14 @@ def make_context(*, checkpoints_dir: str | os.PathLike | None = None, export_dir
     return AppContext(
         cache=ModelCache(maxsize=cache_size), checkpoints_dir=Path(checkpoints_dir or CHECKPOINTS_DIR),
         export_dir=Path(export_dir or EXPORT_DIR), data_root=Path(data_root or SHARED_DATA),
-        work_dir=work_dir, default_model=default_model,
+        work_dir=work_dir, default_model=default_model or default_segment_model(),
         examples=example_rows(examples_dir, QUICK_PICKS[:1]) if examples_dir.is_dir() else [],
         train_overrides=overrides, public=public)
 
 
 def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: str | os.PathLike | None = None,
               data_root: str | os.PathLike | None = None, examples_dir: str | os.PathLike | None = None,
-              work_dir: str | os.PathLike | None = None, default_model: str = "auto", cache_size: int = 4,
+              work_dir: str | os.PathLike | None = None, default_model: str | None = None, cache_size: int = 4,
               train_overrides: dict | None = None, public: PublicSettings | None = None) -> gr.Blocks:
     """The Drywall QA Blocks. Loads no model: models load on first use into an LRU of `cache_size`.
 
@@ -720,8 +746,11 @@ def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: s
                                                         visible=not public)
                     with gr.Column(scale=1, min_width=320):
                         gr.Markdown("### Settings")
-                        train_model = gr.Dropdown(ctx.choices(torch_only=True), value=ctx.default_value,
-                                                  label="Start from", allow_custom_value=True)
+                        train_model = gr.Dropdown(ctx.choices(torch_only=True), value="auto", label="Start from",
+                                                  allow_custom_value=True,
+                                                  info="auto: the pretrained Hub model where it is reachable (it "
+                                                       "fine-tunes best), else the bundled model; the run's card "
+                                                       "names the one it started from.")
                         run_name = gr.Textbox(label="Run name", placeholder="empty: run-<date>-<time>",
                                               info="A new name: existing runs are never overwritten.",
                                               elem_id="run-name")
@@ -929,7 +958,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                         help="port (default: $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    parser.add_argument("--model", default="auto", help="default model in the pickers (default: auto)")
+    parser.add_argument("--model", default=None,
+                        help=f"the model the Segment tab starts on (default: ${DEFAULT_MODEL_ENV}, else the bundled "
+                             "model trained on walls)")
     parser.add_argument("--public", action="store_true",
                         help="public mode: no server folders, listed models only, capped requests (README "
                              "'Public mode'; on by default on a Space, where SPACE_ID is set)")

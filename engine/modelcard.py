@@ -18,7 +18,7 @@ from engine.data import open_dataset
 from engine.evaluate import evaluate_sets
 from engine.fileio import atomic_write_json, atomic_write_text
 from engine.models import load_segmenter
-from engine.paths import in_repo, portable
+from engine.paths import DEFAULT_HUB_ID, in_repo, portable
 
 ATTRIBUTION = {
     "cracks": '"cracks-3ii36" by 10xConstruction (Roboflow Universe; re-export vaibhav-tiwari/cracks-3ii36-ggtdw), '
@@ -256,13 +256,29 @@ def run_scores(run_dir) -> dict[str, dict[str, dict]]:
     return sets
 
 
-def _base_model(cfg: dict) -> str | None:
-    """The Hub id a run started from, or None (from scratch, or from a local folder)."""
+def _base_model(cfg: dict, summary: dict | None = None) -> str | None:
+    """The Hub id a run really started from, or None (from scratch, or from a local folder).
+
+    `auto` is whatever it resolved to when the run started (summary.json's `source_model`: the Hub model when it
+    was reachable, the bundled model's folder offline), never assumed to be the Hub model.
+    """
     model = str(cfg.get("model") or "")
-    if model == "auto":
-        return "CIDAS/clipseg-rd64-refined"
+    if model == "auto":  # the Hub model, or (offline) the bundled model's folder
+        return DEFAULT_HUB_ID if (summary or {}).get("source_model") == DEFAULT_HUB_ID else None
     parts = model.split("/")
     return model if len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~")) else None
+
+
+def _started_from(cfg: dict, summary: dict) -> str:
+    """What a run started from, in words: a Hub id, "a new model (from scratch)" or "a local model (NAME)"."""
+    base = _base_model(cfg, summary)
+    if base:
+        return base
+    if cfg.get("model") == "scratch":
+        return "a new model (from scratch)"
+    source = str(summary.get("source_model") or "") if cfg.get("model") == "auto" else ""
+    name = source.split("/")[0] if source else Path(str(cfg.get("model"))).name
+    return f"a local model ({name})"
 
 
 def card_metadata(run_dir, name: str | None = None) -> dict:
@@ -283,7 +299,8 @@ def card_metadata(run_dir, name: str | None = None) -> dict:
     meta = {"library_name": "transformers", "pipeline_tag": "image-segmentation", "license": LICENSE,
             "tags": ["clipseg", "drywall-qa", "text-prompted-segmentation"],
             "datasets": sorted({f"drywall-qa/{Path(d['path']).name}" for d in cfg.get("data") or []})}
-    base = _base_model(cfg)
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    base = _base_model(cfg, summary)
     if base:
         meta["base_model"] = base
     meta["model-index"] = [{"name": name, "results": results}]
@@ -299,8 +316,7 @@ def run_card(run_dir, name: str | None = None) -> str:
     cfg = json.loads((run_dir / "config.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     meta = card_metadata(run_dir, name)
-    start = meta.get("base_model") or ("a new model (from scratch)" if cfg.get("model") == "scratch"
-                                       else f"a local model ({Path(str(cfg.get('model'))).name})")
+    start = _started_from(cfg, summary)
     settings = {k: cfg[k] for k in ("epochs", "lr", "batch_size", "image_size", "train", "unfreeze_vision_layers",
                                     "unfreeze_text_layers", "augment", "negative_rate", "select", "calibrate_on",
                                     "holdout_share", "inference_size")
@@ -311,11 +327,11 @@ def run_card(run_dir, name: str | None = None) -> str:
              "`CLIPSegForImageSegmentation.from_pretrained(folder)`, or unzip it into the app's `checkpoints/` "
              "and pick it in any model list; `drywall_qa.json` holds its calibrated per-prompt thresholds.", "",
              f"## Scores (validation, best epoch {summary.get('best_epoch', '?')})", "",
-             "| set | prompt | mIoU | Dice | precision | recall |", "|---|---|---|---|---|---|"]
+             "| set | prompt | photos | mIoU | Dice | precision | recall |", "|---|---|---|---|---|---|---|"]
     for set_name, prompts in run_scores(run_dir).items():
         for prompt, r in prompts.items():
-            lines.append(f"| {set_name} | {prompt} | " + " | ".join(f"{float(r.get(m, float('nan'))):.3f}"
-                                                                    for m in CARD_METRICS) + " |")
+            lines.append(f"| {set_name} | {prompt} | {r.get('n', '?')} | "
+                         + " | ".join(f"{float(r.get(m, float('nan'))):.3f}" for m in CARD_METRICS) + " |")
     lines += ["", "## Data", ""]
     lines += [f"- `{Path(d['path']).name}` (prompts: {', '.join(repr(p) for p in d['prompts'])}): "
               f"{ATTRIBUTION.get(Path(d['path']).name, OWN_SET)}" for d in cfg.get("data") or []]

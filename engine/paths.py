@@ -18,6 +18,7 @@ STARTER_DIR = CHECKPOINTS_DIR / "drywall-starter"
 SHIPPED_MODELS = (STARTER_DIR, CHECKPOINTS_DIR / "drywall-starter-base")
 FEATURE_CACHE_DIR = ".cache/features"  # relative to REPO_ROOT unless a TrainConfig gives an absolute path
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "drywall-qa"
+DEFAULT_HUB_ID = "CIDAS/clipseg-rd64-refined"  # pretrained CLIPSeg on the Hub: zero-shot, and training's start
 
 # The two labelled sets in SHARED_DATA and the prompts (synonyms) each one teaches, first prompt first.
 DEFAULT_SETS: dict[str, tuple[str, ...]] = {

@@ -19,8 +19,8 @@ def run_dir(tmp_path, tiny_model_dir):
 
     run = tmp_path / "checkpoints" / "tiny-run"
     shutil.copytree(tiny_model_dir, run / "best")
-    val = {"segment crack": {"miou": 0.41, "dice": 0.52, "precision": 0.6, "recall": 0.5},
-           "segment taping area": {"miou": 0.3, "dice": 0.4, "precision": 0.45, "recall": 0.35}}
+    val = {"segment crack": {"miou": 0.41, "dice": 0.52, "precision": 0.6, "recall": 0.5, "n": 24},
+           "segment taping area": {"miou": 0.3, "dice": 0.4, "precision": 0.45, "recall": 0.35, "n": 141}}
     (run / "config.json").write_text(json.dumps({
         "model": "CIDAS/clipseg-rd64-refined", "epochs": 2, "lr": 1e-3, "batch_size": 2, "image_size": 64,
         "data": [{"path": "/srv/secret/cracks", "prompts": ["segment crack"], "val_split": "valid"},
@@ -68,7 +68,21 @@ def test_the_card_metadata_is_valid_yaml_with_model_index(run_dir, tmp_path):
     assert {m["type"]: m["value"] for m in results["segment crack"]["metrics"]} == {
         "miou": 0.41, "dice": 0.52, "precision": 0.6, "recall": 0.5}
     assert results["segment taping area"]["task"]["type"] == "image-segmentation"
-    assert "| cracks/valid | segment crack | 0.410 | 0.520 | 0.600 | 0.500 |" in card
+    assert "| cracks/valid | segment crack | 24 | 0.410 | 0.520 | 0.600 | 0.500 |" in card  # 24 photos behind it
+
+
+def test_a_run_from_auto_names_what_auto_was_when_it_started(run_dir, tmp_path):
+    """Offline, `auto` is the bundled model: the card says so and claims no Hub base model."""
+    cfg = json.loads((run_dir / "config.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**cfg, "model": "auto"}))
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "source_model": "drywall-starter/best"}))
+    card = (package_run(run_dir, tmp_path / "offline") / "README.md").read_text()
+    assert "base_model" not in yaml.safe_load(card.split("---\n")[1]) and "CIDAS" not in card
+    assert "fine-tuned with Drywall QA from a local model (drywall-starter)" in card
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "source_model": "CIDAS/clipseg-rd64-refined"}))
+    card = (package_run(run_dir, tmp_path / "online") / "README.md").read_text()
+    assert yaml.safe_load(card.split("---\n")[1])["base_model"] == "CIDAS/clipseg-rd64-refined"
 
 
 def test_a_run_from_a_local_model_has_no_base_model(run_dir, tmp_path):

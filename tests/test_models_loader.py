@@ -33,14 +33,19 @@ def test_precision_errors_say_what_to_do(tiny_model_dir):
         load_segmenter(tiny_model_dir, precision="int8")
 
 
-def test_list_models_offers_auto_runs_and_exports(tiny_model_dir, tmp_path):
+def test_list_models_offers_the_bundled_model_first_then_zero_shot_auto_runs_and_exports(tiny_model_dir, tmp_path):
     runs, exports = tmp_path / "checkpoints", tmp_path / "export"
     shutil.copytree(tiny_model_dir, runs / "run-a" / "best")
     (runs / "empty").mkdir()
     (exports / "exp").mkdir(parents=True)
     (exports / "exp" / "manifest.json").write_text("{}")
     choices = list_models(runs, exports)
-    assert choices[0][1] == "auto"
+    from engine.models.loader import BUNDLED_LABEL, ZERO_SHOT_LABEL
+    from engine.paths import DEFAULT_HUB_ID, STARTER_DIR
+
+    assert choices[:3] == [(BUNDLED_LABEL, str(STARTER_DIR)), (ZERO_SHOT_LABEL, DEFAULT_HUB_ID),
+                           (f"auto ({DEFAULT_HUB_ID}, else the bundled model)", "auto")]
+    assert "not trained on walls" in ZERO_SHOT_LABEL and "trained on walls" in BUNDLED_LABEL
     assert ("run: run-a", str(runs / "run-a")) in choices and ("onnx: exp", str(exports / "exp")) in choices
     assert not any("empty" in label for label, _ in choices)
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import app  # noqa: E402
 from engine.app.public import PublicSettings  # noqa: E402
-from engine.paths import SHARED_DATA  # noqa: E402
+from engine.paths import SHARED_DATA, STARTER_DIR  # noqa: E402
 
 
 def _times(client, photos, handle_file) -> list[float]:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     if len(photos) < args.batch:
         raise SystemExit(f"{args.data} holds {len(photos)} photos; --batch {args.batch} needs as many.")
     work = Path(tempfile.mkdtemp(prefix="dqa-latency-"))
-    demo = app.build_app(work_dir=work, default_model=str(app.STARTER_DIR), public=PublicSettings(enabled=True))
+    demo = app.build_app(work_dir=work, default_model=str(STARTER_DIR), public=PublicSettings(enabled=True))
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_options())
     try:
         a, b = Client(url, verbose=False), Client(url, verbose=False)

@@ -64,13 +64,20 @@ def load_segmenter(source: str | os.PathLike = "auto", *, threads: int | None = 
     )
 
 
+BUNDLED_LABEL = "bundled model, trained on walls (drywall-starter)"
+ZERO_SHOT_LABEL = f"CLIPSeg zero-shot: any prompt, not trained on walls ({DEFAULT_HUB_ID}, needs the Hub)"
+
+
 def list_models(checkpoints_dir=None, export_dir=None) -> list[tuple[str, str]]:
-    """Model choices for pickers: (label, source) for auto, the bundled model, each run and each export."""
+    """Model choices for pickers: (label, source) for the bundled model (trained on walls: the one with evidence
+    for this job), zero-shot CLIPSeg from the Hub, `auto` (the Hub model when reachable, else the bundled one:
+    the starting point for training), then each run and each export."""
     checkpoints_dir = Path(checkpoints_dir or CHECKPOINTS_DIR)
     export_dir = Path(export_dir or EXPORT_DIR)
-    choices = [(f"auto ({DEFAULT_HUB_ID}, else the bundled model)", "auto")]
+    choices = []
     if is_model_folder(STARTER_DIR) or (STARTER_DIR / "best").is_dir():
-        choices.append(("bundled offline model (drywall-starter)", str(STARTER_DIR)))
+        choices.append((BUNDLED_LABEL, str(STARTER_DIR)))
+    choices += [(ZERO_SHOT_LABEL, DEFAULT_HUB_ID), (f"auto ({DEFAULT_HUB_ID}, else the bundled model)", "auto")]
     for folder, kind in ((checkpoints_dir, "run"), (export_dir, "onnx")):
         if not folder.is_dir():
             continue

@@ -21,9 +21,8 @@ from pathlib import Path
 from huggingface_hub import constants, snapshot_download
 
 from engine.errors import ModelSourceError
-from engine.paths import REPO_ROOT, STARTER_DIR, is_model_folder, is_onnx_export
+from engine.paths import DEFAULT_HUB_ID, REPO_ROOT, STARTER_DIR, is_model_folder, is_onnx_export
 
-DEFAULT_HUB_ID = "CIDAS/clipseg-rd64-refined"
 HUB_TIMEOUT_S = 4.0
 # What a model folder must hold; the tokenizer comes as tokenizer.json or as vocab.json + merges.txt.
 HUB_FILES = ["config.json", "*.safetensors", "*.json", "*.txt"]

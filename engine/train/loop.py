@@ -387,7 +387,7 @@ def train_one_epoch(epoch: int, order: list[Pair], step: Callable[[Sequence[Pair
 
 @dataclass
 class Validation:
-    """One epoch's validation. val: prompt -> miou, dice, best_threshold, best_miou, precision, recall;
+    """One epoch's validation. val: prompt -> miou, dice, best_threshold, best_miou, precision, recall, n (photos);
     threshold: the model's default threshold; score: the mean per-image mIoU at it (what selects the epoch);
     thresholds / presence_thresholds: prompt -> its own calibrated pixel / presence threshold (see
     engine.calibrate: absent photos of the other sets count as empty ground truth); val_loss: None without
@@ -436,7 +436,8 @@ def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: Act
                                   on_image=lambda done, n: check_stop(stop, "validating"))
                 for p, r in report.prompts.items():
                     results[p] = {"miou": r.miou, "dice": r.dice, "best_threshold": r.best_threshold,
-                                  "best_miou": r.best_miou, "precision": r.precision, "recall": r.recall}
+                                  "best_miou": r.best_miou, "precision": r.precision, "recall": r.recall,
+                                  "n": r.n_images}
                 sweeps.append(report.prompts[s.prompts[0]].sweep)
                 for i in range(len(s.val)):
                     check_stop(stop, "validating")
