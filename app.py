@@ -371,7 +371,9 @@ def show_views(result):
     if result is None:
         return gr.skip(), gr.skip(), gr.skip()
     precision = f" · {html.escape(result.precision)}" if result.precision else ""
-    caption = (f'<span class="dq-muted">model {html.escape(result.model)} · threshold {result.threshold:.2f}'
+    thresholds = (f"threshold {result.threshold:.2f} for every prompt (the slider)" if result.overridden else
+                  "each prompt's own calibrated thresholds (table: pixel thr, presence thr)")
+    caption = (f'<span class="dq-muted">answered by {html.escape(result.model)} · {thresholds}'
                f" · {result.ms:.0f} ms{precision}</span>")
     return (result.photo, result.overlay), result.heatmap, legend_html(result.legend) + caption
 

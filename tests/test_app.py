@@ -64,11 +64,13 @@ def test_segment_handler_returns_overlay_table_and_masks(ctx, shared_data):
     assert all(Path(m).is_relative_to(ctx.work_dir / "masks") for m in masks)
     with Image.open(photo) as im, Image.open(masks[1]) as mask:
         assert mask.size == im.size and overlay.size == result.photo.size
-    assert table["headers"] == ["prompt", "found", "area %", "presence", "max score", "threshold", "ms"]
+    assert table["headers"] == ["prompt", "found", "area %", "presence", "max score", "pixel thr", "presence thr",
+                                "ms"]
     assert [row[0] for row in table["data"]] == ["segment crack", "segment taping area"]
     pair, heatmap, legend = app.show_views(result)
     assert pair == (result.photo, result.overlay) and heatmap is result.heatmap
-    assert "segment taping area" in legend and "threshold 0.50" in legend
+    assert "segment taping area" in legend and "answered by" in legend
+    assert "each prompt's own calibrated thresholds" in legend
     assert app.show_views(None) == (gr.skip(), gr.skip(), gr.skip())
 
 
@@ -168,11 +170,13 @@ def test_segment_a_real_photo(served, shared_data):
     with Image.open(photo) as im, Image.open(masks[0]) as mask, Image.open(overlay) as over:
         assert mask.size == im.size == over.size
         assert set(np.unique(np.asarray(mask))) <= {0, 255}
-    assert table["headers"] == ["prompt", "found", "area %", "presence", "max score", "threshold", "ms"]
+    assert table["headers"] == ["prompt", "found", "area %", "presence", "max score", "pixel thr", "presence thr",
+                                "ms"]
     assert [row[0] for row in table["data"]] == ["segment crack", "segment taping area"]
-    # prompt, found, area %, presence, max score, threshold, ms
-    assert all(row[1] in ("found", "not found") and 0 <= row[2] <= 100 and 0 <= row[3] <= 1 and 0 <= row[4] <= 1
-               and row[5] == 0.5 and row[6] > 0 for row in table["data"])
+    # prompt, found, area %, presence, max score, pixel thr, presence thr, ms
+    assert all((row[1] == "found" or row[1].startswith("not found: presence ")) and 0 <= row[2] <= 100
+               and 0 <= row[3] <= 1 and 0 <= row[4] <= 1 and row[5] == 0.5 and 0 <= row[6] <= 1 and row[7] > 0
+               for row in table["data"])
 
 
 @pytest.mark.slow

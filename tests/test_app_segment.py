@@ -67,7 +67,7 @@ def test_the_slider_at_the_model_default_means_each_prompts_own_threshold(tiny_s
 def test_a_prompt_not_found_is_said_and_its_mask_is_empty(tiny_segmenter, tmp_path):
     photo = np.full((30, 40, 3), 90, np.uint8)
     result = segment_photo(tiny_segmenter, photo, ["segment crack"], threshold=1.0, out_dir=tmp_path)
-    assert result.rows[0][:3] == ["segment crack", "not found", 0.0]
+    assert result.rows[0][:3] == ["segment crack", f"not found: presence {result.rows[0][3]:.2f} < 1.00", 0.0]
     with Image.open(result.mask_paths[0]) as mask:
         assert mask.size == (40, 30) and not np.asarray(mask).any()
     assert result.warning is None  # the tiny model lists no prompts: no warning

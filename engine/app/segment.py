@@ -26,7 +26,9 @@ from engine.masks import mask_names, save_mask
 __all__ = ["SegmentResult", "TABLE_HEADERS", "DISPLAY_MAX_SIDE", "example_rows", "image_id_for", "segment_photo",
            "slider_threshold"]
 
-TABLE_HEADERS = ["prompt", "found", "area %", "presence", "max score", "threshold", "ms"]
+# "pixel thr" makes a pixel part of the mask; "presence thr" decides whether the prompt is in the photo at all
+# (presence: how strongly the map's best 3 x 3 patch fires, engine.prediction); both are calibrated per prompt.
+TABLE_HEADERS = ["prompt", "found", "area %", "presence", "max score", "pixel thr", "presence thr", "ms"]
 DISPLAY_MAX_SIDE = 1600  # long side (px) of the images shown; the mask files keep the photo's full size
 
 
@@ -35,11 +37,11 @@ class SegmentResult:
     """Everything the Segment tab shows for one photo.
 
     photo, overlay, heatmap: RGB PIL images at display size (long side <= DISPLAY_MAX_SIDE); legend: (prompt,
-    "#rrggbb") in overlay colour order; rows: [prompt, "found" / "not found", area %, presence, max score,
-    threshold, ms] per prompt (TABLE_HEADERS); mask_paths: one PNG per prompt, `{image_id}__{prompt_slug}.png`,
-    0/255 at the photo's full displayed size (empty for a prompt not found). threshold: the slider's override,
-    or the model's default when each prompt used its own (`thresholds`); warning: the unknown-prompt line or None;
-    precision: the segmenter's precision and why it was chosen.
+    "#rrggbb") in overlay colour order; rows: [prompt, "found" / "not found: why", area %, presence, max score,
+    pixel threshold, presence threshold, ms] per prompt (TABLE_HEADERS); mask_paths: one PNG per prompt,
+    `{image_id}__{prompt_slug}.png`, 0/255 at the photo's full displayed size (empty for a prompt not found).
+    threshold: the slider's override, or the model's default when each prompt used its own (`thresholds`);
+    warning: the unknown-prompt line or None; precision: the segmenter's precision and why it was chosen.
     """
 
     photo: Image.Image
@@ -54,6 +56,7 @@ class SegmentResult:
     thresholds: dict[str, float] | None = None
     warning: str | None = None
     precision: str = ""  # what the model runs in and why, e.g. "fp32: bf16 measured 1.7x slower here"
+    overridden: bool = False  # True: `threshold` (the slider) applied to every prompt
 
 
 def image_id_for(path: str | os.PathLike | None) -> str:
@@ -79,6 +82,14 @@ def slider_threshold(segmenter, value) -> float | None:
     return float(value)
 
 
+def found_text(pred, prompt: str) -> str:
+    """"found", or "not found" and why: its presence below the presence threshold (a bright pixel or two is not
+    enough: presence is the best 3 x 3 patch's mean, so a max score above the pixel threshold can still miss)."""
+    if pred.found(prompt):
+        return "found"
+    return f"not found: presence {pred.presence[prompt]:.2f} < {pred.presence_thresholds[prompt]:.2f}"
+
+
 def segment_photo(segmenter, image, prompts: Sequence[str], *, threshold: float | None = None,
                   image_id: str = "photo", out_dir: str | os.PathLike) -> SegmentResult:
     """Segment one photo for several prompts: overlay, heatmap, per-prompt table and mask PNGs.
@@ -102,8 +113,8 @@ def segment_photo(segmenter, image, prompts: Sequence[str], *, threshold: float 
         area = 100.0 * float(np.count_nonzero(mask)) / mask.size
         paths.append(save_mask(mask, out_dir / names[p]))
         del mask
-        rows.append([p, "found" if pred.found(p) else "not found", round(area, 2), round(pred.presence[p], 3),
-                     round(pred.max_score(p), 3), round(pred.thresholds[p], 2), round(ms, 1)])
+        rows.append([p, found_text(pred, p), round(area, 2), round(pred.presence[p], 3), round(pred.max_score(p), 3),
+                     round(pred.thresholds[p], 2), round(pred.presence_thresholds[p], 2), round(ms, 1)])
 
     photo = load_image(image, max_side=DISPLAY_MAX_SIDE)
     shown_masks = {p: pred.mask(p, photo.size) for p in pred.prompts}
@@ -113,7 +124,8 @@ def segment_photo(segmenter, image, prompts: Sequence[str], *, threshold: float 
                          rows=rows, mask_paths=paths, threshold=segmenter.threshold if threshold is None else
                          float(threshold), model=str(getattr(segmenter, "name", "model")), ms=ms,
                          thresholds=dict(pred.thresholds), warning=warning,
-                         precision=getattr(segmenter, "precision_reason", "") or getattr(segmenter, "precision", ""))
+                         precision=getattr(segmenter, "precision_reason", "") or getattr(segmenter, "precision", ""),
+                         overridden=threshold is not None)
 
 
 def example_rows(examples_dir: str | os.PathLike, default_prompts: Sequence[str]) -> list[list[str]]:
