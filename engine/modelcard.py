@@ -233,7 +233,7 @@ def write_card(run_dir, threads: int | None = None) -> Path:
     return atomic_write_text(Path(run_dir) / "README.md", render_card(run_dir, scores))
 
 
-# -- the card of any run, for its download and its Hub repo (issue 13) ---------------------------------------
+# -- the card of any run, for its download and its Hub repo -----------------------------------------------------
 
 LICENSE = "apache-2.0"  # CLIPSeg's; the shared data sets are CC BY 4.0 (named in the card's Data section)
 OWN_SET = "the user's own labelled set"

@@ -42,7 +42,7 @@ def test_compare_three_models_on_wide_photos_keeps_gallery_images_small(tmp_path
     from engine.models.cache import ModelCache
 
     split = yolo_split(tmp_path / "wide" / "valid", {"a": "0 0.5 0.5 0.3 0.5", "b": "0 0.2 0.5 0.1 0.8"})
-    for stem in ("a", "b"):  # 6000 x 800 photos, as in issue 12
+    for stem in ("a", "b"):  # 6000 x 800 photos: a panorama's shape
         Image.new("RGB", (6000, 800), (120, 110, 100)).save(split / "images" / f"{stem}.png")
     models = [str(tiny_model_dir), str(make_random_model_folder(tmp_path / "m1", seed=1)),
               str(make_random_model_folder(tmp_path / "m2", seed=2))]

@@ -1,4 +1,4 @@
-"""app.py in public mode, driven with gradio_client as a hostile visitor would (issue 12's table, row by row):
+"""app.py in public mode, driven with gradio_client as a hostile visitor would, attack by attack:
 each request below is refused with its reason, and nothing on the server is read, shown or overwritten."""
 
 import hashlib

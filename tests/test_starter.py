@@ -61,7 +61,7 @@ def test_the_starter_presets_are_what_trained_the_bundled_models(folder, preset_
         cfg["data"] = [(d["path"].rstrip("/").rsplit("/", 1)[-1], d["prompts"], d.get("synthetic_concept", ""),
                         d.get("synthetic_walls", 0), d.get("synthetic_mixed", 0)) for d in cfg["data"]]
         cfg.pop("out")  # where it was written (a scratch folder, then moved here), not how it was trained
-    # Settings added since the base was trained (before issue 10): at values that change nothing for it.
+    # Settings added since the base was trained: at values that change nothing for it.
     added = set(preset) - set(shipped)
     assert added <= {"cache_precision", "cache_grid_augment", "presence_weight", "negative_rate", "negative_start",
                      "dice_on_empty", "presence_on_positives", "holdout_share", "inference_size"}
@@ -81,7 +81,7 @@ def test_the_starter_presets_are_what_trained_the_bundled_models(folder, preset_
 
 def test_example_walls_find_what_they_hold_and_nothing_else(starter):
     """The first thing a newcomer clicks: each example wall finds what it holds and nothing else, but for the two
-    answers the bundled model still gets wrong (issue 10's closing note): the taping beside the cracks of the mixed
+    answers the bundled model still gets wrong: the taping beside the cracks of the mixed
     wall 04 is not found, and taping is found on the crack-only wall 06."""
     from engine.paths import EXAMPLES_DIR
 

@@ -1,6 +1,6 @@
 """Segment one photo into everything the Segment tab shows: overlay, heatmap, legend, table and mask files.
 
-Memory is bounded by design (issue 12): the model's maps stay at model resolution (`engine.prediction`); what
+Memory is bounded by design: the model's maps stay at model resolution (`engine.prediction`); what
 is shown is drawn at display size (long side <= DISPLAY_MAX_SIDE); the full-size mask files are upsampled one
 prompt at a time, band by band, and written before the next one is built. A 12240 x 12240 PNG with 8 prompts
 peaks at the figure in README ("Memory").
