@@ -509,7 +509,7 @@ def compare(ctx: AppContext, models, precisions, data_choice, folder, zip_file, 
 
 @user_errors
 def export(ctx: AppContext, model, precision, progress=gr.Progress(), request: gr.Request | None = None):
-    """/export: (parity and speed table, the report in Markdown, the zip's path). In public mode the export
+    """/export: (parity and speed table, the report's text, the zip's path). In public mode the export
     goes to the visitor's own folder, and its manifest, report and zip name the model by its picker label."""
     ws = ctx.workspace(request)
     source = ctx.model_source(model, ws)
@@ -522,7 +522,7 @@ def export(ctx: AppContext, model, precision, progress=gr.Progress(), request: g
                               scrub=ctx.scrub if public else None)
     ctx.settle(ws, keep=[result.out_dir, result.zip_path.parent])
     rows = [[ctx.scrub(str(c)) for c in row] for row in result.rows] if public else result.rows
-    return table(rows, EXPORT_HEADERS), f"```\n{ctx.scrub(result.report)}\n```", str(result.zip_path)
+    return table(rows, EXPORT_HEADERS), ctx.scrub(result.report), str(result.zip_path)
 
 
 @user_errors
@@ -641,291 +641,335 @@ def make_context(*, checkpoints_dir: str | os.PathLike | None = None, export_dir
         train_overrides=overrides, public=public)
 
 
-def build_app(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: str | os.PathLike | None = None,
-              data_root: str | os.PathLike | None = None, examples_dir: str | os.PathLike | None = None,
-              work_dir: str | os.PathLike | None = None, default_model: str | None = None, cache_size: int = 4,
-              train_overrides: dict | None = None, public: PublicSettings | None = None) -> gr.Blocks:
-    """The Drywall QA Blocks. Loads no model: models load on first use into an LRU of `cache_size`.
+# One builder per tab: each lays out its widgets and returns them by name, the names of the handler parameters
+# they feed (`inputs_for` wires them by those names, so a widget can never shift onto another's parameter).
+# `wire_events` connects everything once every tab exists.
 
-    checkpoints_dir, export_dir: where runs and ONNX exports are listed and written (default: the repo's);
-    data_root: the shared labelled sets (cracks/, joints/); work_dir: masks, uploads and export zips;
-    train_overrides: TrainConfig fields applied to every run started here (e.g. feature_cache=False);
-    public: public mode and its caps (None: from the environment, on on a Space; `engine.app.public`).
+# One builder per tab: each lays out its widgets and returns them by name, the names of the handler parameters
+# they feed (`inputs_for` wires them by those names, so a widget can never shift onto another's parameter).
+# `wire_events` connects everything once every tab exists.
+
+UI = dict  # widget name -> component, one per tab
+
+
+def inputs_for(handler, ui: UI, **renamed) -> list:
+    """The widgets that feed `handler`, by its parameter names (after the AppContext; not the request, progress
+    or OAuth token Gradio fills in). renamed: parameter -> widget name where they differ."""
+    skip = {"ctx", "request", "progress", "oauth_token"}
+    names = [n for n in inspect.signature(handler).parameters if n not in skip]
+    return [ui[renamed.get(n, n)] for n in names]
+
+
+def _segment_tab(ctx: AppContext) -> UI:
+    ui: UI = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            ui["image"] = gr.Image(label="Wall photo", type="filepath", image_mode=None,
+                                   sources=["upload", "clipboard"], height=340, elem_id="seg-image")
+            ui["prompts"] = gr.Textbox(label="What to find", lines=2, value=QUICK_PICKS[0],
+                                       placeholder="one prompt per line or comma-separated",
+                                       info="Several prompts at once: one per line or comma-separated.",
+                                       elem_id="seg-prompts")
+            with gr.Row():
+                ui["picks"] = [gr.Button(f"+ {p}", size="sm", variant="secondary") for p in QUICK_PICKS]
+            ui["model"] = gr.Dropdown(ctx.choices(), value=ctx.default_value, label="Model",
+                                      allow_custom_value=True, elem_id="seg-model")
+            ui["threshold"] = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="Threshold",
+                                        info="At the model's default each prompt uses its own calibrated "
+                                             "thresholds; moved, it applies to every prompt.")
+            ui["segment_btn"] = gr.Button("Segment", variant="primary", elem_id="segment-btn")
+        with gr.Column(scale=3, min_width=400):
+            with gr.Tabs():
+                with gr.Tab("Overlay"):
+                    ui["overlay"] = gr.Image(label="Overlay", type="pil", format="png", height=420,
+                                             interactive=False, show_label=False, elem_id="seg-overlay")
+                with gr.Tab("Before / after"):
+                    ui["slider"] = gr.ImageSlider(label="Before / after", type="pil", height=420,
+                                                  interactive=False, show_label=False)
+                with gr.Tab("Heatmap"):
+                    ui["heatmap"] = gr.Image(label="Probability heatmap", type="pil", height=420,
+                                             interactive=False, show_label=False)
+                    gr.Markdown("Probability per pixel, one panel per prompt: dark purple 0, green 0.5, "
+                                "yellow 1.", elem_classes="dq-muted")
+            ui["legend"] = gr.HTML(legend_html([]))
+            ui["table"] = gr.Dataframe(headers=TABLE_HEADERS, label="Per prompt", interactive=False,
+                                       wrap=True, elem_id="seg-table")
+            ui["masks"] = gr.File(label="Masks (PNG, 0/255, named {photo}__{prompt}.png)", file_count="multiple",
+                                  interactive=False, elem_id="seg-masks", elem_classes="dq-files")
+    if ctx.examples:  # fill the photo and its prompts; nothing runs until Segment is pressed
+        gr.Examples(ctx.examples, inputs=[ui["image"], ui["prompts"]], cache_examples=False, examples_per_page=12,
+                    label="Example walls (made by engine/synth.py; click one, then Segment)",
+                    example_labels=[f"{Path(p).stem}: {t.replace(chr(10), ', ')}" for p, t in ctx.examples])
+    ui.update(_batch_section(ctx))
+    ui["result"] = gr.State(None)
+    return ui
+
+
+def _batch_section(ctx: AppContext) -> UI:
+    ui: UI = {}
+    cap = ctx.public.limits.batch_photos if ctx.public.enabled else MAX_BATCH_PHOTOS
+    with gr.Accordion("Batch: several photos, or a zip of photos", open=False):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                ui["files"] = gr.File(label="Photos or a .zip of photos", file_count="multiple",
+                                      file_types=["image", ".zip"], type="filepath", height=160,
+                                      elem_id="batch-files")
+                ui["batch_btn"] = gr.Button("Segment all", variant="primary", elem_id="batch-btn")
+                gr.Markdown(f"The prompts, model and threshold above apply to every photo; at most {cap} photos "
+                            "per batch.", elem_classes="dq-muted")
+            with gr.Column(scale=3, min_width=400):
+                ui["batch_zip"] = gr.File(label="Masks (zip of {photo}__{prompt}.png)", interactive=False)
+                ui["batch_csv"] = gr.File(label="predictions.csv", interactive=False)
+                ui["batch_report"] = gr.File(label="Report (HTML, opens offline)", interactive=False)
+    return ui
+
+
+def _capped(ctx: AppContext):
+    """top(local_max, cap): a slider's end, the public cap in public mode."""
+    return (lambda local_max, cap: min(local_max, cap)) if ctx.public.enabled else (lambda local_max, cap: local_max)
+
+
+def _train_data(ctx: AppContext, shared_sets: list[str]) -> UI:
+    ui: UI = {}
+    public = ctx.public.enabled
+    gr.Markdown("### Data")
+    ui["sets"] = gr.CheckboxGroup(shared_sets, value=shared_sets[:1], label="Shared labelled sets",
+                                  info=None if public else f"from {ctx.data_root}", visible=bool(shared_sets))
+    ui["cracks_prompts"] = gr.Textbox(", ".join(DEFAULT_SETS["cracks"]), label="Prompts for cracks",
+                                      visible="cracks" in shared_sets)
+    ui["joints_prompts"] = gr.Textbox(", ".join(DEFAULT_SETS["joints"]), label="Prompts for joints",
+                                      visible="joints" in shared_sets)
+    with gr.Accordion("Your own labelled set", open=not shared_sets):
+        ui["zip_file"] = gr.File(label="Upload a .zip (Roboflow YOLOv8 or COCO export)", file_types=[".zip"],
+                                 type="filepath")
+        ui["zip_prompts"] = gr.Textbox(label="Prompts for the zip", placeholder="segment crack")
+        ui["folder"] = gr.Textbox(label="...or a folder on the server", visible=not public,
+                                  placeholder="/data/my-walls (YOLOv8 root, split folder or COCO)")
+        ui["folder_prompts"] = gr.Textbox(label="Prompts for the folder", placeholder="segment crack",
+                                          visible=not public)
+    return ui
+
+
+def _train_settings(ctx: AppContext) -> UI:
+    ui: UI = {}
+    defaults, caps, top, public = train_defaults(), ctx.public.limits, _capped(ctx), ctx.public.enabled
+    gr.Markdown("### Settings")
+    ui["model"] = gr.Dropdown(ctx.choices(torch_only=True), value="auto", label="Start from", allow_custom_value=True,
+                              info="auto: the pretrained Hub model where it is reachable (it fine-tunes best), else "
+                                   "the bundled model; the run's card names the one it started from.")
+    ui["run_name"] = gr.Textbox(label="Run name", placeholder="empty: run-<date>-<time>",
+                                info="A new name: existing runs are never overwritten.", elem_id="run-name")
+    ui["epochs"] = gr.Slider(1, top(100, caps.epochs), value=top(defaults.epochs, caps.epochs), step=1,
+                             label="Epochs", elem_id="train-epochs")
+    ui["lr"] = gr.Slider(1e-6, 5e-3, value=defaults.lr, step=1e-6, label="Learning rate",
+                         info="Type an exact value in the box, e.g. 0.0001.")
+    ui["batch_size"] = gr.Slider(1, top(64, caps.batch_size), step=1, label="Batch size",
+                                 value=top(defaults.batch_size, caps.batch_size), elem_id="train-batch")
+    ui["image_size"] = gr.Slider(64, top(704, caps.image_size), step=32, label="Image size (px)",
+                                 value=top(defaults.image_size, caps.image_size),
+                                 info="CLIPSeg works at 352; smaller trains faster.", elem_id="train-size")
+    with gr.Row():
+        layers = top(12, caps.unfreeze_layers)
+        ui["unfreeze_vision"] = gr.Slider(0, layers, value=min(defaults.unfreeze_vision_layers, layers), step=1,
+                                          label="Vision layers to unfreeze")
+        ui["unfreeze_text"] = gr.Slider(0, layers, value=min(defaults.unfreeze_text_layers, layers), step=1,
+                                        label="Text layers to unfreeze")
+    with gr.Row():
+        ui["augment"] = gr.Checkbox(value=defaults.augment, label="Augment (flips, crops, colour)")
+        ui["patience"] = gr.Slider(0, 20, value=defaults.patience, step=1, label="Early-stopping patience (0 = off)")
+    ui["max_images"] = gr.Slider(int(public), top(1000, caps.train_images), step=1,
+                                 value=caps.train_images if public else 0,
+                                 label="Images per set" if public else "Images per set (0 = all)",
+                                 info="A small number makes a quick trial run.", elem_id="train-images")
+    ui["negative_rate"] = gr.Slider(0.0, 0.9, value=defaults.negative_rate, step=0.05, label="Absent-concept negatives",
+                                    info="Share of samples that pair a photo with another set's prompt and an empty "
+                                         "mask, so that a prompt for something absent gives nothing (needs two or "
+                                         "more sets).")
+    return ui
+
+
+def _train_tab(ctx: AppContext, shared_sets: list[str]) -> UI:
+    ui: UI = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320):
+            ui.update(_train_data(ctx, shared_sets))
+        with gr.Column(scale=1, min_width=320):
+            ui.update(_train_settings(ctx))
+    with gr.Row():
+        ui["train_btn"] = gr.Button("Train", variant="primary", elem_id="train-btn")
+        ui["stop_btn"] = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+        ui["status_btn"] = gr.Button("Refresh status", variant="secondary")
+        ui["download_btn"] = gr.Button("Download the run (zip)", variant="secondary")
+    ui["message"] = gr.Markdown(label="train_message")
+    ui["file"] = gr.File(label="The run as a Hugging Face folder (zip)", interactive=False, visible=False)
+    ui["progress"] = gr.Markdown(IDLE_TEXT, label="progress", elem_id="train-progress")
+    ui["curves"] = gr.Plot(label="Training curves")
+    with gr.Accordion("Raw status", open=False):
+        ui["status"] = gr.JSON(label="Job status")
+    ui["timer"] = gr.Timer(POLL_SECONDS, active=False)
+    ui["phase_key"] = gr.State("")
+    return ui
+
+
+def _compare_tab(ctx: AppContext, shared_sets: list[str]) -> UI:
+    ui: UI = {}
+    public, caps, top = ctx.public.enabled, ctx.public.limits, _capped(ctx)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320):
+            ui["models"] = gr.Dropdown(ctx.choices(), multiselect=True, label="Models or runs",
+                                       info="Pick two or more; ONNX exports run as they were exported.",
+                                       allow_custom_value=True, max_choices=caps.compare_models if public else None)
+            ui["precisions"] = gr.CheckboxGroup(["fp32", "bf16"], value=["fp32"], label="Torch precision")
+            choices = [(f"{n} (shared, valid split)", n) for n in shared_sets] + (
+                [] if public else [("a folder on the server", "folder")]) + [("an uploaded zip", "zip")]
+            ui["data_choice"] = gr.Radio(choices, value=choices[0][1], label="Labelled set")
+            ui["folder"] = gr.Textbox(label="Folder", placeholder="a split folder or a YOLOv8/COCO root",
+                                      visible=choices[0][1] == "folder")
+            ui["zip_file"] = gr.File(label="Zip (YOLOv8 or COCO export)", file_types=[".zip"], type="filepath",
+                                     visible=False, height=140)
+            ui["prompts"] = gr.Textbox(label="Prompts", lines=2,
+                                       placeholder="empty: the set's own (shared sets: their synonyms)")
+            ui["limit"] = gr.Slider(int(public), top(500, caps.compare_images), step=1,
+                                    value=top(20, caps.compare_images),
+                                    label="Images" if public else "Images (0 = all)",
+                                    info="Fewer images give a quicker, rougher answer.")
+            ui["compare_btn"] = gr.Button("Compare", variant="primary")
+        with gr.Column(scale=2, min_width=400):
+            ui["table"] = gr.Dataframe(headers=COMPARE_HEADERS, label="Scores per prompt", interactive=False, wrap=True,
+                                       elem_id="cmp-table")
+            ui["curves"] = gr.Plot(label="Training curves of the chosen runs")
+            ui["gallery"] = gr.Gallery(label="Ground truth and each model's overlay", columns=6, height=560,
+                                       object_fit="contain", selected_index=0)
+            ui["worst"] = gr.Dataframe(headers=WORST_HEADERS, label="Worst cases (lowest IoU)", interactive=False,
+                                       wrap=True, column_widths=["22%", "22%", "44%", "12%"])
+    return ui
+
+
+def _export_tab(ctx: AppContext) -> UI:
+    ui: UI = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320):
+            ui["model"] = gr.Dropdown(ctx.choices(torch_only=True), value=ctx.default_value, label="Model",
+                                      info="The model to export, download or push.", allow_custom_value=True)
+            ui["precision"] = gr.Radio(["fp32", "int8"], value="fp32", label="Precision",
+                                       info="int8 quantizes the encoders and also keeps fp32 graphs.")
+            ui["export_btn"] = gr.Button("Export to ONNX", variant="primary")
+            gr.Markdown("Exports appear in every model picker." if ctx.public.enabled else
+                        f"Exports go to `{ctx.export_dir}` and appear in every model picker.", elem_classes="dq-muted")
+            gr.Markdown("### Keep the model")
+            ui["download_btn"] = gr.Button("Download the run (zip)", elem_id="download-btn")
+            gr.Markdown("A Hugging Face folder (model, card, metrics.jsonl): load it with "
+                        "`CLIPSegForImageSegmentation.from_pretrained`, or unzip it into `checkpoints/`.",
+                        elem_classes="dq-muted")
+            ui["repo_id"] = gr.Textbox(label="Hub repo", placeholder="your-name/drywall-cracks")
+            ui["private"] = gr.Checkbox(value=True, label="Private repo")
+            with gr.Row():
+                if oauth_available():
+                    gr.LoginButton()
+                ui["push_btn"] = gr.Button("Push to the Hub", elem_id="push-btn")
+            ui["push_message"] = gr.Markdown()
+        with gr.Column(scale=2, min_width=400):
+            ui["table"] = gr.Dataframe(headers=EXPORT_HEADERS, label="Parity and speed", interactive=False, wrap=True)
+            ui["report"] = gr.Textbox(label="Report", lines=8, max_lines=40, interactive=False, elem_id="exp-report",
+                                      buttons=["copy"])
+            ui["file"] = gr.File(label="Download the export (zip)", interactive=False)
+            ui["run_file"] = gr.File(label="The run as a Hugging Face folder (zip)", interactive=False)
+    return ui
+
+
+def _wire_segment(ctx: AppContext, seg: UI) -> None:
+    seg["segment_btn"].click(bind(segment, ctx), inputs_for(segment, seg),
+                             [seg["overlay"], seg["masks"], seg["table"], seg["result"]], api_name="segment",
+                             preprocess=False, concurrency_limit=2, concurrency_id="model").success(
+        show_views, seg["result"], [seg["slider"], seg["heatmap"], seg["legend"]], api_visibility="private",
+        queue=False)
+    for button, pick in zip(seg["picks"], QUICK_PICKS):
+        button.click(partial(add_prompt, pick=pick), seg["prompts"], seg["prompts"], api_visibility="private",
+                     queue=False)
+    seg["model"].change(bind(model_threshold, ctx), seg["model"], seg["threshold"], api_visibility="private",
+                        concurrency_limit=2, concurrency_id="model", show_progress="minimal")
+    # Batches queue apart from /segment: a long batch never holds another visitor's single photo.
+    seg["batch_btn"].click(bind(segment_batch, ctx), inputs_for(segment_batch, seg),
+                           [seg["batch_zip"], seg["batch_csv"], seg["batch_report"]], api_name="segment_batch",
+                           concurrency_limit=1, concurrency_id="batch")
+
+
+def _wire_train(ctx: AppContext, train: UI, pickers: list) -> None:
+    views = [train["progress"], train["curves"], train["status"]]
+    train["train_btn"].click(bind(train_start, ctx), inputs_for(train_start, train), train["message"],
+                             api_name="train_start", concurrency_limit=1).success(
+        start_polling, None, train["timer"], api_visibility="private", queue=False)
+    train["stop_btn"].click(bind(train_stop, ctx), None, train["message"], api_name="train_stop",
+                            concurrency_limit=None)
+    train["status_btn"].click(bind(train_status, ctx), None, views, api_name="train_status", concurrency_limit=None)
+    train["timer"].tick(bind(poll, ctx), train["phase_key"], [*views, train["phase_key"], train["timer"]],
+                        api_visibility="private", concurrency_limit=None, show_progress="hidden")
+    train["phase_key"].change(bind(refresh_pickers, ctx), None, pickers, api_visibility="private", queue=False)
+    train["download_btn"].click(bind(download_trained, ctx), None, train["file"], api_visibility="private",
+                                concurrency_limit=1).success(lambda: gr.File(visible=True), None, train["file"],
+                                                             api_visibility="private", queue=False)
+
+
+def _wire_compare_export(ctx: AppContext, cmp: UI, exp: UI, pickers: list) -> None:
+    cmp["data_choice"].change(show_data_inputs, cmp["data_choice"], [cmp["folder"], cmp["zip_file"]],
+                              api_visibility="private", queue=False)
+    cmp["compare_btn"].click(bind(compare, ctx), inputs_for(compare, cmp),
+                             [cmp["table"], cmp["curves"], cmp["gallery"], cmp["worst"]], api_name="compare",
+                             concurrency_limit=1)
+    exp["export_btn"].click(bind(export, ctx), inputs_for(export, exp), [exp["table"], exp["report"], exp["file"]],
+                            api_name="export", concurrency_limit=1).success(
+        bind(refresh_pickers, ctx), None, pickers, api_visibility="private")
+    exp["download_btn"].click(bind(download_run, ctx), inputs_for(download_run, exp), exp["run_file"],
+                              api_name="download_run", concurrency_limit=1)
+    exp["push_btn"].click(bind(push_to_hub, ctx), inputs_for(push_to_hub, exp), exp["push_message"], api_name="push",
+                          concurrency_limit=1)
+
+
+def wire_events(ctx: AppContext, demo: gr.Blocks, seg: UI, train: UI, cmp: UI, exp: UI) -> None:
+    """Every listener, once every tab exists; the named ones are the app's API."""
+    pickers = [seg["model"], train["model"], cmp["models"], exp["model"]]
+    _wire_segment(ctx, seg)
+    _wire_train(ctx, train, pickers)
+    _wire_compare_export(ctx, cmp, exp, pickers)
+    # A new visitor sees their models, the default model's threshold and a job someone else started.
+    demo.load(bind(refresh_pickers, ctx), None, pickers, api_visibility="private", queue=False)
+    demo.load(bind(model_threshold, ctx), seg["model"], seg["threshold"], api_visibility="private",
+              show_progress="minimal")
+    demo.load(bind(poll, ctx), train["phase_key"],
+              [train["progress"], train["curves"], train["status"], train["phase_key"], train["timer"]],
+              api_visibility="private")
+    demo.unload(bind(forget_session, ctx))
+    gr.api(bind(list_my_models, ctx), api_name="models")
+
+
+def build_app(ctx: AppContext | None = None, **context) -> gr.Blocks:
+    """The Drywall QA Blocks. Loads no model: models load on first use into the context's LRU.
+
+    ctx: the handlers' context, or None to make one from `context` (make_context's keyword arguments:
+    checkpoints_dir, export_dir, data_root, examples_dir, work_dir, default_model, cache_size, train_overrides,
+    public).
     """
-    ctx = make_context(checkpoints_dir=checkpoints_dir, export_dir=export_dir, data_root=data_root,
-                       examples_dir=examples_dir, work_dir=work_dir, default_model=default_model,
-                       cache_size=cache_size, train_overrides=train_overrides, public=public)
+    ctx = ctx or make_context(**context)
     ctx.tidy(max_age_s=KEEP_FILES_S)  # uploads, masks and exports left from a day ago go at start
     shared_sets = [name for name in DEFAULT_SETS if (ctx.data_root / name).is_dir()]
-    defaults = train_defaults()  # TrainConfig's own values start the sliders
-    public, caps = ctx.public.enabled, ctx.public.limits  # public: no server folders, sliders end at the caps
-
-    def top(local_max, cap):
-        return min(local_max, cap) if public else local_max
-
     with gr.Blocks(title="Drywall QA", delete_cache=(3600, 24 * 3600)) as demo:
-        gr.Markdown(
-            "# Drywall QA\nFind cracks and taping areas in wall photos by typing what to look for. "
-            "Fine-tune on your own labelled photos, compare models, and export them to ONNX.",
-            elem_classes="dq-header",
-        )
+        gr.Markdown("# Drywall QA\nFind cracks and taping areas in wall photos by typing what to look for. "
+                    "Fine-tune on your own labelled photos, compare models, and export them to ONNX.",
+                    elem_classes="dq-header")
         with gr.Tabs():
-            # ---------------------------------------------------------------------------- Segment
             with gr.Tab("Segment", id="segment"):
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=2, min_width=320):
-                        image = gr.Image(label="Wall photo", type="filepath", image_mode=None,
-                                         sources=["upload", "clipboard"], height=340, elem_id="seg-image")
-                        prompts = gr.Textbox(label="What to find", lines=2, value=QUICK_PICKS[0],
-                                             placeholder="one prompt per line or comma-separated",
-                                             info="Several prompts at once: one per line or comma-separated.",
-                                             elem_id="seg-prompts")
-                        with gr.Row():
-                            pick_buttons = [gr.Button(f"+ {p}", size="sm", variant="secondary") for p in QUICK_PICKS]
-                        seg_model = gr.Dropdown(ctx.choices(), value=ctx.default_value, label="Model",
-                                                allow_custom_value=True, elem_id="seg-model")
-                        threshold = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="Threshold",
-                                              info="At the model's default each prompt uses its own calibrated "
-                                                   "threshold; moved, it applies to every prompt.")
-                        segment_btn = gr.Button("Segment", variant="primary", elem_id="segment-btn")
-                    with gr.Column(scale=3, min_width=400):
-                        with gr.Tabs():
-                            with gr.Tab("Overlay"):
-                                overlay_img = gr.Image(label="Overlay", type="pil", format="png", height=420,
-                                                       interactive=False, show_label=False, elem_id="seg-overlay")
-                            with gr.Tab("Before / after"):
-                                slider_img = gr.ImageSlider(label="Before / after", type="pil", height=420,
-                                                            interactive=False, show_label=False)
-                            with gr.Tab("Heatmap"):
-                                heatmap_img = gr.Image(label="Probability heatmap", type="pil", height=420,
-                                                       interactive=False, show_label=False)
-                                gr.Markdown("Probability per pixel, one panel per prompt: dark purple 0, "
-                                            "green 0.5, yellow 1.", elem_classes="dq-muted")
-                        legend = gr.HTML(legend_html([]))
-                        seg_table = gr.Dataframe(headers=TABLE_HEADERS, label="Per prompt",
-                                                 interactive=False, elem_id="seg-table")
-                        mask_files = gr.File(label="Masks (PNG, 0/255, named {photo}__{prompt}.png)",
-                                             file_count="multiple", interactive=False, elem_id="seg-masks")
-                if ctx.examples:  # fill the photo and its prompts; nothing runs until Segment is pressed
-                    gr.Examples(ctx.examples, inputs=[image, prompts], cache_examples=False, examples_per_page=12,
-                                label="Example walls (made by engine/synth.py; click one, then Segment)",
-                                example_labels=[f"{Path(p).stem}: {t.replace(chr(10), ', ')}" for p, t in ctx.examples])
-                with gr.Accordion("Batch: several photos, or a zip of photos", open=False):
-                    with gr.Row(equal_height=False):
-                        with gr.Column(scale=2, min_width=320):
-                            batch_files = gr.File(label="Photos or a .zip of photos", file_count="multiple",
-                                                  file_types=["image", ".zip"], type="filepath", height=160,
-                                                  elem_id="batch-files")
-                            batch_btn = gr.Button("Segment all", variant="primary", elem_id="batch-btn")
-                            gr.Markdown(f"The prompts, model and threshold above apply to every photo; at most "
-                                        f"{caps.batch_photos if public else MAX_BATCH_PHOTOS} photos per batch.",
-                                        elem_classes="dq-muted")
-                        with gr.Column(scale=3, min_width=400):
-                            batch_zip = gr.File(label="Masks (zip of {photo}__{prompt}.png)", interactive=False)
-                            batch_csv = gr.File(label="predictions.csv", interactive=False)
-                            batch_report = gr.File(label="Report (HTML, opens offline)", interactive=False)
-                seg_result = gr.State(None)
-
-            # ---------------------------------------------------------------------------- Train
+                seg = _segment_tab(ctx)
             with gr.Tab("Train", id="train"):
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=1, min_width=320):
-                        gr.Markdown("### Data")
-                        sets = gr.CheckboxGroup(shared_sets, value=shared_sets[:1], label="Shared labelled sets",
-                                                info=None if public else f"from {ctx.data_root}",
-                                                visible=bool(shared_sets))
-                        cracks_prompts = gr.Textbox(", ".join(DEFAULT_SETS["cracks"]), label="Prompts for cracks",
-                                                    visible="cracks" in shared_sets)
-                        joints_prompts = gr.Textbox(", ".join(DEFAULT_SETS["joints"]), label="Prompts for joints",
-                                                    visible="joints" in shared_sets)
-                        with gr.Accordion("Your own labelled set", open=not shared_sets):
-                            zip_file = gr.File(label="Upload a .zip (Roboflow YOLOv8 or COCO export)",
-                                               file_types=[".zip"], type="filepath")
-                            zip_prompts = gr.Textbox(label="Prompts for the zip", placeholder="segment crack")
-                            folder = gr.Textbox(label="...or a folder on the server", visible=not public,
-                                                placeholder="/data/my-walls (YOLOv8 root, split folder or COCO)")
-                            folder_prompts = gr.Textbox(label="Prompts for the folder", placeholder="segment crack",
-                                                        visible=not public)
-                    with gr.Column(scale=1, min_width=320):
-                        gr.Markdown("### Settings")
-                        train_model = gr.Dropdown(ctx.choices(torch_only=True), value="auto", label="Start from",
-                                                  allow_custom_value=True,
-                                                  info="auto: the pretrained Hub model where it is reachable (it "
-                                                       "fine-tunes best), else the bundled model; the run's card "
-                                                       "names the one it started from.")
-                        run_name = gr.Textbox(label="Run name", placeholder="empty: run-<date>-<time>",
-                                              info="A new name: existing runs are never overwritten.",
-                                              elem_id="run-name")
-                        epochs = gr.Slider(1, top(100, caps.epochs), value=top(defaults.epochs, caps.epochs), step=1,
-                                           label="Epochs", elem_id="train-epochs")
-                        lr = gr.Slider(1e-6, 5e-3, value=defaults.lr, step=1e-6, label="Learning rate",
-                                       info="Type an exact value in the box, e.g. 0.0001.")
-                        batch_size = gr.Slider(1, top(64, caps.batch_size), step=1, label="Batch size",
-                                               value=top(defaults.batch_size, caps.batch_size), elem_id="train-batch")
-                        image_size = gr.Slider(64, top(704, caps.image_size), step=32, label="Image size (px)",
-                                               value=top(defaults.image_size, caps.image_size),
-                                               info="CLIPSeg works at 352; smaller trains faster.",
-                                               elem_id="train-size")
-                        with gr.Row():
-                            layers = top(12, caps.unfreeze_layers)
-                            unfreeze_vision = gr.Slider(0, layers, value=min(defaults.unfreeze_vision_layers, layers),
-                                                        step=1, label="Vision layers to unfreeze")
-                            unfreeze_text = gr.Slider(0, layers, value=min(defaults.unfreeze_text_layers, layers),
-                                                      step=1, label="Text layers to unfreeze")
-                        with gr.Row():
-                            augment = gr.Checkbox(value=defaults.augment, label="Augment (flips, crops, colour)")
-                            patience = gr.Slider(0, 20, value=defaults.patience, step=1,
-                                                 label="Early-stopping patience (0 = off)")
-                        max_images = gr.Slider(int(public), top(1000, caps.train_images), step=1,
-                                               value=caps.train_images if public else 0,
-                                               label="Images per set" if public else "Images per set (0 = all)",
-                                               info="A small number makes a quick trial run.", elem_id="train-images")
-                        negative_rate = gr.Slider(0.0, 0.9, value=defaults.negative_rate, step=0.05,
-                                                  label="Absent-concept negatives",
-                                                  info="Share of samples that pair a photo with another set's "
-                                                       "prompt and an empty mask, so that a prompt for something "
-                                                       "absent gives nothing (needs two or more sets).")
-                with gr.Row():
-                    train_btn = gr.Button("Train", variant="primary", elem_id="train-btn")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
-                    status_btn = gr.Button("Refresh status", variant="secondary")
-                    trained_btn = gr.Button("Download the run (zip)", variant="secondary")
-                train_msg = gr.Markdown(label="train_message")
-                trained_file = gr.File(label="The run as a Hugging Face folder (zip)", interactive=False,
-                                       visible=False)
-                progress_md = gr.Markdown(IDLE_TEXT, label="progress",
-                                          elem_id="train-progress")
-                curves = gr.Plot(label="Training curves")
-                with gr.Accordion("Raw status", open=False):
-                    status_json = gr.JSON(label="Job status")
-                timer = gr.Timer(POLL_SECONDS, active=False)
-                phase_key = gr.State("")
-
-            # ---------------------------------------------------------------------------- Compare
+                train = _train_tab(ctx, shared_sets)
             with gr.Tab("Compare", id="compare"):
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=1, min_width=320):
-                        cmp_models = gr.Dropdown(ctx.choices(), multiselect=True, label="Models or runs",
-                                                 info="Pick two or more; ONNX exports run as they were exported.",
-                                                 allow_custom_value=True,
-                                                 max_choices=caps.compare_models if public else None)
-                        precisions = gr.CheckboxGroup(["fp32", "bf16"], value=["fp32"], label="Torch precision")
-                        data_choices = [(f"{n} (shared, valid split)", n) for n in shared_sets] + (
-                            [] if public else [("a folder on the server", "folder")]) + [("an uploaded zip", "zip")]
-                        data_choice = gr.Radio(data_choices, value=data_choices[0][1], label="Labelled set")
-                        cmp_folder = gr.Textbox(label="Folder", placeholder="a split folder or a YOLOv8/COCO root",
-                                                visible=data_choices[0][1] == "folder")
-                        cmp_zip = gr.File(label="Zip (YOLOv8 or COCO export)", file_types=[".zip"], type="filepath",
-                                          visible=False, height=140)
-                        cmp_prompts = gr.Textbox(label="Prompts", lines=2,
-                                                 placeholder="empty: the set's own (shared sets: their synonyms)")
-                        limit = gr.Slider(int(public), top(500, caps.compare_images), step=1,
-                                          value=top(20, caps.compare_images),
-                                          label="Images" if public else "Images (0 = all)",
-                                          info="Fewer images give a quicker, rougher answer.")
-                        compare_btn = gr.Button("Compare", variant="primary")
-                    with gr.Column(scale=2, min_width=400):
-                        cmp_table = gr.Dataframe(headers=COMPARE_HEADERS, label="Scores per prompt",
-                                                 interactive=False,
-                                                 column_widths=["14%", "21%", "6%", "8%", "8%", "12%", "9%", "11%",
-                                                                "11%"])
-                        cmp_curves = gr.Plot(label="Training curves of the chosen runs")
-                        cmp_gallery = gr.Gallery(label="Ground truth and each model's overlay", columns=6,
-                                                 height=560, object_fit="contain", selected_index=0)
-                        cmp_worst = gr.Dataframe(headers=WORST_HEADERS, label="Worst cases (lowest IoU)",
-                                                 interactive=False, column_widths=["16%", "22%", "50%", "12%"])
-
-            # ---------------------------------------------------------------------------- Export
+                cmp = _compare_tab(ctx, shared_sets)
             with gr.Tab("Export", id="export"):
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=1, min_width=320):
-                        exp_model = gr.Dropdown(ctx.choices(torch_only=True), value=ctx.default_value,
-                                                label="Model to export", allow_custom_value=True)
-                        exp_precision = gr.Radio(["fp32", "int8"], value="fp32", label="Precision",
-                                                 info="int8 quantizes the encoders and also keeps fp32 graphs.")
-                        export_btn = gr.Button("Export to ONNX", variant="primary")
-                        gr.Markdown("Exports appear in every model picker." if public else
-                                    f"Exports go to `{ctx.export_dir}` and appear in every model picker.",
-                                    elem_classes="dq-muted")
-                        gr.Markdown("### Keep the model")
-                        download_btn = gr.Button("Download the run (zip)", elem_id="download-btn")
-                        gr.Markdown("A Hugging Face folder (model, card, metrics.jsonl): load it with "
-                                    "`CLIPSegForImageSegmentation.from_pretrained`, or unzip it into `checkpoints/`.",
-                                    elem_classes="dq-muted")
-                        repo_box = gr.Textbox(label="Hub repo", placeholder="your-name/drywall-cracks")
-                        private_box = gr.Checkbox(value=True, label="Private repo")
-                        with gr.Row():
-                            if oauth_available():
-                                gr.LoginButton()
-                            push_btn = gr.Button("Push to the Hub", elem_id="push-btn")
-                        push_msg = gr.Markdown()
-                    with gr.Column(scale=2, min_width=400):
-                        exp_table = gr.Dataframe(headers=EXPORT_HEADERS, label="Parity and speed",
-                                                 interactive=False)
-                        exp_report = gr.Markdown(label="report")
-                        exp_file = gr.File(label="Download the export (zip)", interactive=False)
-                        run_file = gr.File(label="The run as a Hugging Face folder (zip)", interactive=False)
-
-        gr.Markdown(
-            "Data: Roboflow \"cracks-3ii36\" (10xConstruction) and \"drywall-join-detect\" (objectdetect-pu6rn), "
-            "CC BY 4.0. Model: [CLIPSeg](https://huggingface.co/CIDAS/clipseg-rd64-refined).",
-            elem_classes="dq-muted",
-        )
-
-        # ------------------------------------------------------------------------------------------ events
-        pickers = [seg_model, train_model, cmp_models, exp_model]
-
-        segment_btn.click(bind(segment, ctx), [image, prompts, seg_model, threshold],
-                          [overlay_img, mask_files, seg_table, seg_result], api_name="segment", preprocess=False,
-                          concurrency_limit=2, concurrency_id="model").success(
-            show_views, seg_result, [slider_img, heatmap_img, legend], api_visibility="private", queue=False)
-        for button, pick in zip(pick_buttons, QUICK_PICKS):
-            button.click(partial(add_prompt, pick=pick), prompts, prompts, api_visibility="private",
-                         queue=False)
-        seg_model.change(bind(model_threshold, ctx), seg_model, threshold, api_visibility="private",
-                         concurrency_limit=2, concurrency_id="model", show_progress="minimal")
-
-        train_inputs = [sets, cracks_prompts, joints_prompts, zip_file, zip_prompts, folder, folder_prompts,
-                        train_model, run_name, epochs, lr, batch_size, image_size, unfreeze_vision, unfreeze_text,
-                        augment, patience, max_images, negative_rate]
-        train_btn.click(bind(train_start, ctx), train_inputs, train_msg, api_name="train_start",
-                        concurrency_limit=1).success(start_polling, None, timer, api_visibility="private", queue=False)
-        stop_btn.click(bind(train_stop, ctx), None, train_msg, api_name="train_stop", concurrency_limit=None)
-        status_btn.click(bind(train_status, ctx), None, [progress_md, curves, status_json], api_name="train_status",
-                         concurrency_limit=None)
-        timer.tick(bind(poll, ctx), phase_key, [progress_md, curves, status_json, phase_key, timer],
-                   api_visibility="private", concurrency_limit=None, show_progress="hidden")
-        phase_key.change(bind(refresh_pickers, ctx), None, pickers, api_visibility="private", queue=False)
-
-        data_choice.change(show_data_inputs, data_choice, [cmp_folder, cmp_zip], api_visibility="private",
-                           queue=False)
-        compare_btn.click(bind(compare, ctx),
-                          [cmp_models, precisions, data_choice, cmp_folder, cmp_zip, cmp_prompts, limit],
-                          [cmp_table, cmp_curves, cmp_gallery, cmp_worst], api_name="compare", concurrency_limit=1)
-
-        export_btn.click(bind(export, ctx), [exp_model, exp_precision], [exp_table, exp_report, exp_file],
-                         api_name="export", concurrency_limit=1).success(bind(refresh_pickers, ctx), None, pickers,
-                                                                          api_visibility="private")
-
-        # Batches queue apart from /segment: a long batch never holds another visitor's single photo.
-        batch_btn.click(bind(segment_batch, ctx), [batch_files, prompts, seg_model, threshold],
-                        [batch_zip, batch_csv, batch_report], api_name="segment_batch", concurrency_limit=1,
-                        concurrency_id="batch")
-        trained_btn.click(bind(download_trained, ctx), None, trained_file, api_visibility="private",
-                          concurrency_limit=1).success(lambda: gr.File(visible=True), None, trained_file,
-                                                       api_visibility="private", queue=False)
-        download_btn.click(bind(download_run, ctx), exp_model, run_file, api_name="download_run", concurrency_limit=1)
-        push_btn.click(bind(push_to_hub, ctx), [exp_model, repo_box, private_box], push_msg, api_name="push",
-                       concurrency_limit=1)
-
-        # A new visitor sees the current models, the default model's threshold and a job someone else started.
-        demo.load(bind(refresh_pickers, ctx), None, pickers, api_visibility="private", queue=False)
-        demo.load(bind(model_threshold, ctx), seg_model, threshold, api_visibility="private", show_progress="minimal")
-        demo.load(bind(poll, ctx), phase_key, [progress_md, curves, status_json, phase_key, timer],
-                  api_visibility="private")
-        demo.unload(bind(forget_session, ctx))
-        gr.api(bind(list_my_models, ctx), api_name="models")
-    if os.environ.get("SPACE_ID") and public and not oauth_available():
+                exp = _export_tab(ctx)
+        gr.Markdown("Data: Roboflow \"cracks-3ii36\" (10xConstruction) and \"drywall-join-detect\" "
+                    "(objectdetect-pu6rn), CC BY 4.0. Model: [CLIPSeg](https://huggingface.co/CIDAS/clipseg-rd64-"
+                    "refined).", elem_classes="dq-muted")
+        wire_events(ctx, demo, seg, train, cmp, exp)
+    if os.environ.get("SPACE_ID") and ctx.public.enabled and not oauth_available():
         log.info("no Hugging Face OAuth on this Space (its README lacks hf_oauth): no sign-in button; Push uses "
                  "HF_TOKEN from the environment%s", "" if os.environ.get("HF_TOKEN") else " (not set: Push is refused)")
     return demo.queue(default_concurrency_limit=1)

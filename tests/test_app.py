@@ -1,6 +1,7 @@
 """app.py: the handlers called directly (no HTTP), then every named endpoint driven with gradio_client against a
 launched server (slow), tiny models throughout."""
 
+import inspect
 import time
 import zipfile
 from pathlib import Path
@@ -350,3 +351,24 @@ def test_export_fp32(served):
     _, masks, _ = served["client"].predict(handle_file(str(photo)), "segment taping area", str(out), 0.5,
                                            api_name="/segment")
     assert Path(masks[0]).name == "wall_02_taping__segment_taping_area.png"
+
+
+def test_every_named_endpoint_takes_its_handlers_parameters_by_name(tmp_path, shared_data):
+    """The widgets are wired to handlers by the handlers' parameter names (`app.inputs_for`): each endpoint's API
+    parameters are exactly its handler's, in order, and each is fed by the widget of that name."""
+    demo = app.build_app(checkpoints_dir=tmp_path / "c", export_dir=tmp_path / "e", data_root=shared_data,
+                         work_dir=tmp_path / "work")
+    handlers = {"/segment": app.segment, "/segment_batch": app.segment_batch, "/train_start": app.train_start,
+                "/train_status": app.train_status, "/train_stop": app.train_stop, "/compare": app.compare,
+                "/export": app.export, "/download_run": app.download_run, "/push": app.push_to_hub,
+                "/models": app.list_my_models}
+    endpoints = demo.get_api_info()["named_endpoints"]
+    assert sorted(endpoints) == sorted(handlers)
+    skip = {"ctx", "request", "progress", "oauth_token"}
+    for name, handler in handlers.items():
+        expected = [p for p in inspect.signature(handler).parameters if p not in skip]
+        assert [p["parameter_name"] for p in endpoints[name]["parameters"]] == expected, name
+    labels = {p["parameter_name"]: p["label"] for p in endpoints["/train_start"]["parameters"]}
+    assert labels["epochs"] == "Epochs" and labels["run_name"] == "Run name" and labels["model"] == "Start from"
+    assert labels["unfreeze_text"] == "Text layers to unfreeze"
+    assert labels["negative_rate"] == "Absent-concept negatives"
