@@ -259,6 +259,17 @@ def _val_series(history: Sequence[Mapping], prompt: str, key: str) -> list[float
     return [((row.get("val") or {}).get(prompt) or {}).get(key) for row in history]
 
 
+def synonym_groups(history: Sequence[Mapping]) -> list[list[str]]:
+    """The prompts of a history grouped by identical validation curves (mIoU and Dice equal at every epoch), in
+    order of first appearance: synonyms of one set ("segment crack", "segment wall crack") that a model answers
+    alike draw one line, not several on top of each other."""
+    groups: dict[tuple, list[str]] = {}
+    for prompt in _prompts_in(history):
+        key = tuple(zip(_val_series(history, prompt, "miou"), _val_series(history, prompt, "dice")))
+        groups.setdefault(key, []).append(prompt)
+    return list(groups.values())
+
+
 def training_curves(history: Sequence[Mapping], title: str | None = None) -> go.Figure:
     """Loss and validation curves of one training run.
 
@@ -269,58 +280,47 @@ def training_curves(history: Sequence[Mapping], title: str | None = None) -> go.
         title: figure title.
 
     Returns:
-        A Figure with two panels: left, train/val loss (y1) and learning rate (dotted, right-hand
-        axis); right, per-prompt validation mIoU (solid) and Dice (dashed) in [0, 1], one colour per
-        prompt. An empty history gives a figure with the note "no epochs yet".
+        A Figure with three panels, each with its own axes (no titles on top of each other): train/val loss;
+        the learning rate (only from two epochs on: one point says nothing of a schedule); per-prompt validation
+        mIoU (solid) and Dice (dashed) in [0, 1], one colour per group of prompts with identical curves
+        (`synonym_groups`, named "a = b"). Every series shows its points, so one epoch is visible. An empty
+        history gives a figure with the note "no epochs yet".
     """
     if not history:
         return _empty_figure(title)
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        specs=[[{"secondary_y": True}, {}]],
-        subplot_titles=("Loss", "Validation IoU / Dice"),
-        horizontal_spacing=0.12,
-    )
     epochs = [row["epoch"] for row in history]
-    fig.add_trace(
-        go.Scatter(x=epochs, y=[row.get("train_loss") for row in history], name="train loss", mode="lines+markers",
-                   line={"color": "#333333"}),
-        row=1, col=1, secondary_y=False,
-    )
+    lrs = [row.get("lr") for row in history]
+    show_lr = len(history) > 1 and any(v is not None for v in lrs)
+    titles = ("Loss", "Learning rate", "Validation IoU / Dice") if show_lr else ("Loss", "Validation IoU / Dice")
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.09,
+                        column_widths=[0.36, 0.22, 0.42] if show_lr else [0.45, 0.55])
+    score_col = len(titles)
+    fig.add_trace(go.Scatter(x=epochs, y=[row.get("train_loss") for row in history], name="train loss",
+                             mode="lines+markers", line={"color": "#333333"}), row=1, col=1)
     val_loss = [row.get("val_loss") for row in history]
     if any(v is not None for v in val_loss):
-        fig.add_trace(
-            go.Scatter(x=epochs, y=val_loss, name="val loss", mode="lines+markers", line={"color": "#888888"}),
-            row=1, col=1, secondary_y=False,
-        )
-    lrs = [row.get("lr") for row in history]
-    if any(v is not None for v in lrs):
-        fig.add_trace(
-            go.Scatter(x=epochs, y=lrs, name="lr", mode="lines", line={"color": "#999999", "dash": "dot"}),
-            row=1, col=1, secondary_y=True,
-        )
-    for k, prompt in enumerate(_prompts_in(history)):
-        colour = _hex(colour_for(k))
-        fig.add_trace(
-            go.Scatter(x=epochs, y=_val_series(history, prompt, "miou"), name=f"{prompt} mIoU",
-                       mode="lines+markers", line={"color": colour}, legendgroup=prompt),
-            row=1, col=2,
-        )
-        fig.add_trace(
-            go.Scatter(x=epochs, y=_val_series(history, prompt, "dice"), name=f"{prompt} Dice",
-                       mode="lines+markers", line={"color": colour, "dash": "dash"}, legendgroup=prompt),
-            row=1, col=2,
-        )
-    fig.update_xaxes(title_text="epoch", row=1, col=1)
-    fig.update_xaxes(title_text="epoch", row=1, col=2)
-    fig.update_yaxes(title_text="loss", row=1, col=1, secondary_y=False)
-    fig.update_yaxes(title_text="learning rate", exponentformat="power", showgrid=False, row=1, col=1, secondary_y=True)
-    fig.update_yaxes(title_text="score (validation)", range=[0, 1], row=1, col=2)
-    fig.update_layout(title=title, template="plotly_white", hovermode="x unified")
+        fig.add_trace(go.Scatter(x=epochs, y=val_loss, name="val loss", mode="lines+markers",
+                                 line={"color": "#888888"}), row=1, col=1)
+    if show_lr:
+        fig.add_trace(go.Scatter(x=epochs, y=lrs, name="lr", mode="lines+markers",
+                                 line={"color": "#999999", "dash": "dot"}), row=1, col=2)
+        fig.update_yaxes(title_text="learning rate", exponentformat="power", row=1, col=2)
+    for k, group in enumerate(synonym_groups(history)):
+        colour, name, first = _hex(colour_for(k)), " = ".join(group), group[0]
+        fig.add_trace(go.Scatter(x=epochs, y=_val_series(history, first, "miou"), name=f"{name} mIoU",
+                                 mode="lines+markers", line={"color": colour}, legendgroup=name), row=1, col=score_col)
+        fig.add_trace(go.Scatter(x=epochs, y=_val_series(history, first, "dice"), name=f"{name} Dice",
+                                 mode="lines+markers", line={"color": colour, "dash": "dash"}, legendgroup=name),
+                      row=1, col=score_col)
+    for col in range(1, len(titles) + 1):
+        fig.update_xaxes(title_text="epoch", dtick=1 if len(history) <= 10 else None, row=1, col=col)
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig.update_yaxes(title_text="score (validation)", range=[0, 1], row=1, col=score_col)
+    fig.update_layout(title=title, template="plotly_white", hovermode="x unified",
+                      legend={"orientation": "h", "y": -0.25})
     return fig
 
 

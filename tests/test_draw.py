@@ -16,6 +16,7 @@ from engine.draw import (
     mask_edges,
     overlay,
     side_by_side,
+    synonym_groups,
     training_curves,
 )
 
@@ -125,6 +126,22 @@ def test_training_curves_traces():
     assert by_name["segment crack mIoU"].line.color == by_name["segment crack Dice"].line.color
     assert fig.layout.xaxis.title.text == "epoch"
     assert fig.layout.yaxis.title.text == "loss"
+    assert fig.layout.yaxis2.title.text == "learning rate" and fig.data[2].xaxis == "x2"  # a panel of its own
+    assert fig.layout.yaxis3.title.text == "score (validation)"
+
+
+def test_one_epoch_shows_points_and_no_learning_rate_panel():
+    fig = training_curves(HISTORY[:1])
+    assert "lr" not in [t.name for t in fig.data]
+    assert all("markers" in t.mode for t in fig.data)
+
+
+def test_synonyms_with_identical_curves_draw_one_line():
+    history = [{**row, "val": {**row["val"], "segment wall crack": dict(row["val"]["segment crack"])}}
+               for row in HISTORY]
+    assert synonym_groups(history) == [["segment crack", "segment wall crack"], ["segment taping area"]]
+    names = [t.name for t in training_curves(history).data]
+    assert "segment crack = segment wall crack mIoU" in names and not any(n.startswith("segment wall") for n in names)
 
 
 def test_empty_history_says_so():
