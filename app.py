@@ -835,13 +835,14 @@ def _compare_tab(ctx: AppContext, shared_sets: list[str]) -> UI:
                                     info="Fewer images give a quicker, rougher answer.")
             ui["compare_btn"] = gr.Button("Compare", variant="primary")
         with gr.Column(scale=2, min_width=400):
-            ui["table"] = gr.Dataframe(headers=COMPARE_HEADERS, label="Scores per prompt", interactive=False, wrap=True,
-                                       elem_id="cmp-table")
             ui["curves"] = gr.Plot(label="Training curves of the chosen runs")
-            ui["gallery"] = gr.Gallery(label="Ground truth and each model's overlay", columns=6, height=560,
+            ui["gallery"] = gr.Gallery(label="Ground truth and each model's overlay", columns=6, height=460,
                                        object_fit="contain", selected_index=0)
-            ui["worst"] = gr.Dataframe(headers=WORST_HEADERS, label="Worst cases (lowest IoU)", interactive=False,
-                                       wrap=True, column_widths=["22%", "22%", "44%", "12%"])
+    # The tables take the page's whole width: eleven columns of scores fit there without cutting a name.
+    ui["table"] = gr.Dataframe(headers=COMPARE_HEADERS, label="Scores per prompt", interactive=False, wrap=True,
+                               elem_id="cmp-table")
+    ui["worst"] = gr.Dataframe(headers=WORST_HEADERS, label="Worst cases (lowest IoU)", interactive=False,
+                               wrap=True, column_widths=["22%", "22%", "44%", "12%"])
     return ui
 
 
