@@ -77,6 +77,7 @@ from engine.train.sampling import (
     shard,
 )
 from engine.train.schedule import cosine_lr
+from engine.train.selection import judge_epoch
 
 
 def train(cfg: TrainConfig, on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None,
@@ -163,16 +164,12 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
                       "val_loss": val.val_loss, "lr": lr, "val": val.val, "threshold": val.threshold,
                       "score": val.score, "seconds": round(time.perf_counter() - t0, 2)}
             state.history.append(record)
-            improved = val.score > state.best_score or cfg.select == "last"
-            if improved:
-                state.best_score, state.best_epoch, state.bad_epochs = val.score, epoch, 0
-            else:
-                state.bad_epochs += 1
+            verdict = judge_epoch(state, epoch, val.score, select=cfg.select, patience=cfg.patience)
             if is_main:  # not stopped part-way: an epoch's checkpoints are written whole
                 append_metrics(run_dir, record)
                 meta = model_meta(val, epoch, [p for s in sets for p in s.prompts], run_dir.name, cfg.image_size,
                                   cfg.model_size)
-                for folder in (["best"] if improved else []) + ["last"]:
+                for folder in (["best"] if verdict.keep else []) + ["last"]:
                     save_checkpoint(run_dir / folder, trainee.model, trainee.tokenizer, image_size=cfg.model_size,
                                     meta=meta, state=training_state(opt, state, epoch) if folder == "last" else None)
                     on_event(CheckpointEvent(epoch, str(run_dir / folder)))
@@ -181,7 +178,7 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
             if accelerator is not None:
                 accelerator.wait_for_everyone()
             on_event(EpochEvent(epoch, record))
-            if cfg.patience and state.bad_epochs >= cfg.patience:
+            if verdict.stop:
                 note(state, on_event, f"early stop: no better val mIoU for {cfg.patience} epochs")
                 break
         check_stop(stop, "saving the last epoch")  # Stop pressed while the last epoch saved: it ran, but stopped
