@@ -17,13 +17,21 @@ from pathlib import Path
 from tqdm import tqdm
 
 from engine.data import open_dataset
-from engine.distributed import (MERGE_TIMEOUT_S, clear_stale_part, local_world, merge_parts, rank_and_world,
-                                remove_parts, shard, write_part)
+from engine.distributed import (
+    MERGE_TIMEOUT_S,
+    clear_stale_part,
+    local_world,
+    merge_parts,
+    rank_and_world,
+    remove_parts,
+    shard,
+    write_part,
+)
 from engine.evaluate import evaluate_sets
 from engine.fileio import atomic_write_json
 from engine.images import ImageError, list_images
-from engine.prediction import PREDICTIONS_CSV, predict_chunks, unique_images, write_prediction, write_predictions_csv
 from engine.paths import in_repo
+from engine.prediction import PREDICTIONS_CSV, predict_chunks, unique_images, write_prediction, write_predictions_csv
 from engine.prompts import parse_data_arg
 from engine.report import report_photo, write_report
 from engine.train import PRESETS, DataSpec, TrainConfig, make_config
@@ -40,8 +48,9 @@ checkpoints/, or an ONNX export under export/.
 """
 
 EPILOG = """examples:
-  python -m engine predict --model auto --images photo.jpg --prompt "segment crack" --out masks/
-  python -m engine evaluate --model checkpoints/drywall-starter --data ../shared/data/drywall-qa/cracks/valid --prompt "segment crack" --json out.json
+  python -m engine predict --images photo.jpg --prompt "segment crack" --out masks/
+  python -m engine evaluate --data ../shared/data/drywall-qa/cracks/valid --prompt "segment crack" \
+      --json out.json
   python -m engine train --preset starter
   python -m engine export --model checkpoints/drywall-starter --out export/starter --int8
   python -m engine push --run checkpoints/my-run --repo your-name/drywall-cracks --private
@@ -58,11 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The model that answers when none is named: the bundled model, trained on walls (`auto` would be zero-shot
+# CLIPSeg where the Hub is reachable; it is training's starting point, not the best model for segmenting walls).
+BUNDLED = "checkpoints/drywall-starter"
+MODEL_HELP = ("model source (default: the bundled model, trained on walls; 'CIDAS/clipseg-rd64-refined' for zero-shot "
+              "CLIPSeg, 'auto' for the Hub model when reachable, a run, a folder or an export)")
+
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment photos for one or more prompts and write mask PNGs",
                        description="Segment photos and write one mask PNG per (photo, prompt), named "
                                    "{image_id}__{prompt_slug}.png, values 0/255, at the photo's displayed size.")
-    p.add_argument("--model", default="auto", help="model source (default: auto)")
+    p.add_argument("--model", default=BUNDLED, help=MODEL_HELP)
     p.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders of images")
     p.add_argument("--prompt", action="append", required=True, help="what to find; repeat for several prompts")
     p.add_argument("--out", required=True, help="output folder for the mask PNGs")
@@ -81,7 +96,7 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="per-prompt IoU, Dice, precision, recall on a labelled set",
                        description="Evaluate a model on a labelled set (YOLOv8 export or split folder, COCO JSON, "
                                    "or images/ + masks/) and print a table; --json writes the same numbers.")
-    p.add_argument("--model", default="auto", help="model source (default: auto)")
+    p.add_argument("--model", default=BUNDLED, help=MODEL_HELP)
     p.add_argument("--data", action="append", required=True, metavar="PATH[=PROMPTS]",
                    help="labelled set: a split folder, a YOLOv8 root with --split, a COCO json, ...; repeat as "
                         'PATH="prompt a,prompt b" for several sets: each prompt is then also run on the other '
@@ -96,7 +111,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip images with bad labels (with a warning)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16", "int8"],
-                   help="fp32 (default: the same scores on every CPU), auto, bf16 (torch), int8 (exports made with --int8)")
+                   help="fp32 (default: the same scores on every CPU), auto, bf16 (torch), int8 (exports made "
+                        "with --int8)")
 
 
 def _add_calibrate(sub) -> None:
@@ -106,7 +122,8 @@ def _add_calibrate(sub) -> None:
                                    "IoU 1), and rewrite the model folder's drywall_qa.json (atomically).")
     p.add_argument("--model", required=True, help="a model folder or a training run (its best/, else last/)")
     p.add_argument("--data", action="append", required=True, metavar="PATH=PROMPTS",
-                   help='a set and its prompts, e.g. ../shared/data/drywall-qa/cracks="segment crack,segment wall crack"')
+                   help="a set and its prompts, e.g. "
+                        '../shared/data/drywall-qa/cracks="segment crack,segment wall crack"')
     p.add_argument("--split", default="train", help="split of each set to calibrate on (default: train)")
     p.add_argument("--holdout-share", type=float, default=0.0,
                    help="calibrate on the photos that training with this holdout_share kept unseen, e.g. 0.1")
@@ -118,7 +135,8 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="fine-tune (or train from scratch) on labelled sets",
                        description="Train a CLIPSeg model. Each --data is PATH=prompt1,prompt2 (synonyms).")
     p.add_argument("--data", action="append", default=[], metavar="PATH=PROMPTS",
-                   help='a labelled set and its prompts, e.g. ../shared/data/drywall-qa/cracks="segment crack,segment wall crack"')
+                   help="a labelled set and its prompts, e.g. "
+                        '../shared/data/drywall-qa/cracks="segment crack,segment wall crack"')
     p.add_argument("--model", default=None, help="model to start from (default: the preset's, else auto)")
     p.add_argument("--preset", default=None, help="named settings, e.g. starter, quick, full")
     p.add_argument("--epochs", type=int, default=None)
@@ -135,7 +153,7 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a model to ONNX (fp32, or int8 with --int8)",
                        description="Export the text encoder, vision encoder and decoder to ONNX, check parity "
                                    "against torch in onnxruntime, and write manifest.json.")
-    p.add_argument("--model", default="auto", help="model source (default: auto)")
+    p.add_argument("--model", default=BUNDLED, help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output folder, e.g. export/starter")
     p.add_argument("--int8", action="store_true", help="also quantize the encoders to int8 (dynamic)")
 
@@ -187,13 +205,14 @@ def cmd_predict(args) -> int:
     if rank == 0:
         warn_unknown_prompts(segmenter, args.prompt)
     segmenter.check_prompts(args.prompt)
-    rows, entries, failed = _predict_paths(segmenter, shard(paths, rank, world), args, out,
+    names = photo_names(paths)  # over every process's photos, so each names a photo alike
+    rows, entries, failed = _predict_paths(segmenter, shard(paths, rank, world), names, args, out,
                                            "predict" if world == 1 else f"predict rank {rank}/{world}")
     if world > 1:
         write_part(out, rank, rows, entries if args.report else None)
         if rank != 0:
             return 1 if failed else 0
-        rows, entries = merge_parts(out, world, [str(p) for p in paths], timeout=args.merge_timeout,
+        rows, entries = merge_parts(out, world, [names[p] for p in paths], timeout=args.merge_timeout,
                                     report=bool(args.report))
         failed = len(paths) - len({row[0] for row in rows})
     if rows:
@@ -210,8 +229,10 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
-def _predict_paths(segmenter, paths: list[Path], args, out: Path, desc: str) -> tuple[list[list], list, int]:
-    """Predict `paths` in --batch-size chunks, writing each photo's masks: (CSV rows, report rows, failures)."""
+def _predict_paths(segmenter, paths: list[Path], names: dict[Path, str], args, out: Path,
+                   desc: str) -> tuple[list[list], list, int]:
+    """Predict `paths` in --batch-size chunks, writing each photo's masks: (CSV rows, report rows, failures).
+    names: what each photo is called in the CSV and report (`photo_names`)."""
     failed, rows, entries = 0, [], []
     with tqdm(total=len(paths), desc=desc, unit="img") as bar:
         for start in range(0, len(paths), args.batch_size):
@@ -221,12 +242,21 @@ def _predict_paths(segmenter, paths: list[Path], args, out: Path, desc: str) -> 
                     failed += 1
                     tqdm.write(f"error: {pred}", file=sys.stderr)
                 else:
-                    photo_rows = write_prediction(pred, path.stem, str(path), out)
+                    photo_rows = write_prediction(pred, path.stem, names[path], out)
                     rows += photo_rows
                     if args.report:
-                        entries.append(report_photo(pred, path, str(path), photo_rows))
+                        entries.append(report_photo(pred, path, names[path], photo_rows))
                 bar.update(1)
     return rows, entries, failed
+
+
+def photo_names(paths: list[Path]) -> dict[Path, str]:
+    """The name each photo goes by in the CSV and the report: its path below the folder all the photos share
+    ("images/wall_01.jpg"; one photo: its file name), never an absolute path, as the app's batch CSV does."""
+    if not paths:
+        return {}
+    common = Path(os.path.commonpath([str(Path(p).resolve().parent) for p in paths]))
+    return {p: Path(p).resolve().relative_to(common).as_posix() for p in paths}
 
 
 def _threshold_text(args) -> str:
@@ -402,8 +432,8 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
-COMMANDS = {"predict": cmd_predict, "evaluate": cmd_evaluate, "calibrate": cmd_calibrate, "train": cmd_train, "export": cmd_export,
-            "push": cmd_push, "benchmark": cmd_benchmark}
+COMMANDS = {"predict": cmd_predict, "evaluate": cmd_evaluate, "calibrate": cmd_calibrate, "train": cmd_train,
+            "export": cmd_export, "push": cmd_push, "benchmark": cmd_benchmark}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 `SegmenterBase.prediction(image, prompts)` returns a `Prediction`. It holds each prompt's logits at the model's
 input size (S x S, e.g. 352 x 352: 0.5 MB per prompt) and nothing at the photo's size; a full-size binary mask
 is built only when asked for, one prompt at a time and band by band (`upsample_mask`), so a 12240 x 12240
-photo with 8 prompts never holds a full-size float map (issue 12: 8.6 GB before, see README "Memory").
+photo with 8 prompts never holds a full-size float map (8.6 GB before it did; README "Memory" has the figures).
 
 Presence (the photo-level "is it there at all" score) is the maximum of the probability map after a 3 x 3
 box mean at model resolution: the strongest small patch rather than the strongest single pixel, so one stray
@@ -205,7 +205,8 @@ def unique_images(paths: list[Path]) -> list[Path]:
 
 
 def predict_chunks(segmenter, paths: list[Path], prompts: list[str], threshold: float | None):
-    """For `python -m engine predict` (a chunk of --batch-size photos): yield (path, Prediction) for each path, or (path, the ImageError) for one that cannot be read.
+    """For `python -m engine predict` (a chunk of --batch-size photos): yield (path, Prediction) for each path,
+    or (path, the ImageError) for one that cannot be read.
 
     One forward pass for the whole chunk; when a photo in it cannot be read, the photos are run one by one, so
     the readable ones still get their masks.

@@ -51,6 +51,11 @@ class PromptTotal:
     max_area: float
 
 
+
+def _count(n: int, noun: str) -> str:
+    """"1 prompt", "2 prompts"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
 def thumbnail_uri(image, fmt: str = "JPEG") -> str:
     """A PIL image as a `data:image/jpeg;base64,...` (or png) URI."""
     buffer = io.BytesIO()
@@ -138,7 +143,7 @@ def render_report(photos: Sequence[ReportPhoto], *, title: str = "Drywall QA bat
         for row in entry.rows:
             order.setdefault(row[_COL["prompt"]], len(order))
     prompt_totals = totals(photos)
-    meta = f"{len(photos)} photos · {len(order)} prompts · threshold {html.escape(threshold)}"
+    meta = f"{_count(len(photos), 'photo')} · {_count(len(order), 'prompt')} · threshold {html.escape(threshold)}"
     if model:
         meta = f"model {html.escape(model)} · " + meta
     lines = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

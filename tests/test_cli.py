@@ -330,7 +330,15 @@ def test_predict_ranks_write_their_shard_and_rank_0_merges(tiny_model_dir, valid
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{p.stem}__segment_crack.png" for p in photos] + ["predictions.csv"])
     rows = list(csv.DictReader((out / "predictions.csv").open()))
-    assert [r["photo"] for r in rows] == [str(p) for p in photos]
+    assert [r["photo"] for r in rows] == [p.name for p in photos]  # names, as the app's batch CSV: no server path
+
+
+def test_photo_names_are_paths_below_the_folder_the_photos_share(tmp_path):
+    from engine.cli import photo_names
+
+    a, b = tmp_path / "site" / "north" / "a.jpg", tmp_path / "site" / "south" / "b.jpg"
+    assert photo_names([a, b]) == {a: "north/a.jpg", b: "south/b.jpg"}
+    assert photo_names([a]) == {a: "a.jpg"} and photo_names([]) == {}
 
 
 def test_predict_refuses_a_rank_outside_the_world(valid_photos, tmp_path, capsys, monkeypatch):

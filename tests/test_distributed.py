@@ -115,9 +115,9 @@ def test_two_process_predict_writes_every_mask_once_and_one_merged_csv_and_repor
     slugs = ["segment_crack", "segment_taping_area"]
     assert masks == sorted(f"{p.stem}__{s}.png" for p in photos for s in slugs)
     rows = list(csv.DictReader((out / "predictions.csv").open()))
-    assert [(r["photo"], r["prompt"]) for r in rows] == [(str(p), q) for p in photos for q in PROMPTS]
+    assert [(r["photo"], r["prompt"]) for r in rows] == [(p.name, q) for p in photos for q in PROMPTS]
     assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".png")) == ["predictions.csv"]
     page = report.read_text()
     assert len(re.findall(r'<tr class="photo">', page)) == 6
-    assert [page.index(str(p)) for p in photos] == sorted(page.index(str(p)) for p in photos)  # in photo order
+    assert [page.index(p.name) for p in photos] == sorted(page.index(p.name) for p in photos)  # in photo order
     assert result.stdout.count("wrote 6 x 2 masks") == 1 and "2 processes" in result.stdout

@@ -7,8 +7,16 @@ import pytest
 from PIL import Image
 
 import engine.prediction as prediction
-from engine.prediction import (CSV_HEADER, Prediction, presence_score, resolve_thresholds, upsample_map,
-                               upsample_mask, write_prediction, write_predictions_csv)
+from engine.prediction import (
+    CSV_HEADER,
+    Prediction,
+    presence_score,
+    resolve_thresholds,
+    upsample_map,
+    upsample_mask,
+    write_prediction,
+    write_predictions_csv,
+)
 from engine.segmenter import probability_maps
 
 

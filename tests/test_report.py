@@ -41,6 +41,7 @@ def test_the_report_has_a_row_per_photo_totals_and_flags_and_no_external_url(tmp
     path = write_report(_entries(), tmp_path / "r.html", model="tiny", threshold="0.50")
     text = path.read_text()
     assert text.startswith("<!DOCTYPE html>") and "model tiny" in text and "threshold 0.50" in text
+    assert "3 photos · 2 prompts" in text
     assert text.count('<tr class="photo">') == 3
     assert text.count("data:image/jpeg;base64,") == 6
     assert not re.search(r"https?://", text) and "<script" not in text and "<link" not in text
@@ -66,3 +67,11 @@ def test_report_photo_draws_one_thumbnail_per_prompt(tiny_segmenter, shared_data
     with Image.open(io.BytesIO(base64.b64decode(first.split(",", 1)[1]))) as image:
         assert max(image.size) == 64
     assert entry.thumbnails["segment crack"] != entry.thumbnails["segment taping area"]
+
+
+def test_one_photo_and_one_prompt_are_counted_in_the_singular(tmp_path):
+    one = [e for e in _entries()[:1]]
+    for entry in one:
+        entry.rows[:] = [r for r in entry.rows if r[1] == "segment crack"]
+    text = write_report(one, tmp_path / "one.html", model="tiny", threshold="0.50").read_text()
+    assert "1 photo · 1 prompt ·" in text
