@@ -7,13 +7,17 @@ line (no traceback) with exit status 1; set DRYWALL_DEBUG=1 to see the traceback
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import io
 import json
 import os
 import sys
 import traceback
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from engine.data import open_dataset
@@ -28,7 +32,7 @@ from engine.distributed import (
     write_part,
 )
 from engine.evaluate import evaluate_sets
-from engine.fileio import atomic_write_json
+from engine.fileio import atomic_write_json, atomic_write_text
 from engine.images import ImageError, list_images
 from engine.paths import in_repo
 from engine.prediction import PREDICTIONS_CSV, predict_chunks, unique_images, write_prediction, write_predictions_csv
@@ -62,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_predict, _add_evaluate, _add_calibrate, _add_train, _add_export, _add_push, _add_benchmark):
+    for add in (_add_predict, _add_evaluate, _add_calibrate, _add_train, _add_export, _add_push, _add_benchmark,
+                _add_measure):
         add(sub)
     return parser
 
@@ -178,6 +183,50 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--model", default=None, help="a local model folder to time instead of random weights")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: the benchmark's own)")
+
+
+def _add_measure(sub) -> None:
+    p = sub.add_parser("measure", help="count, length, width and area of the regions of mask PNGs",
+                       description="Measure every mask PNG in a folder (0/255, from this app or any tool): for a "
+                                   "crack-like prompt each region's length, widest and mean width, branches and "
+                                   "width band; for an area-like one its area and long side. A mask named "
+                                   "{photo}__{prompt}.png says its prompt; --kind decides for the others.")
+    p.add_argument("--masks", required=True, help="a folder of mask PNGs (or one PNG)")
+    p.add_argument("--mm-per-px", type=float, default=None, help="the photos' scale; without it, pixels")
+    p.add_argument("--kind", choices=["auto", "line", "area"], default="auto",
+                   help="line (cracks) or area (taping); auto: from the prompt in the file name, else line")
+    p.add_argument("--min-area", type=int, default=None, help="regions under this many pixels are speckle "
+                                                                 "(default: engine.measure.DEFAULT_MIN_AREA)")
+    p.add_argument("--out", default=None, help="write the CSV here (default: print it)")
+
+
+def cmd_measure(args) -> int:
+    from engine.measure import DEFAULT_MIN_AREA, MEASURE_HEADER, is_line_prompt, measure_mask, region_rows
+
+    folder = Path(args.masks)
+    files = [folder] if folder.is_file() else sorted(folder.glob("*.png"))
+    if not files:
+        raise ValueError(f"{folder} holds no mask PNG; point --masks at the folder the masks were written to.")
+    rows, n_regions = [], 0
+    for path in files:
+        with Image.open(path) as image:
+            mask = np.asarray(image.convert("L")) > 0
+        prompt = path.stem.split("__", 1)[1].replace("_", " ") if "__" in path.stem else ""
+        kind = args.kind if args.kind != "auto" else ("line" if not prompt or is_line_prompt(prompt) else "area")
+        measured = measure_mask(mask, kind=kind, mm_per_px=args.mm_per_px,
+                                min_area=DEFAULT_MIN_AREA if args.min_area is None else args.min_area)
+        n_regions += measured.count
+        rows += list(region_rows(path.name, measured))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(MEASURE_HEADER)
+    writer.writerows(rows)
+    if args.out:
+        atomic_write_text(args.out, buffer.getvalue())
+        print(f"wrote {n_regions} regions in {len(files)} masks to {args.out}")
+    else:
+        print(buffer.getvalue(), end="")
+    return 0
 
 
 def cmd_predict(args) -> int:
@@ -433,7 +482,7 @@ def cmd_benchmark(args) -> int:
 
 
 COMMANDS = {"predict": cmd_predict, "evaluate": cmd_evaluate, "calibrate": cmd_calibrate, "train": cmd_train,
-            "export": cmd_export, "push": cmd_push, "benchmark": cmd_benchmark}
+            "export": cmd_export, "push": cmd_push, "benchmark": cmd_benchmark, "measure": cmd_measure}
 
 
 def main(argv: list[str] | None = None) -> int:
