@@ -78,6 +78,7 @@ BUNDLED = "checkpoints/drywall-starter"
 MODEL_HELP = ("model source (default: the bundled model, trained on walls; 'CIDAS/clipseg-rd64-refined' for zero-shot "
               "CLIPSeg, 'auto' for the Hub model when reachable, a run, a folder or an export)")
 
+
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment photos for one or more prompts and write mask PNGs",
                        description="Segment photos and write one mask PNG per (photo, prompt), named "
@@ -89,6 +90,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the model's own)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--batch-size", type=int, default=4, help="photos per forward pass (default: 4)")
+    p.add_argument("--mm-per-px", type=float, default=None,
+                   help="the photos' scale: lengths, widths and areas in mm and crack width bands (default: pixels)")
     p.add_argument("--report", default=None, metavar="HTML",
                    help="also write an HTML report (one row per photo, an overlay thumbnail per prompt, totals "
                         "per prompt; self-contained, opens offline), e.g. --report report.html")
@@ -291,7 +294,8 @@ def _predict_paths(segmenter, paths: list[Path], names: dict[Path, str], args, o
                     failed += 1
                     tqdm.write(f"error: {pred}", file=sys.stderr)
                 else:
-                    photo_rows = write_prediction(pred, path.stem, names[path], out)
+                    photo_rows = write_prediction(pred, path.stem, names[path], out, meta=segmenter.meta,
+                                                  mm_per_px=args.mm_per_px)
                     rows += photo_rows
                     if args.report:
                         entries.append(report_photo(pred, path, names[path], photo_rows))

@@ -29,14 +29,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 from skimage.measure import approximate_polygon, label, regionprops
 from skimage.morphology import thin
 
-__all__ = ["BRE_BANDS", "DEFAULT_MIN_AREA", "MEASURE_HEADER", "region_rows", "LINE_WORDS", "MaskMeasure", "Region",
-           "band_for", "is_line_prompt",
-           "line_prompts", "measure_mask", "mm_per_px_from_line", "mm_per_px_from_width", "summary_columns",
-           "SUMMARY_HEADERS"]
+__all__ = ["BRE_BANDS", "DEFAULT_MIN_AREA", "LINE_WORDS", "MEASURE_HEADER", "MEASURE_MAX_SIDE", "MaskMeasure",
+           "Region", "SUMMARY_HEADERS", "band_for", "is_line_prompt", "line_prompts", "measure_mask",
+           "measure_prompt", "mm_per_px_from_line", "mm_per_px_from_width", "region_rows", "summary_columns"]
 
 # BRE Digest 251's crack-width categories: (upper bound in mm, name); the last has no upper bound.
 BRE_BANDS: tuple[tuple[float, str], ...] = ((0.1, "0 negligible"), (1.0, "1 very slight"), (5.0, "2 slight"),
@@ -230,11 +230,13 @@ def _line_figures(region: np.ndarray, distance: np.ndarray) -> tuple[float, floa
 
 
 def measure_mask(mask: np.ndarray, *, kind: str = "line", mm_per_px: float | None = None,
-                 min_area: int = DEFAULT_MIN_AREA, bands: Sequence[tuple[float, str]] = BRE_BANDS) -> MaskMeasure:
+                 min_area: int = DEFAULT_MIN_AREA, bands: Sequence[tuple[float, str]] = BRE_BANDS,
+                 pixel_size: float = 1.0) -> MaskMeasure:
     """Measure every region of a mask.
 
     mask: (H, W) bool or 0/255 (any non-zero is the object); kind: "line" (cracks) or "area" (taping);
-    mm_per_px: the photo's scale, None for pixels; min_area: regions under this many pixels are speckle.
+    mm_per_px: the photo's scale, None for pixels; min_area: regions under this many photo pixels are speckle;
+    pixel_size: photo pixels per mask pixel (a mask measured at a reduced size, `measure_prompt`).
     """
     if kind not in ("line", "area"):
         raise ValueError(f"kind must be 'line' or 'area', got {kind!r}.")
@@ -244,7 +246,8 @@ def measure_mask(mask: np.ndarray, *, kind: str = "line", mm_per_px: float | Non
     if binary.ndim != 2:
         raise ValueError(f"A mask is one (H, W) plane; got shape {binary.shape}.")
     labels = label(binary, connectivity=2)
-    scale = mm_per_px or 1.0
+    scale = (mm_per_px or 1.0) * pixel_size
+    min_area = min_area / (pixel_size * pixel_size)
     unit = "mm" if mm_per_px else "px"
     regions, dropped = [], 0
     distance = ndimage.distance_transform_edt(binary) if kind == "line" and binary.any() else None
@@ -269,6 +272,27 @@ def measure_mask(mask: np.ndarray, *, kind: str = "line", mm_per_px: float | Non
     key = (lambda r: -(r.length or 0.0)) if kind == "line" else (lambda r: -r.area)
     ordered = [Region(**{**r.__dict__, "index": i}) for i, r in enumerate(sorted(regions, key=key), 1)]
     return MaskMeasure(kind=kind, unit=unit, mm_per_px=mm_per_px, regions=ordered, dropped=dropped)
+
+
+# Masks larger than this on their long side are measured at this size (box-filtered), scaled back: thinning
+# and the distance transform of a 12000 px mask would take gigabytes; a crack under a pixel of the reduced
+# mask (about 6 photo pixels at 12000 px) is then measured at that pixel's width.
+MEASURE_MAX_SIDE = 2048
+
+
+def measure_prompt(mask: np.ndarray, prompt: str, meta: Mapping | None = None, *, mm_per_px: float | None = None,
+                   min_area: int = DEFAULT_MIN_AREA, max_side: int = MEASURE_MAX_SIDE) -> MaskMeasure:
+    """`measure_mask` for a prompt's mask at its photo's size: the kind from the prompt (`is_line_prompt`), and a
+    mask over `max_side` measured at that size (figures still in the photo's pixels or in mm)."""
+    kind = "line" if is_line_prompt(prompt, meta) else "area"
+    mask = np.asarray(mask)
+    factor = max(mask.shape) / max_side
+    if factor <= 1:
+        return measure_mask(mask, kind=kind, mm_per_px=mm_per_px, min_area=min_area)
+    size = (max(1, round(mask.shape[1] / factor)), max(1, round(mask.shape[0] / factor)))
+    small = np.asarray(Image.fromarray(((mask > 0) * 255).astype(np.uint8)).resize(size, Image.Resampling.BOX)) > 127
+    return measure_mask(small, kind=kind, mm_per_px=mm_per_px, min_area=min_area,
+                        pixel_size=mask.shape[1] / size[0])
 
 
 SUMMARY_HEADERS = ["count", "total length", "widest", "band", "area", "unit"]

@@ -162,21 +162,31 @@ def resolve_thresholds(prompts, default: float, per_prompt: Mapping[str, float] 
 # -- writing: mask files and the CSV of `python -m engine predict` ------------------------------------------
 
 PREDICTIONS_CSV = "predictions.csv"
+# The measurement columns (engine.measure.summary_columns): regions, total crack length, widest crack and its
+# width band (crack-like prompts), total area (area-like prompts), and the unit (mm with a scale, else px).
+MEASURE_COLUMNS = ["count", "length", "max_width", "band", "area", "unit"]
 CSV_HEADER = ["photo", "prompt", "found", "area_percent", "presence", "max_score", "threshold", "presence_threshold",
-              "ms"]
+              "ms", *MEASURE_COLUMNS]
 
 
-def write_prediction(pred: Prediction, image_id: str, photo: str, out_dir) -> list[list]:
+def write_prediction(pred: Prediction, image_id: str, photo: str, out_dir, *, meta: Mapping | None = None,
+                     mm_per_px: float | None = None) -> list[list]:
     """Write one photo's masks as `{image_id}__{prompt_slug}.png` (one prompt at a time, so one full-size mask
-    in memory); returns its CSV rows (CSV_HEADER; area in % of the photo)."""
+    in memory); returns its CSV rows (CSV_HEADER; area in % of the photo; the measurements of each mask,
+    `engine.measure.measure_prompt`, with the model's `meta` saying which prompts are crack-like and the photo's
+    scale `mm_per_px`, None for pixels)."""
+    from engine.measure import measure_prompt, summary_columns  # deferred: scikit-image loads on first use
+
     names = mask_names(image_id, pred.prompts)  # two prompts, one file name: refused before writing
     rows = []
     for p in pred.prompts:
         mask = pred.mask(p)
         area = 100.0 * np.count_nonzero(mask) / mask.size
         save_mask(mask, Path(out_dir) / names[p])
+        measured = summary_columns(measure_prompt(mask, p, meta, mm_per_px=mm_per_px))
         rows.append([photo, p, "found" if pred.found(p) else "not found", round(area, 3), round(pred.presence[p], 4),
-                     round(pred.max_score(p), 4), pred.thresholds[p], pred.presence_thresholds[p], round(pred.ms, 1)])
+                     round(pred.max_score(p), 4), pred.thresholds[p], pred.presence_thresholds[p], round(pred.ms, 1),
+                     *measured])
     return rows
 
 

@@ -122,6 +122,20 @@ def _totals_table(prompt_totals: list[PromptTotal], order: dict[str, int]) -> li
     return lines
 
 
+def measure_text(row: list) -> str:
+    """A CSV row's measurements in words: "; 2 cracks, 431 px long, widest 5.1 px" or "; 1 region, 2,300 px²"
+    ("" when the row has none, or no region)."""
+    if "count" not in _COL or len(row) <= _COL["count"] or not row[_COL["count"]]:
+        return ""
+    count, unit = int(row[_COL["count"]]), row[_COL["unit"]]
+    if row[_COL["length"]] != "":
+        band = row[_COL["band"]]
+        band = f" ({band})" if band and band != "no scale" else ""
+        return (f"; {count} crack{'s' if count != 1 else ''}, {float(row[_COL['length']]):,.0f} {unit} long, widest "
+                f"{float(row[_COL['max_width']]):.1f} {unit}{band}")
+    return f"; {count} region{'s' if count != 1 else ''}, {float(row[_COL['area']]):,.0f} {unit}"
+
+
 def _photo_row(entry: ReportPhoto, order: dict[str, int]) -> str:
     cells = []
     for row in entry.rows:
@@ -131,7 +145,7 @@ def _photo_row(entry: ReportPhoto, order: dict[str, int]) -> str:
         img = f'<img src="{uri}" alt="{html.escape(entry.photo)}: {html.escape(prompt)}">' if uri else ""
         cells.append(f"<td><figure>{img}<figcaption>{_swatch(order[prompt])}{html.escape(prompt)}: {flag}, "
                      f"area {float(row[_COL['area_percent']]):.2f}%, max score {float(row[_COL['max_score']]):.2f}"
-                     "</figcaption></figure></td>")
+                     f"{html.escape(measure_text(row))}</figcaption></figure></td>")
     return f'<tr class="photo"><td>{html.escape(entry.photo)}</td>{"".join(cells)}</tr>'
 
 

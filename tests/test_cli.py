@@ -79,7 +79,8 @@ def test_help_names_every_command_with_a_description():
     text = " ".join(result.stdout.split())  # argparse wraps long lines; compare word sequences
     subparsers = next(a for a in build_parser()._actions if a.dest == "command")
     helps = {c.dest: c.help for c in subparsers._choices_actions}
-    assert sorted(helps) == ["benchmark", "calibrate", "evaluate", "export", "predict", "push", "train"]
+    assert sorted(helps) == ["benchmark", "calibrate", "evaluate", "export", "measure", "predict", "push",
+                            "train"]
     for command, description in helps.items():
         assert description and len(description.split()) >= 4, f"{command} has no real description"
         assert f"{command} {description}" in text

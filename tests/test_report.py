@@ -12,7 +12,10 @@ from engine.report import ReportPhoto, render_report, report_photo, thumbnail_ur
 
 def _row(photo, prompt, found, area):
     values = dict(photo=photo, prompt=prompt, found="found" if found else "not found", area_percent=area,
-                  presence=0.5, max_score=0.9, threshold=0.5, presence_threshold=0.5, ms=12.0)
+                  presence=0.5, max_score=0.9, threshold=0.5, presence_threshold=0.5, ms=12.0,
+                  count=2 if found else 0, length=431.2 if "crack" in prompt else "",
+                  max_width=5.12 if "crack" in prompt else "", band="no scale" if "crack" in prompt else "",
+                  area="" if "crack" in prompt else 2300.0, unit="px" if "crack" in prompt else "px²")
     return [values[c] for c in CSV_HEADER]
 
 

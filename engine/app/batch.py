@@ -115,10 +115,11 @@ def batch_photos(uploads: Sequence[tuple[str | os.PathLike, str]], work_dir: str
 
 
 def segment_batch(segmenter, photos: Sequence[BatchPhoto], prompts: Sequence[str], *, out_dir: str | os.PathLike,
-                  threshold: float | None = None, progress: Callable[[float, str], None] | None = None
-                  ) -> BatchResult:
+                  threshold: float | None = None, progress: Callable[[float, str], None] | None = None,
+                  mm_per_px: float | None = None) -> BatchResult:
     """Segment each photo for every prompt: masks (`{image_id}__{prompt_slug}.png`) zipped, predictions.csv and
-    report.html written to out_dir. A photo that cannot be read is listed in `failed` and skipped.
+    report.html written to out_dir. A photo that cannot be read is listed in `failed` and skipped. The CSV holds
+    each mask's measurements (`engine.measure`), in mm with `mm_per_px`, else in pixels.
 
     threshold: None for each prompt's calibrated threshold, or one value for every prompt. progress(fraction,
     message) is called before each photo and at the end.
@@ -132,7 +133,8 @@ def segment_batch(segmenter, photos: Sequence[BatchPhoto], prompts: Sequence[str
             progress(i / max(len(photos), 1), f"photo {i + 1}/{len(photos)}: {photo.name}")
         try:
             pred = segmenter.prediction(photo.path, prompts, threshold=threshold)
-            photo_rows = write_prediction(pred, photo.image_id, photo.name, masks_dir)
+            photo_rows = write_prediction(pred, photo.image_id, photo.name, masks_dir,
+                                          meta=getattr(segmenter, "meta", None), mm_per_px=mm_per_px)
             entries.append(report_photo(pred, photo.path, photo.name, photo_rows))
         except ImageError as exc:
             failed[photo.name] = str(exc).replace(str(photo.path), photo.name)
