@@ -1009,8 +1009,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"the model the Segment tab starts on (default: ${DEFAULT_MODEL_ENV}, else the bundled "
                              "model trained on walls)")
     parser.add_argument("--public", action="store_true",
-                        help="public mode: no server folders, listed models only, capped requests (README "
-                             "'Public mode'; on by default on a Space, where SPACE_ID is set)")
+                        help="public mode: no server folders, listed models only, capped requests "
+                             "(docs/public-mode.md; on by default on a Space, where SPACE_ID is set)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests

@@ -46,9 +46,10 @@ from engine.train.progress import TrainProgress
 
 DESCRIPTION = """Drywall QA: text-prompted segmentation of wall photos with CLIPSeg.
 
-MODEL (everywhere) is one of: auto (default: the Hub model if cached or reachable, else the bundled
-offline model), a Hub id (CIDAS/clipseg-rd64-refined), a Hugging Face model folder, a training run under
-checkpoints/, or an ONNX export under export/.
+MODEL (everywhere) is one of: the bundled model (checkpoints/drywall-starter, trained on walls: the default
+of predict, evaluate and export), auto (the Hub model if cached or reachable, else the bundled model: where
+training starts), a Hub id (CIDAS/clipseg-rd64-refined: zero-shot CLIPSeg), a Hugging Face model folder, a
+training run under checkpoints/, or an ONNX export under export/.
 """
 
 EPILOG = """examples:

@@ -19,7 +19,7 @@ or from a drawn line of known length); without one every figure is in pixels and
 follows BRE Digest 251 (Building Research Establishment, "Assessment of damage in low-rise buildings"), the
 classification UK surveyors use for crack widths: 0 negligible < 0.1 mm, 1 very slight <= 1 mm, 2 slight <= 5 mm,
 3 moderate <= 15 mm, 4 severe <= 25 mm, 5 very severe above.
-Accuracy on drawn lines and on the labelled crack photos: README "Measurements".
+Accuracy on drawn lines and on the labelled crack photos: docs/measurements.md.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ BRE_BANDS: tuple[tuple[float, str], ...] = ((0.1, "0 negligible"), (1.0, "1 very
                                              (15.0, "3 moderate"), (25.0, "4 severe"), (math.inf, "5 very severe"))
 # Regions under this many pixels are speckle. Measured on the bundled model's crack masks of cracks/valid
 # (tools/measure_accuracy.py --min-area-sweep): 20 px brings the model's mean region count per photo nearest
-# the ground truth's (README "Measurements") while a real crack region is hundreds of pixels.
+# the ground truth's (docs/measurements.md) while a real crack region is hundreds of pixels.
 DEFAULT_MIN_AREA = 20
 # A prompt names a line-like thing when it holds one of these words (a model's drywall_qa.json can list its
 # line-like prompts instead: "line_prompts").

@@ -3,7 +3,7 @@
 `SegmenterBase.prediction(image, prompts)` returns a `Prediction`. It holds each prompt's logits at the model's
 input size (S x S, e.g. 352 x 352: 0.5 MB per prompt) and nothing at the photo's size; a full-size binary mask
 is built only when asked for, one prompt at a time and band by band (`upsample_mask`), so a 12240 x 12240
-photo with 8 prompts never holds a full-size float map (8.6 GB before it did; README "Memory" has the figures).
+photo with 8 prompts never holds a full-size float map (8.6 GB before it did; docs/speed.md "Memory" has the figures).
 
 Presence (the photo-level "is it there at all" score) is the maximum of the probability map after a 3 x 3
 box mean at model resolution: the strongest small patch rather than the strongest single pixel, so one stray

@@ -75,7 +75,7 @@ def test_a_prompt_not_found_is_said_and_its_mask_is_empty(tiny_segmenter, tmp_pa
 
 # A huge photo with 8 prompts, in a child process: the peak RSS (VmHWM, reset once the model is loaded and warm)
 # minus the idle RSS. Each kind is the size a visitor can send in under 1 MB: an 8-bit PNG of 12240 px, and a
-# 12000 px float32 TIFF and 16-bit PNG, whose decoding needs 4 and 2 bytes a pixel (README "Memory" has the
+# 12000 px float32 TIFF and 16-bit PNG, whose decoding needs 4 and 2 bytes a pixel (docs/speed.md "Memory" has the
 # figures: `pytest -m slow -s tests/test_app_segment.py -k above_idle`).
 MEMORY_CHILD = """
 import sys

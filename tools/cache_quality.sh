@@ -5,7 +5,7 @@
 #
 #   bash tools/cache_quality.sh [OUT [BASE]]   # OUT default /tmp/cache-quality; about 3 min per run on 2 cores
 #
-# BASE (default checkpoints/drywall-starter-base) is the model whose decoder is fine-tuned. README's table was
+# BASE (default checkpoints/drywall-starter-base) is the model whose decoder is fine-tuned. docs/training.md's cache table was
 # measured on the stage-1 model of commit 144503c, before the starter was retrained with a holdout:
 #   git archive 144503c checkpoints/drywall-starter-base | tar -x -C /tmp/prev
 #   bash tools/cache_quality.sh /tmp/cache-quality /tmp/prev/checkpoints/drywall-starter-base

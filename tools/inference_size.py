@@ -7,7 +7,7 @@ photos are unseen. For each size it sets each prompt's thresholds on the first 1
 starter preset does, `calibrate_on="train"`), then scores the held-out photos: own mIoU, false alarms of the
 prompt on the other set's photos, presence AUROC. The score per prompt is half own mIoU plus half the share of
 absent photos without a false alarm (the balance of `engine.calibrate`), averaged over the prompts; the best
-size is printed last. How the bundled model's 288 px was picked: README, "The bundled model's input size".
+size is printed last. How the bundled model's 288 px was picked: docs/training.md, "The bundled model's input size".
 """
 
 from __future__ import annotations

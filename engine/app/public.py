@@ -2,7 +2,7 @@
 
 Public mode is on when the app runs on a Space (`SPACE_ID` is set) or with `python app.py --public`, off by
 default locally. Each cap is a named setting with a public default that an environment variable overrides
-(`Limits.ENV` maps field -> variable; README "Public mode" lists them). In public mode the handlers refuse:
+(`Limits.ENV` maps field -> variable; docs/public-mode.md lists them). In public mode the handlers refuse:
 a server folder, a model not in the pickers' list, more prompts, images, epochs, pixels, layers or batch than
 the caps allow; and error messages name no server path (`scrub_paths`). Locally nothing here refuses anything.
 Pure functions and dataclasses: no gradio, no torch.

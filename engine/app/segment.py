@@ -3,7 +3,7 @@
 Memory is bounded by design: the model's maps stay at model resolution (`engine.prediction`); what
 is shown is drawn at display size (long side <= DISPLAY_MAX_SIDE); the full-size mask files are upsampled one
 prompt at a time, band by band, and written before the next one is built. A 12240 x 12240 PNG with 8 prompts
-peaks at the figure in README ("Memory").
+peaks at the figure in docs/speed.md ("Memory").
 """
 
 from __future__ import annotations

@@ -113,8 +113,8 @@ PRESETS: dict[str, dict] = {
     # 20 of them holding both concepts, synthetic_mixed, train photos set taping's threshold at 0.70, costing
     # 0.10 mIoU, and no more examples came out right). The valid splits stay unseen: no epoch is picked on them
     # (select=last), and the thresholds are set on the first 100 train photos of each set. It runs at 288 px
-    # (inference_size), picked on held-out train photos with tools/inference_size.py (README, "The bundled
-    # model's input size").
+    # (inference_size), picked on held-out train photos with tools/inference_size.py (docs/training.md,
+    # "The bundled model's input size").
     "starter": {
         "data": [{"path": str(SHARED_DATA / name), "prompts": DEFAULT_SETS[name], "synthetic_concept": concept,
                   "synthetic_walls": 40} for name, concept in (("cracks", "crack"), ("joints", "taping area"))],
