@@ -333,8 +333,22 @@ def bind(handler, ctx: AppContext):
 
 
 @user_errors
-def segment(ctx: AppContext, image, prompts, model, threshold, request: gr.Request | None = None):
-    """/segment: (overlay, mask file paths, table value, SegmentResult for the other views)."""
+def scale_values(mm_per_px, photo_width_mm) -> tuple[float | None, float | None]:
+    """The Scale boxes as (mm per pixel, photo width in mm), each None when empty or 0; a negative one refused."""
+    values = []
+    for name, value in (("Scale (mm per pixel)", mm_per_px), ("Photo width (mm)", photo_width_mm)):
+        value = float(value or 0)
+        if value < 0:
+            raise ValueError(f"{name} is {value:g}: give a positive number, or 0 for no scale (figures in pixels).")
+        values.append(value or None)
+    return values[0], values[1]
+
+
+@user_errors
+def segment(ctx: AppContext, image, prompts, model, threshold, mm_per_px=0.0, photo_width_mm=0.0,
+            request: gr.Request | None = None):
+    """/segment: (overlay, mask file paths, table value, SegmentResult for the other views). mm_per_px or
+    photo_width_mm (0: none) put the measurements in millimetres, with crack width bands."""
     # Raw upload (preprocess=False): the engine, not Gradio, decodes the photo, so a file that is not an
     # image gets the engine's message; Gradio has already checked the path is an upload in its cache.
     path = image.get("path") if isinstance(image, dict) else image
@@ -344,10 +358,12 @@ def segment(ctx: AppContext, image, prompts, model, threshold, request: gr.Reque
     ws = ctx.workspace(request)
     segmenter = ctx.cache.get(ctx.model_source(model, ws))
     chosen = ctx.prompts(prompts)
+    scale, width_mm = scale_values(mm_per_px, photo_width_mm)
     try:  # the slider at the model's default means "each prompt's own threshold"; moved, it applies to all
         with ctx.output_dir(ws, "masks") as out_dir:
             result = segment_photo(segmenter, path, chosen, threshold=slider_threshold(segmenter, threshold),
-                                   image_id=image_id_for(name), out_dir=out_dir)
+                                   image_id=image_id_for(name), out_dir=out_dir, mm_per_px=scale,
+                                   photo_width_mm=width_mm)
     except ImageError as exc:  # name the file as the user knows it, not by its upload cache path
         raise ImageError(str(exc).replace(str(path), name)) from None
     if result.warning:  # a prompt outside the model's trained list
@@ -526,13 +542,14 @@ def export(ctx: AppContext, model, precision, progress=gr.Progress(), request: g
 
 
 @user_errors
-def segment_batch(ctx: AppContext, files, prompts, model, threshold, progress=gr.Progress(),
-                  request: gr.Request | None = None):
+def segment_batch(ctx: AppContext, files, prompts, model, threshold, mm_per_px=0.0, photo_width_mm=0.0,
+                  progress=gr.Progress(), request: gr.Request | None = None):
     """/segment_batch: (masks zip, predictions.csv, report.html) for several photos or a zip of photos."""
     paths = [f.get("path") if isinstance(f, dict) else f for f in files or []]
     ws = ctx.workspace(request)
     segmenter = ctx.cache.get(ctx.model_source(model, ws))  # cheap refusals first: model, prompts, photo count
     chosen = ctx.prompts(prompts)
+    scale, width_mm = scale_values(mm_per_px, photo_width_mm)
     cap = ctx.public.limits.batch_photos if ctx.public.enabled else MAX_BATCH_PHOTOS
     with ctx.output_dir(ws, "masks") as out_dir:
         photos = batch_photos([(p, Path(p).name) for p in paths if p], out_dir / "photos", max_photos=cap)
@@ -540,7 +557,8 @@ def segment_batch(ctx: AppContext, files, prompts, model, threshold, progress=gr
         if warning:
             gr.Warning(warning)
         result = run_batch(segmenter, photos, chosen, out_dir=out_dir,
-                           threshold=slider_threshold(segmenter, threshold), progress=lambda f, m: progress(f, desc=m))
+                           threshold=slider_threshold(segmenter, threshold), progress=lambda f, m: progress(f, desc=m),
+                           mm_per_px=scale, photo_width_mm=width_mm)
     if result.failed:
         gr.Warning(f"{len(result.failed)} photo(s) could not be read: " + "; ".join(result.failed.values()))
     return str(result.zip_path), str(result.csv_path), str(result.report_path)
@@ -677,6 +695,11 @@ def _segment_tab(ctx: AppContext) -> UI:
             ui["threshold"] = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="Threshold",
                                         info="At the model's default each prompt uses its own calibrated "
                                              "thresholds; moved, it applies to every prompt.")
+            with gr.Row():
+                ui["mm_per_px"] = gr.Number(0, label="Scale (mm per pixel)", minimum=0, elem_id="seg-scale",
+                                            info="0: figures in pixels, no width band.")
+                ui["photo_width_mm"] = gr.Number(0, label="...or the photo's real width (mm)", minimum=0,
+                                                 elem_id="seg-width-mm", info="e.g. 1200 for a board across it.")
             ui["segment_btn"] = gr.Button("Segment", variant="primary", elem_id="segment-btn")
         with gr.Column(scale=3, min_width=400):
             with gr.Tabs():

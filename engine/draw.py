@@ -141,6 +141,23 @@ def overlay(image, masks: Mapping[str, np.ndarray], alpha: float = 0.45, outline
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
 
 
+def number_regions(image: Image.Image, labels: Sequence[tuple[float, float, str, int]]) -> Image.Image:
+    """The image with a numbered tag at each point: labels are (x, y, text, colour index), x and y in the image's
+    pixels; each tag is the text in white on its prompt's palette colour, so region 2 of the crack mask reads
+    "2" in the crack's colour, matching a table row."""
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default(size=max(12, min(28, min(out.size) // 40)))
+    for x, y, text, colour in labels:
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        w, h = right - left + 8, bottom - top + 6
+        x0 = int(min(max(0, x - w / 2), out.width - w))
+        y0 = int(min(max(0, y - h / 2), out.height - h))
+        draw.rounded_rectangle((x0, y0, x0 + w, y0 + h), radius=4, fill=colour_for(colour), outline=(255, 255, 255))
+        draw.text((x0 + 4 - left, y0 + 3 - top), text, fill=(255, 255, 255), font=font)
+    return out
+
+
 def legend(masks: Mapping[str, np.ndarray]) -> list[tuple[str, str]]:
     """(prompt, "#rrggbb") pairs matching the colours :func:`overlay` uses, in dict order."""
     return [(name, _hex(colour_for(k))) for k, name in enumerate(masks)]

@@ -66,7 +66,7 @@ def test_segment_handler_returns_overlay_table_and_masks(ctx, shared_data):
     with Image.open(photo) as im, Image.open(masks[1]) as mask:
         assert mask.size == im.size and overlay.size == result.photo.size
     assert table["headers"] == ["prompt", "found", "area %", "presence", "max score", "pixel thr", "presence thr",
-                                "ms"]
+                                "ms", "count", "total length", "widest", "band", "area", "unit"]
     assert [row[0] for row in table["data"]] == ["segment crack", "segment taping area"]
     pair, heatmap, legend = app.show_views(result)
     assert pair == (result.photo, result.overlay) and heatmap is result.heatmap
@@ -154,7 +154,10 @@ def test_named_endpoints_exist(served):
     named = api["named_endpoints"]
     for name in ENDPOINTS:
         assert name in named, f"{name} missing from {sorted(named)}"
-    assert [p["parameter_name"] for p in named["/segment"]["parameters"]] == ["image", "prompts", "model", "threshold"]
+    params = named["/segment"]["parameters"]
+    assert [p["parameter_name"] for p in params] == ["image", "prompts", "model", "threshold", "mm_per_px",
+                                                    "photo_width_mm"]
+    assert [p["parameter_has_default"] for p in params[-2:]] == [True, True]  # older four-argument calls still work
     assert len(named["/segment"]["returns"]) == 3  # overlay, masks, table
     assert not any(k.startswith("/lambda") or k == "/poll" for k in named)
 
@@ -172,7 +175,7 @@ def test_segment_a_real_photo(served, shared_data):
         assert mask.size == im.size == over.size
         assert set(np.unique(np.asarray(mask))) <= {0, 255}
     assert table["headers"] == ["prompt", "found", "area %", "presence", "max score", "pixel thr", "presence thr",
-                                "ms"]
+                                "ms", "count", "total length", "widest", "band", "area", "unit"]
     assert [row[0] for row in table["data"]] == ["segment crack", "segment taping area"]
     # prompt, found, area %, presence, max score, pixel thr, presence thr, ms
     assert all((row[1] == "found" or row[1].startswith("not found: presence ")) and 0 <= row[2] <= 100

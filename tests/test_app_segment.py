@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.app.segment import DISPLAY_MAX_SIDE, example_rows, image_id_for, resize_map, segment_photo, slider_threshold
+from engine.app.segment import (
+    DISPLAY_MAX_SIDE,
+    TABLE_HEADERS,
+    example_rows,
+    image_id_for,
+    region_tags,
+    resize_map,
+    segment_photo,
+    slider_threshold,
+)
+from engine.draw import overlay
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,3 +139,23 @@ def test_a_huge_photo_with_8_prompts_stays_under_1_5_gb_above_idle(tiny_model_di
     with Image.open(tmp_path / "masks" / "big__segment_thing_0.png") as mask:
         assert mask.size == (side, side)
     assert above_idle <= 1.5e9, f"{above_idle / 1e9:.2f} GB above idle"
+
+
+def test_segment_photo_measures_each_prompt_with_a_scale_and_numbers_its_regions(tiny_segmenter, tmp_path):
+    """Threshold 0: every pixel is in the mask, one region the size of the photo. With the photo's real width the
+    figures are in mm; the crack prompt is a line (length, widest, band), taping an area."""
+    photo = tmp_path / "wall.png"
+    Image.new("RGB", (200, 100), (180, 180, 180)).save(photo)
+    result = segment_photo(tiny_segmenter, photo, ["segment crack", "segment taping area"], threshold=0.0,
+                           out_dir=tmp_path / "masks", photo_width_mm=400)
+    crack, taping = (dict(zip(TABLE_HEADERS, row)) for row in result.rows)
+    assert result.mm_per_px == pytest.approx(2.0) and crack["unit"] == "mm" and taping["unit"] == "mm²"
+    assert crack["count"] == 1 and crack["area"] == "" and crack["band"].startswith("5 very severe")
+    assert taping["count"] == 1 and taping["area"] == pytest.approx(200 * 100 * 4.0) and taping["total length"] == ""
+    assert [r.index for r in result.measures["segment crack"].regions] == [1]
+    tags = region_tags(result.measures, (200, 100), result.photo.size)
+    assert [(round(x), round(y), text, colour) for x, y, text, colour in tags] == [(100, 50, "1", 0), (100, 50, "1", 1)]
+    full = np.ones((100, 200), bool)
+    plain = np.asarray(overlay(result.photo, {"segment crack": full, "segment taping area": full}))
+    tagged = np.asarray(result.overlay)
+    assert (tagged[40:60, 85:115] != plain[40:60, 85:115]).any() and (tagged[:20] == plain[:20]).all()

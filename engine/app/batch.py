@@ -116,10 +116,11 @@ def batch_photos(uploads: Sequence[tuple[str | os.PathLike, str]], work_dir: str
 
 def segment_batch(segmenter, photos: Sequence[BatchPhoto], prompts: Sequence[str], *, out_dir: str | os.PathLike,
                   threshold: float | None = None, progress: Callable[[float, str], None] | None = None,
-                  mm_per_px: float | None = None) -> BatchResult:
+                  mm_per_px: float | None = None, photo_width_mm: float | None = None) -> BatchResult:
     """Segment each photo for every prompt: masks (`{image_id}__{prompt_slug}.png`) zipped, predictions.csv and
     report.html written to out_dir. A photo that cannot be read is listed in `failed` and skipped. The CSV holds
-    each mask's measurements (`engine.measure`), in mm with `mm_per_px`, else in pixels.
+    each mask's measurements (`engine.measure`): in mm with `mm_per_px`, or with `photo_width_mm` (the real width
+    every photo shows, its scale taken photo by photo), else in pixels.
 
     threshold: None for each prompt's calibrated threshold, or one value for every prompt. progress(fraction,
     message) is called before each photo and at the end.
@@ -133,8 +134,9 @@ def segment_batch(segmenter, photos: Sequence[BatchPhoto], prompts: Sequence[str
             progress(i / max(len(photos), 1), f"photo {i + 1}/{len(photos)}: {photo.name}")
         try:
             pred = segmenter.prediction(photo.path, prompts, threshold=threshold)
+            scale = photo_width_mm / pred.size[0] if photo_width_mm else mm_per_px
             photo_rows = write_prediction(pred, photo.image_id, photo.name, masks_dir,
-                                          meta=getattr(segmenter, "meta", None), mm_per_px=mm_per_px)
+                                          meta=getattr(segmenter, "meta", None), mm_per_px=scale)
             entries.append(report_photo(pred, photo.path, photo.name, photo_rows))
         except ImageError as exc:
             failed[photo.name] = str(exc).replace(str(photo.path), photo.name)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.draw import blend_heatmap, legend, overlay, side_by_side
+from engine.draw import blend_heatmap, legend, number_regions, overlay, side_by_side
 from engine.images import load_image
 from engine.masks import mask_names, save_mask
 
@@ -28,7 +28,10 @@ __all__ = ["SegmentResult", "TABLE_HEADERS", "DISPLAY_MAX_SIDE", "example_rows",
 
 # "pixel thr" makes a pixel part of the mask; "presence thr" decides whether the prompt is in the photo at all
 # (presence: how strongly the map's best 3 x 3 patch fires, engine.prediction); both are calibrated per prompt.
-TABLE_HEADERS = ["prompt", "found", "area %", "presence", "max score", "pixel thr", "presence thr", "ms"]
+# Then each prompt's measurements (engine.measure): regions, total crack length, widest crack and its width band
+# (BRE Digest 251; "no scale" without one), area of area-like prompts, and the unit (mm with a scale, else px).
+TABLE_HEADERS = ["prompt", "found", "area %", "presence", "max score", "pixel thr", "presence thr", "ms",
+                 "count", "total length", "widest", "band", "area", "unit"]
 DISPLAY_MAX_SIDE = 1600  # long side (px) of the images shown; the mask files keep the photo's full size
 
 
@@ -57,6 +60,8 @@ class SegmentResult:
     warning: str | None = None
     precision: str = ""  # what the model runs in and why, e.g. "fp32: bf16 measured 1.7x slower here"
     overridden: bool = False  # True: `threshold` (the slider) applied to every prompt
+    measures: dict | None = None  # prompt -> engine.measure.MaskMeasure (regions numbered on the overlay)
+    mm_per_px: float | None = None  # the scale used, None: figures in pixels
 
 
 def image_id_for(path: str | os.PathLike | None) -> str:
@@ -82,6 +87,15 @@ def slider_threshold(segmenter, value) -> float | None:
     return float(value)
 
 
+def region_tags(measures: dict, photo_size: tuple[int, int], shown_size: tuple[int, int]
+                ) -> list[tuple[float, float, str, int]]:
+    """(x, y, number, colour index) for each measured region, at the shown image's scale: region k of prompt i
+    tagged "k" in prompt i's colour, the numbers the measurement table and CSV use."""
+    sx, sy = shown_size[0] / photo_size[0], shown_size[1] / photo_size[1]
+    return [(r.centroid[0] * sx, r.centroid[1] * sy, str(r.index), i)
+            for i, m in enumerate(measures.values()) for r in m.regions]
+
+
 def found_text(pred, prompt: str) -> str:
     """"found", or "not found" and why: its presence below the presence threshold (a bright pixel or two is not
     enough: presence is the best 3 x 3 patch's mean, so a max score above the pixel threshold can still miss)."""
@@ -91,13 +105,15 @@ def found_text(pred, prompt: str) -> str:
 
 
 def segment_photo(segmenter, image, prompts: Sequence[str], *, threshold: float | None = None,
-                  image_id: str = "photo", out_dir: str | os.PathLike) -> SegmentResult:
+                  image_id: str = "photo", out_dir: str | os.PathLike, mm_per_px: float | None = None,
+                  photo_width_mm: float | None = None) -> SegmentResult:
     """Segment one photo for several prompts: overlay, heatmap, per-prompt table and mask PNGs.
 
     image: a path (or anything `engine.images.load_image` reads); threshold: None for each prompt's calibrated
     threshold (the model's default where it has none), or one value for every prompt. A prompt not found
     (see `engine.prediction`) gets an empty mask. Masks are written to `out_dir` at the photo's full displayed
-    size, one prompt at a time.
+    size, one prompt at a time, and measured (`engine.measure.measure_prompt`): in mm with `mm_per_px`, or with
+    `photo_width_mm` (the real width of what the photo shows), else in pixels.
     """
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"Threshold {threshold} is outside [0, 1]; pick a value on the slider.")
@@ -105,27 +121,35 @@ def segment_photo(segmenter, image, prompts: Sequence[str], *, threshold: float 
     start = time.perf_counter()
     pred = segmenter.prediction(image, prompts, threshold=threshold)
     ms = float(pred.ms or (time.perf_counter() - start) * 1000)
+    from engine.measure import measure_prompt, mm_per_px_from_width, summary_columns  # scikit-image: on first use
+
     names = mask_names(image_id, pred.prompts)
     out_dir = Path(out_dir)
-    paths, rows = [], []
+    if photo_width_mm:
+        mm_per_px = mm_per_px_from_width(float(photo_width_mm), pred.size[0])
+    meta = getattr(segmenter, "meta", None)
+    paths, rows, measures = [], [], {}
     for p in pred.prompts:  # one full-size mask at a time: built, measured, written, dropped
         mask = pred.mask(p)
         area = 100.0 * float(np.count_nonzero(mask)) / mask.size
         paths.append(save_mask(mask, out_dir / names[p]))
+        measures[p] = measure_prompt(mask, p, meta, mm_per_px=mm_per_px or None)
         del mask
         rows.append([p, found_text(pred, p), round(area, 2), round(pred.presence[p], 3), round(pred.max_score(p), 3),
-                     round(pred.thresholds[p], 2), round(pred.presence_thresholds[p], 2), round(ms, 1)])
+                     round(pred.thresholds[p], 2), round(pred.presence_thresholds[p], 2), round(ms, 1),
+                     *summary_columns(measures[p])])
 
     photo = load_image(image, max_side=DISPLAY_MAX_SIDE)
     shown_masks = {p: pred.mask(p, photo.size) for p in pred.prompts}
     heats = [blend_heatmap(photo, pred.probability(p, photo.size)) for p in pred.prompts]
     heat = heats[0] if len(heats) == 1 else side_by_side(heats, pred.prompts)
-    return SegmentResult(photo=photo, overlay=overlay(photo, shown_masks), heatmap=heat, legend=legend(shown_masks),
+    shown = number_regions(overlay(photo, shown_masks), region_tags(measures, pred.size, photo.size))
+    return SegmentResult(photo=photo, overlay=shown, heatmap=heat, legend=legend(shown_masks),
                          rows=rows, mask_paths=paths, threshold=segmenter.threshold if threshold is None else
                          float(threshold), model=str(getattr(segmenter, "name", "model")), ms=ms,
                          thresholds=dict(pred.thresholds), warning=warning,
                          precision=getattr(segmenter, "precision_reason", "") or getattr(segmenter, "precision", ""),
-                         overridden=threshold is not None)
+                         overridden=threshold is not None, measures=measures, mm_per_px=mm_per_px or None)
 
 
 def example_rows(examples_dir: str | os.PathLike, default_prompts: Sequence[str]) -> list[list[str]]:
