@@ -81,6 +81,7 @@ from engine.app.public import (
     public_status,
     scrub_paths,
 )
+from engine.app.segment import REGION_HEADERS, SHOWN_HEADERS, region_rows, shown_rows
 from engine.app.visitors import (
     VISITORS_DIR,
     Workspace,
@@ -383,15 +384,19 @@ def auto_fallback(value: str, segmenter) -> str | None:
 
 @user_errors
 def show_views(result):
-    """After /segment: (before/after pair, heatmap, legend HTML with the model and threshold)."""
+    """After /segment: (before/after pair, heatmap, legend HTML with the model and threshold, the per-prompt table
+    as shown, the table of numbered regions)."""
     if result is None:
-        return gr.skip(), gr.skip(), gr.skip()
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
     precision = f" · {html.escape(result.precision)}" if result.precision else ""
     thresholds = (f"threshold {result.threshold:.2f} for every prompt (the slider)" if result.overridden else
                   "each prompt's own calibrated thresholds (table: pixel thr, presence thr)")
     caption = (f'<span class="dq-muted">answered by {html.escape(result.model)} · {thresholds}'
                f" · {result.ms:.0f} ms{precision}</span>")
-    return (result.photo, result.overlay), result.heatmap, legend_html(result.legend) + caption
+    scale = (f" · scale {result.mm_per_px:.3g} mm per pixel" if result.mm_per_px else
+             " · no scale: lengths and widths in pixels")
+    return ((result.photo, result.overlay), result.heatmap, legend_html(result.legend) + caption + scale,
+            table(shown_rows(result.rows), SHOWN_HEADERS), table(region_rows(result.measures or {}), REGION_HEADERS))
 
 
 @user_errors
@@ -715,8 +720,12 @@ def _segment_tab(ctx: AppContext) -> UI:
                     gr.Markdown("Probability per pixel, one panel per prompt: dark purple 0, green 0.5, "
                                 "yellow 1.", elem_classes="dq-muted")
             ui["legend"] = gr.HTML(legend_html([]))
-            ui["table"] = gr.Dataframe(headers=TABLE_HEADERS, label="Per prompt", interactive=False,
-                                       wrap=True, elem_id="seg-table")
+            # The API's table (every column) is not shown; the page shows the two below it.
+            ui["table"] = gr.Dataframe(headers=TABLE_HEADERS, label="Every figure", interactive=False, visible=False)
+            ui["shown"] = gr.Dataframe(headers=SHOWN_HEADERS, label="Per prompt", interactive=False, wrap=True,
+                                       elem_id="seg-table")
+            ui["regions"] = gr.Dataframe(headers=REGION_HEADERS, label="Regions (numbered on the overlay)",
+                                         interactive=False, wrap=True, elem_id="seg-regions", max_height=260)
             ui["masks"] = gr.File(label="Masks (PNG, 0/255, named {photo}__{prompt}.png)", file_count="multiple",
                                   interactive=False, elem_id="seg-masks", elem_classes="dq-files")
     if ctx.examples:  # fill the photo and its prompts; nothing runs until Segment is pressed
@@ -905,7 +914,8 @@ def _wire_segment(ctx: AppContext, seg: UI) -> None:
     seg["segment_btn"].click(bind(segment, ctx), inputs_for(segment, seg),
                              [seg["overlay"], seg["masks"], seg["table"], seg["result"]], api_name="segment",
                              preprocess=False, concurrency_limit=2, concurrency_id="model").success(
-        show_views, seg["result"], [seg["slider"], seg["heatmap"], seg["legend"]], api_visibility="private",
+        show_views, seg["result"], [seg["slider"], seg["heatmap"], seg["legend"], seg["shown"], seg["regions"]],
+        api_visibility="private",
         queue=False)
     for button, pick in zip(seg["picks"], QUICK_PICKS):
         button.click(partial(add_prompt, pick=pick), seg["prompts"], seg["prompts"], api_visibility="private",

@@ -68,11 +68,16 @@ def test_segment_handler_returns_overlay_table_and_masks(ctx, shared_data):
     assert table["headers"] == ["prompt", "found", "area %", "presence", "max score", "pixel thr", "presence thr",
                                 "ms", "count", "total length", "widest", "band", "area", "unit"]
     assert [row[0] for row in table["data"]] == ["segment crack", "segment taping area"]
-    pair, heatmap, legend = app.show_views(result)
+    pair, heatmap, legend, shown, regions = app.show_views(result)
     assert pair == (result.photo, result.overlay) and heatmap is result.heatmap
     assert "segment taping area" in legend and "answered by" in legend
-    assert "each prompt's own calibrated thresholds" in legend
-    assert app.show_views(None) == (gr.skip(), gr.skip(), gr.skip())
+    assert "each prompt's own calibrated thresholds" in legend and "no scale: lengths and widths in pixels" in legend
+    assert shown["headers"][:2] == ["prompt", "found"] and "max score" not in shown["headers"]
+    assert [r[0] for r in shown["data"]] == ["segment crack", "segment taping area"]
+    counts = {row[0]: row[shown["headers"].index("count")] for row in shown["data"]}
+    assert [r[0] for r in regions["data"]] == ["segment crack"] * counts["segment crack"] + [
+        "segment taping area"] * counts["segment taping area"]  # one row per numbered region
+    assert app.show_views(None) == (gr.skip(),) * 5
 
 
 def test_segment_handler_errors_name_the_upload(ctx, tmp_path):

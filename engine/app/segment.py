@@ -87,6 +87,32 @@ def slider_threshold(segmenter, value) -> float | None:
     return float(value)
 
 
+# What the Segment tab shows of TABLE_HEADERS (the API's /segment table keeps every column): the max score and
+# ms (the caption has the time) make room for the measurements.
+SHOWN_HEADERS = ["prompt", "found", "area %", "presence", "presence thr", "pixel thr", "count", "total length",
+                 "widest", "band", "area", "unit"]
+REGION_HEADERS = ["prompt", "#", "length", "widest", "mean width", "branches", "band", "area", "long side", "unit"]
+
+
+def shown_rows(rows: Sequence[Sequence]) -> list[list]:
+    """TABLE_HEADERS rows cut to SHOWN_HEADERS."""
+    index = [TABLE_HEADERS.index(h) for h in SHOWN_HEADERS]
+    return [[row[i] for i in index] for row in rows]
+
+
+def region_rows(measures: dict) -> list[list]:
+    """One REGION_HEADERS row per measured region, numbered as on the overlay ("" where a figure does not apply)."""
+    from engine.measure import region_rows as csv_rows  # scikit-image: on first use
+
+    out = []
+    for prompt, m in measures.items():
+        for row in csv_rows(prompt, m):
+            _, index, _, length, max_width, mean_width, branches, area, long_side, band, unit = row
+            out.append([prompt, index, length, max_width, mean_width, branches, band, area, long_side,
+                        unit if m.kind == "line" else f"{unit}²"])
+    return out
+
+
 def region_tags(measures: dict, photo_size: tuple[int, int], shown_size: tuple[int, int]
                 ) -> list[tuple[float, float, str, int]]:
     """(x, y, number, colour index) for each measured region, at the shown image's scale: region k of prompt i
