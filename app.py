@@ -720,14 +720,14 @@ def _segment_tab(ctx: AppContext) -> UI:
                     gr.Markdown("Probability per pixel, one panel per prompt: dark purple 0, green 0.5, "
                                 "yellow 1.", elem_classes="dq-muted")
             ui["legend"] = gr.HTML(legend_html([]))
-            # The API's table (every column) is not shown; the page shows the two below it.
-            ui["table"] = gr.Dataframe(headers=TABLE_HEADERS, label="Every figure", interactive=False, visible=False)
-            ui["shown"] = gr.Dataframe(headers=SHOWN_HEADERS, label="Per prompt", interactive=False, wrap=True,
-                                       elem_id="seg-table")
-            ui["regions"] = gr.Dataframe(headers=REGION_HEADERS, label="Regions (numbered on the overlay)",
-                                         interactive=False, wrap=True, elem_id="seg-regions", max_height=260)
             ui["masks"] = gr.File(label="Masks (PNG, 0/255, named {photo}__{prompt}.png)", file_count="multiple",
                                   interactive=False, elem_id="seg-masks", elem_classes="dq-files")
+    # The tables take the page's whole width. The API's table (every column) is not shown; the page shows the two.
+    ui["table"] = gr.Dataframe(headers=TABLE_HEADERS, label="Every figure", interactive=False, visible=False)
+    ui["shown"] = gr.Dataframe(headers=SHOWN_HEADERS, label="Per prompt", interactive=False, wrap=True,
+                               elem_id="seg-table")
+    ui["regions"] = gr.Dataframe(headers=REGION_HEADERS, label="Regions (numbered on the overlay)",
+                                 interactive=False, wrap=True, elem_id="seg-regions", max_height=300)
     if ctx.examples:  # fill the photo and its prompts; nothing runs until Segment is pressed
         gr.Examples(ctx.examples, inputs=[ui["image"], ui["prompts"]], cache_examples=False, examples_per_page=12,
                     label="Example walls (made by engine/synth.py; click one, then Segment)",
