@@ -81,7 +81,7 @@ from engine.app.public import (
     public_status,
     scrub_paths,
 )
-from engine.app.segment import REGION_HEADERS, SHOWN_HEADERS, region_rows, shown_rows
+from engine.app.segment import REGION_HEADERS, SHOWN_HEADERS, line_scale, region_rows, shown_rows
 from engine.app.visitors import (
     VISITORS_DIR,
     Workspace,
@@ -399,6 +399,24 @@ def show_views(result):
             table(shown_rows(result.rows), SHOWN_HEADERS), table(region_rows(result.measures or {}), REGION_HEADERS))
 
 
+def pick_point(points, evt: gr.SelectData):
+    """A click on the overlay: the last two clicked points, (x, y) in the overlay's pixels, and what they are."""
+    points = [*(points or [])[-1:], [float(evt.index[0]), float(evt.index[1])]]
+    ends = " and ".join(f"({x:.0f}, {y:.0f})" for x, y in points)
+    more = "Give its length and press **Use this line**." if len(points) == 2 else "Click the other end."
+    return points, f"Clicked {ends}. {more}"
+
+
+@user_errors
+def use_line_scale(points, length_mm, result):
+    """The scale from the clicked line: (mm per pixel box, photo width box at 0, a note saying what was set)."""
+    if result is None or result.size is None:
+        raise ValueError("Segment a photo first: the line is clicked on its overlay.")
+    mm = line_scale(points or [], length_mm, result.overlay.size, result.size)
+    return (round(mm, 5), 0, f"Scale **{mm:.4g} mm per pixel** from a {float(length_mm):g} mm line. Press "
+            "**Segment** to measure in millimetres.")
+
+
 @user_errors
 def model_threshold(ctx: AppContext, model, request: gr.Request | None = None):
     """The threshold slider at the chosen model's calibrated threshold."""
@@ -705,6 +723,15 @@ def _segment_tab(ctx: AppContext) -> UI:
                                             info="0: figures in pixels, no width band.")
                 ui["photo_width_mm"] = gr.Number(0, label="...or the photo's real width (mm)", minimum=0,
                                                  elem_id="seg-width-mm", info="e.g. 1200 for a board across it.")
+            with gr.Accordion("...or a line of known length on the overlay", open=False):
+                gr.Markdown("Click the two ends of something you know the length of on the overlay (a board's "
+                            "edge, a tape), give its length, and use it; then press Segment again.",
+                            elem_classes="dq-muted")
+                with gr.Row():
+                    ui["line_length"] = gr.Number(0, label="Its length (mm)", minimum=0, elem_id="seg-line-mm")
+                    ui["line_btn"] = gr.Button("Use this line", size="sm", elem_id="seg-line-btn")
+                ui["line_note"] = gr.Markdown("No points clicked yet.", elem_id="seg-line-note")
+                ui["line_points"] = gr.State([])
             ui["segment_btn"] = gr.Button("Segment", variant="primary", elem_id="segment-btn")
         with gr.Column(scale=3, min_width=400):
             with gr.Tabs():
@@ -920,6 +947,11 @@ def _wire_segment(ctx: AppContext, seg: UI) -> None:
     for button, pick in zip(seg["picks"], QUICK_PICKS):
         button.click(partial(add_prompt, pick=pick), seg["prompts"], seg["prompts"], api_visibility="private",
                      queue=False)
+    seg["overlay"].select(pick_point, seg["line_points"], [seg["line_points"], seg["line_note"]],
+                          api_visibility="private", queue=False)
+    seg["line_btn"].click(use_line_scale, [seg["line_points"], seg["line_length"], seg["result"]],
+                          [seg["mm_per_px"], seg["photo_width_mm"], seg["line_note"]], api_visibility="private",
+                          queue=False)
     seg["model"].change(bind(model_threshold, ctx), seg["model"], seg["threshold"], api_visibility="private",
                         concurrency_limit=2, concurrency_id="model", show_progress="minimal")
     # Batches queue apart from /segment: a long batch never holds another visitor's single photo.

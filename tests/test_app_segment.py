@@ -14,6 +14,7 @@ from engine.app.segment import (
     TABLE_HEADERS,
     example_rows,
     image_id_for,
+    line_scale,
     region_tags,
     resize_map,
     segment_photo,
@@ -159,3 +160,25 @@ def test_segment_photo_measures_each_prompt_with_a_scale_and_numbers_its_regions
     plain = np.asarray(overlay(result.photo, {"segment crack": full, "segment taping area": full}))
     tagged = np.asarray(result.overlay)
     assert (tagged[40:60, 85:115] != plain[40:60, 85:115]).any() and (tagged[:20] == plain[:20]).all()
+
+
+def test_a_clicked_line_of_known_length_sets_the_scale(tiny_segmenter, tmp_path):
+    """Two clicks on the overlay (shown at half the photo's size here) 150 px apart = 300 photo px; 600 mm long:
+    2 mm per photo pixel, set in the scale box for the next Segment."""
+    import gradio as gr
+
+    import app
+
+    photo = tmp_path / "wide.png"
+    Image.new("RGB", (2 * DISPLAY_MAX_SIDE, 400), (180, 180, 180)).save(photo)
+    result = segment_photo(tiny_segmenter, photo, ["segment crack"], out_dir=tmp_path / "masks")
+    assert result.size == (2 * DISPLAY_MAX_SIDE, 400) and result.overlay.size == (DISPLAY_MAX_SIDE, 200)
+    assert line_scale([(10, 20), (10 + 90, 20 + 120)], 600, result.overlay.size, result.size) == pytest.approx(2.0)
+    points = []
+    for xy in ([5, 5], [10, 20], [100, 140]):  # three clicks: the last two count
+        points, note = app.pick_point(points, gr.SelectData(None, {"index": xy, "value": None}))
+    assert points == [[10.0, 20.0], [100.0, 140.0]] and "Use this line" in note
+    mm, width, note = app.use_line_scale(points, 600, result)
+    assert mm == pytest.approx(2.0) and width == 0 and "2 mm per pixel" in note
+    with pytest.raises(gr.Error, match="1 of 2 clicked"):
+        app.use_line_scale(points[:1], 600, result)

@@ -62,6 +62,7 @@ class SegmentResult:
     overridden: bool = False  # True: `threshold` (the slider) applied to every prompt
     measures: dict | None = None  # prompt -> engine.measure.MaskMeasure (regions numbered on the overlay)
     mm_per_px: float | None = None  # the scale used, None: figures in pixels
+    size: tuple[int, int] | None = None  # the photo's full (width, height); `photo` and `overlay` are smaller
 
 
 def image_id_for(path: str | os.PathLike | None) -> str:
@@ -111,6 +112,20 @@ def region_rows(measures: dict) -> list[list]:
             out.append([prompt, index, length, max_width, mean_width, branches, band, area, long_side,
                         unit if m.kind == "line" else f"{unit}²"])
     return out
+
+
+def line_scale(points: Sequence[Sequence[float]], length_mm: float, shown_size: tuple[int, int],
+               photo_size: tuple[int, int]) -> float:
+    """mm per photo pixel from a line of known length clicked on the shown image: points are its two ends (x, y)
+    in the shown image's pixels (the overlay, at most DISPLAY_MAX_SIDE), scaled to the photo's full size."""
+    from engine.measure import mm_per_px_from_line
+
+    if len(points) != 2:
+        raise ValueError(f"Click the two ends of something of known length on the overlay ({len(points)} of 2 "
+                         "clicked so far), then give its length in mm.")
+    sx, sy = photo_size[0] / shown_size[0], photo_size[1] / shown_size[1]
+    (x0, y0), (x1, y1) = points
+    return mm_per_px_from_line((x0 * sx, y0 * sy), (x1 * sx, y1 * sy), float(length_mm or 0))
 
 
 def region_tags(measures: dict, photo_size: tuple[int, int], shown_size: tuple[int, int]
@@ -175,7 +190,8 @@ def segment_photo(segmenter, image, prompts: Sequence[str], *, threshold: float 
                          float(threshold), model=str(getattr(segmenter, "name", "model")), ms=ms,
                          thresholds=dict(pred.thresholds), warning=warning,
                          precision=getattr(segmenter, "precision_reason", "") or getattr(segmenter, "precision", ""),
-                         overridden=threshold is not None, measures=measures, mm_per_px=mm_per_px or None)
+                         overridden=threshold is not None, measures=measures, mm_per_px=mm_per_px or None,
+                         size=tuple(pred.size))
 
 
 def example_rows(examples_dir: str | os.PathLike, default_prompts: Sequence[str]) -> list[list[str]]:
