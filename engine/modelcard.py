@@ -62,8 +62,10 @@ def render_card(run_dir, scores: dict) -> str:
         f"# {run_dir.name}", "",
         "A compact CLIPSeg trained **from scratch** on CPU for Drywall QA. It exists so the app and the command "
         "line work offline, where the pretrained `CIDAS/clipseg-rd64-refined` cannot be downloaded. "
-        "**Fine-tuned pretrained CLIPSeg is far stronger**: others report 0.45-0.56 crack IoU and 0.52-0.66 taping "
-        "IoU for it. Use `auto` (the default) wherever the Hugging Face Hub is reachable. It learned only the "
+        "Public projects that fine-tuned pretrained CLIPSeg on Roboflow's own (leakier) splits of these sets report "
+        "0.45-0.56 crack IoU and 0.52-0.66 taping IoU, and 0.05-0.23 / 0.02-0.17 for it zero-shot (their figures, "
+        "not measured here: the Hub is unreachable from where this model was trained). Training in the app starts "
+        "from `auto`, the pretrained Hub model wherever the Hub is reachable. It learned only the "
         "prompts listed under Data (synonyms within a set give the same mask); other text gives meaningless masks.", "",
         "## Architecture", "",
         f"CLIPSegForImageSegmentation with a ViT of {vision['num_hidden_layers']} layers, "
