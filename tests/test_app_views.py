@@ -30,6 +30,10 @@ def test_status_markdown_reports_progress_and_errors():
     assert "epoch 2/5" in text and "step 3/10" in text and "ETA 2 min 05 s" in text
     assert "segment crack: IoU 0.410" in text and "`/x/run`" in text
     assert text.split("\n\n")[1] == "Last validation: val loss 0.5000; segment crack: IoU 0.410, Dice 0.500"
+    synonyms = {"val": {"segment crack": {"miou": 0.41, "dice": 0.5}, "segment wall crack": {"miou": 0.41, "dice": 0.5},
+                        "segment taping area": {"miou": 0.2, "dice": 0.3}}}
+    assert ("Last validation: segment crack = segment wall crack: IoU 0.410, Dice 0.500; segment taping area: IoU "
+            "0.200, Dice 0.300") in status_markdown(JobStatus(phase="training", last_metrics=synonyms))
     assert "**Error:** boom" in status_markdown(JobStatus(phase="failed", error="boom"))
     assert "No training job" in status_markdown(JobStatus())
     assert status_markdown(JobStatus(message="training unavailable")) == IDLE_TEXT  # idle hides its message

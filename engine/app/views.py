@@ -53,11 +53,11 @@ def _headline(status: JobStatus) -> str:
 def _validation_line(metrics: Mapping | None) -> str | None:
     """"Last validation: val loss 0.5000; segment crack: IoU 0.410, Dice 0.500" from a metrics.jsonl row."""
     metrics = metrics or {}
-    parts = []
+    groups: dict[tuple, list[str]] = {}  # synonyms the model answers alike share one entry: "a = b: IoU ..."
     for prompt, vals in (metrics.get("val") or {}).items():
         if isinstance(vals, Mapping):
-            miou, dice = vals.get("miou", float("nan")), vals.get("dice", float("nan"))
-            parts.append(f"{prompt}: IoU {miou:.3f}, Dice {dice:.3f}")
+            groups.setdefault((vals.get("miou", float("nan")), vals.get("dice", float("nan"))), []).append(prompt)
+    parts = [f"{' = '.join(prompts)}: IoU {miou:.3f}, Dice {dice:.3f}" for (miou, dice), prompts in groups.items()]
     if metrics.get("val_loss") is not None:
         parts.insert(0, f"val loss {metrics['val_loss']:.4f}")
     return "Last validation: " + "; ".join(parts) if parts else None
