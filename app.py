@@ -212,9 +212,10 @@ class AppContext:
                           "download what you want to keep, then try again (your oldest files go first).")
 
     @contextlib.contextmanager
-    def output_dir(self, ws: Workspace, kind: str):
+    def output_dir(self, ws: Workspace, kind: str, made: list | None = None):
         """A fresh folder for one request's files (`Workspace.call_dir`), made after `tidy`; deleted at once
-        when the request fails, and held to the visitor's budget when it succeeds (`settle`)."""
+        when the request fails, and held to the visitor's budget when it succeeds (`settle`), with what the
+        request made elsewhere (`made`, filled in by the caller: an export's folder) kept beside it."""
         self.tidy()
         path = ws.call_dir(kind)
         try:
@@ -222,7 +223,7 @@ class AppContext:
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
-        self.settle(ws, keep=[path])
+        self.settle(ws, keep=[path, *(made or [])])
 
     def call_dir(self, kind: str) -> Path:
         """A fresh folder for one request's files in the shared work dir, made after `tidy`."""
@@ -553,13 +554,14 @@ def export(ctx: AppContext, model, precision, progress=gr.Progress(), request: g
     ws = ctx.workspace(request)
     source = ctx.model_source(model, ws)
     public = ctx.public.enabled
-    with ctx.output_dir(ws, "exports") as zip_dir:
+    made: list[Path] = []
+    with ctx.output_dir(ws, "exports", made) as zip_dir:
         result = export_model(source, ws.exports, int8=precision == "int8", cache=ctx.cache,
                               example=ctx.examples[0][0] if ctx.examples else None, prompts=QUICK_PICKS,
                               zip_dir=zip_dir, progress=lambda f, m: progress(f, desc=m),
                               source_name=(model or ctx.default_value) if public else None,
                               scrub=ctx.scrub if public else None)
-    ctx.settle(ws, keep=[result.out_dir, result.zip_path.parent])
+        made.append(result.out_dir)
     rows = [[ctx.scrub(str(c)) for c in row] for row in result.rows] if public else result.rows
     return table(rows, EXPORT_HEADERS), ctx.scrub(result.report), str(result.zip_path)
 

@@ -197,15 +197,15 @@ def _add_measure(sub) -> None:
                                    "{photo}__{prompt}.png says its prompt; --kind decides for the others.")
     p.add_argument("--masks", required=True, help="a folder of mask PNGs (or one PNG)")
     p.add_argument("--mm-per-px", type=float, default=None, help="the photos' scale; without it, pixels")
-    p.add_argument("--kind", choices=["auto", "line", "area"], default="auto",
-                   help="line (cracks) or area (taping); auto: from the prompt in the file name, else line")
+    p.add_argument("--kind", "--prompt-kind", dest="kind", choices=["auto", "line", "crack", "area"], default="auto",
+                   help="line (or crack: cracks) or area (taping); auto: from the prompt in the file name, else line")
     p.add_argument("--min-area", type=int, default=None, help="regions under this many pixels are speckle "
                                                                  "(default: engine.measure.DEFAULT_MIN_AREA)")
     p.add_argument("--out", default=None, help="write the CSV here (default: print it)")
 
 
 def cmd_measure(args) -> int:
-    from engine.measure import DEFAULT_MIN_AREA, MEASURE_HEADER, is_line_prompt, measure_mask, region_rows
+    from engine.measure import DEFAULT_MIN_AREA, MEASURE_HEADER, is_line_prompt, measure_prompt, region_rows
 
     folder = Path(args.masks)
     files = [folder] if folder.is_file() else sorted(folder.glob("*.png"))
@@ -216,9 +216,12 @@ def cmd_measure(args) -> int:
         with Image.open(path) as image:
             mask = np.asarray(image.convert("L")) > 0
         prompt = path.stem.split("__", 1)[1].replace("_", " ") if "__" in path.stem else ""
-        kind = args.kind if args.kind != "auto" else ("line" if not prompt or is_line_prompt(prompt) else "area")
-        measured = measure_mask(mask, kind=kind, mm_per_px=args.mm_per_px,
-                                min_area=DEFAULT_MIN_AREA if args.min_area is None else args.min_area)
+        if args.kind == "auto":
+            kind = "line" if not prompt or is_line_prompt(prompt) else "area"
+        else:
+            kind = "line" if args.kind == "crack" else args.kind
+        measured = measure_prompt(mask, prompt, kind=kind, mm_per_px=args.mm_per_px,
+                                  min_area=DEFAULT_MIN_AREA if args.min_area is None else args.min_area)
         n_regions += measured.count
         rows += list(region_rows(path.name, measured))
     buffer = io.StringIO()

@@ -9,9 +9,11 @@ What is measured depends on the prompt's kind:
                      digital staircase counts as the slanted line it draws), plus the radius at each free end
                      (a skeleton stops half a width short of a line's end); spurs shorter than the width are
                      left out; width: twice the distance to the background
-                     (`scipy.ndimage.distance_transform_edt`) along the skeleton, each distance less half a
-                     pixel (a pixel centre lies half a pixel inside the edge it stands for): the maximum, and
-                     the mean as area / length; branches: the skeleton's branches left after the spurs.
+                     (`scipy.ndimage.distance_transform_edt`) along the skeleton, read on both sides of the
+                     ridge: a skeleton pixel's distance plus that of its neighbour on the side away from its
+                     nearest background pixel (2 x distance - 1 for a ridge one pixel wide, 2 x distance for
+                     one two pixels wide), so a line of w rows measures w: the maximum, and the mean as
+                     area / length; branches: the skeleton's branches left after the spurs.
     area (taping)    area, and the long side: the region's largest Feret diameter.
 
 A scale turns pixels into millimetres (`mm_per_px`, from a number, from the real width of what the photo shows,
@@ -197,12 +199,36 @@ def _path_length(path: list[tuple[int, int]]) -> float:
     return float(np.hypot(*np.diff(points, axis=0).T).sum())
 
 
-def _line_figures(region: np.ndarray, distance: np.ndarray) -> tuple[float, float, int]:
-    """(length px, max width px, branches) of one region's mask (H, W bool) with its distance map.
+def _ridge_widths(distance: np.ndarray, nearest: np.ndarray, skeleton: np.ndarray) -> np.ndarray:
+    """Width (px) at each skeleton pixel, in np.nonzero(skeleton) order: the pixel's distance to the background
+    plus that of its neighbour one step away from its nearest background pixel, i.e. both halves of the
+    cross-section.
+
+    distance: (H, W) float64 from `distance_transform_edt` of the region padded with background; nearest: its
+    (2, H, W) indices of each pixel's nearest background pixel; skeleton: (H, W) bool. Distances run between pixel
+    centres, so for a ridge one pixel wide (an odd number of rows) the neighbour lies a pixel nearer the far edge
+    (2 d - 1) and for a ridge two pixels wide (even) it is the ridge's other row (2 d): w rows measure w. The step
+    is orthogonal, along the larger component of the way to the background: a diagonal step would cross two rows
+    of a 45 degree line. Where the step runs along the skeleton (near a free end, whose nearest background is the
+    end itself), 2 d - 1.
+    """
+    ys, xs = np.nonzero(skeleton)
+    away_y, away_x = nearest[0][ys, xs] - ys, nearest[1][ys, xs] - xs
+    vertical = np.abs(away_y) >= np.abs(away_x)
+    qy = ys - np.where(vertical, np.sign(away_y), 0)
+    qx = xs - np.where(vertical, 0, np.sign(away_x))
+    here = distance[ys, xs]
+    return np.where(skeleton[qy, qx], 2 * here - 1, here + distance[qy, qx])
+
+
+def _line_figures(region: np.ndarray) -> tuple[float, float, int]:
+    """(length px, max width px, branches) of one region's mask (H, W bool, the region alone).
 
     A short branch that ends free is a spur of the skeleton (a corner of a thick line), not a branch of the
     crack: one no longer than the width where it leaves the crack is left out of the length and the count.
     """
+    region = np.pad(region, 1)  # background all round: a region cut by the photo's edge ends there
+    distance, nearest = ndimage.distance_transform_edt(region, return_indices=True)
     skeleton = thin(region)  # thinning keeps a 2 px diagonal staircase, which skeletonize erases whole
     if not skeleton.any():  # thinner than a skeleton can show
         return 1.0, 1.0, 1
@@ -227,7 +253,7 @@ def _line_figures(region: np.ndarray, distance: np.ndarray) -> tuple[float, floa
     length += sum(max(radius[p], 0.0) for p, n in spurs_at.items() if joins_at.get(p, 0) == 1)
     if not branches:  # one lone skeleton pixel: a blob as long as it is wide
         length = 2 * max(radius.values())
-    max_width = 2 * max(radius.values())  # a w-px line: w for odd w, w - 1 for even (its centre is between pixels)
+    max_width = float(_ridge_widths(distance, nearest, skeleton).max())
     return max(length, 1.0), max(max_width, 1.0), max(kept, 1)
 
 
@@ -252,18 +278,14 @@ def measure_mask(mask: np.ndarray, *, kind: str = "line", mm_per_px: float | Non
     min_area = min_area / (pixel_size * pixel_size)
     unit = "mm" if mm_per_px else "px"
     regions, dropped = [], 0
-    distance = ndimage.distance_transform_edt(binary) if kind == "line" and binary.any() else None
     for props in regionprops(labels):
         if props.area < min_area:
             dropped += 1
             continue
-        y0, x0, y1, x1 = props.bbox
         cy, cx = props.centroid
         area = float(props.area) * scale * scale
         if kind == "line":
-            local = props.image
-            local_distance = np.where(local, distance[y0:y1, x0:x1], 0.0)
-            length, width, branches = _line_figures(local, local_distance)
+            length, width, branches = _line_figures(props.image)
             max_width = width * scale
             regions.append(Region(index=0, area=area, centroid=(float(cx), float(cy)), length=length * scale,
                                   max_width=max_width, mean_width=float(props.area) / length * scale,
@@ -282,11 +304,13 @@ def measure_mask(mask: np.ndarray, *, kind: str = "line", mm_per_px: float | Non
 MEASURE_MAX_SIDE = 2048
 
 
-def measure_prompt(mask: np.ndarray, prompt: str, meta: Mapping | None = None, *, mm_per_px: float | None = None,
-                   min_area: int = DEFAULT_MIN_AREA, max_side: int = MEASURE_MAX_SIDE) -> MaskMeasure:
-    """`measure_mask` for a prompt's mask at its photo's size: the kind from the prompt (`is_line_prompt`), and a
-    mask over `max_side` measured at that size (figures still in the photo's pixels or in mm)."""
-    kind = "line" if is_line_prompt(prompt, meta) else "area"
+def measure_prompt(mask: np.ndarray, prompt: str, meta: Mapping | None = None, *, kind: str | None = None,
+                   mm_per_px: float | None = None, min_area: int = DEFAULT_MIN_AREA,
+                   max_side: int = MEASURE_MAX_SIDE) -> MaskMeasure:
+    """`measure_mask` for a prompt's mask at its photo's size: the kind from the prompt (`is_line_prompt`) unless
+    `kind` says it, and a mask over `max_side` measured at that size (figures still in the photo's pixels or in
+    mm)."""
+    kind = kind or ("line" if is_line_prompt(prompt, meta) else "area")
     mask = np.asarray(mask)
     factor = max(mask.shape) / max_side
     if factor <= 1:

@@ -1,4 +1,5 @@
-"""The HTML report of a batch of photos: one row per photo, an overlay thumbnail per prompt, totals per prompt.
+"""The HTML report of a batch of photos: one row per photo, an overlay thumbnail per prompt, totals per prompt
+(detection, and the measurements: regions, total crack length, widest crack and its band, total area).
 
 The page is one self-contained file that opens offline: the thumbnails are embedded as base64 JPEG data URIs
 (THUMB_SIDE px on the long side, so 20 photos x 2 prompts stay well under 1 MB), the style is inline, and
@@ -42,19 +43,28 @@ class ReportPhoto:
 
 @dataclass(frozen=True)
 class PromptTotal:
-    """A prompt over the batch: photos run, photos where it was found, mean and max area (% of the photo)."""
+    """A prompt over the batch: photos run, photos where it was found, mean and max area (% of the photo), and the
+    measurements summed over the photos (`engine.measure.summary_columns`, in `unit`): regions; for a crack-like
+    prompt the total length and the widest crack with its band; for an area-like one the total area. None where
+    a figure does not apply, or where the photos' units differ (no sum of mm and px)."""
 
     prompt: str
     photos: int
     found: int
     mean_area: float
     max_area: float
-
+    regions: int | None = None
+    length: float | None = None
+    widest: float | None = None
+    band: str = ""
+    area: float | None = None
+    unit: str = ""
 
 
 def _count(n: int, noun: str) -> str:
     """"1 prompt", "2 prompts"."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
 
 def thumbnail_uri(image, fmt: str = "JPEG") -> str:
     """A PIL image as a `data:image/jpeg;base64,...` (or png) URI."""
@@ -90,8 +100,26 @@ def totals(photos: Sequence[ReportPhoto]) -> list[PromptTotal]:
         areas = [float(r[_COL["area_percent"]]) for r in rows]
         out.append(PromptTotal(prompt=prompt, photos=len(rows),
                                found=sum(r[_COL["found"]] == "found" for r in rows),
-                               mean_area=sum(areas) / len(areas), max_area=max(areas)))
+                               mean_area=sum(areas) / len(areas), max_area=max(areas), **_measure_totals(rows)))
     return out
+
+
+def _measure_totals(rows: list[list]) -> dict:
+    """One prompt's measurement columns summed over its rows: {regions, length, widest, band, area, unit}, or {}
+    when the rows have none or mix units."""
+    measured = [r for r in rows if len(r) > _COL["unit"] and r[_COL["unit"]] != ""]
+    if not measured or len({r[_COL["unit"]] for r in measured}) > 1:
+        return {}
+
+    def figures(column):
+        return [(float(r[_COL[column]]), r) for r in measured if r[_COL[column]] != ""]
+
+    lengths, widths, areas = figures("length"), figures("max_width"), figures("area")
+    widest = max(widths, key=lambda pair: pair[0], default=None)
+    return {"regions": sum(int(r[_COL["count"]]) for r in measured), "unit": measured[0][_COL["unit"]],
+            "length": sum(v for v, _ in lengths) if lengths else None,
+            "widest": widest[0] if widest else None, "band": widest[1][_COL["band"]] if widest else "",
+            "area": sum(v for v, _ in areas) if areas else None}
 
 
 _STYLE = """
@@ -113,11 +141,19 @@ def _swatch(index: int) -> str:
 
 def _totals_table(prompt_totals: list[PromptTotal], order: dict[str, int]) -> list[str]:
     lines = ["<h2>Totals per prompt</h2>", '<table id="totals"><tr><th>prompt</th><th>photos</th><th>found</th>'
-             "<th>found %</th><th>mean area %</th><th>max area %</th></tr>"]
+             "<th>found %</th><th>mean area %</th><th>max area %</th><th>regions</th><th>total length</th>"
+             "<th>widest</th><th>band</th><th>total area</th><th>unit</th></tr>"]
+
+    def num(value, fmt):
+        return "" if value is None else format(value, fmt)
+
     for t in prompt_totals:
         lines.append(f"<tr><td>{_swatch(order[t.prompt])}{html.escape(t.prompt)}</td><td class=num>{t.photos}</td>"
                      f"<td class=num>{t.found}</td><td class=num>{100.0 * t.found / max(t.photos, 1):.0f}</td>"
-                     f"<td class=num>{t.mean_area:.2f}</td><td class=num>{t.max_area:.2f}</td></tr>")
+                     f"<td class=num>{t.mean_area:.2f}</td><td class=num>{t.max_area:.2f}</td>"
+                     f"<td class=num>{num(t.regions, 'd')}</td><td class=num>{num(t.length, ',.0f')}</td>"
+                     f"<td class=num>{num(t.widest, '.1f')}</td><td>{html.escape(t.band)}</td>"
+                     f"<td class=num>{num(t.area, ',.0f')}</td><td>{html.escape(t.unit)}</td></tr>")
     lines.append("</table>")
     return lines
 

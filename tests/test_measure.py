@@ -3,6 +3,7 @@ an arc, a branching Y; 1 to 15 px wide) measure within 3% in length and 1 px in 
 line-like prompts; and `python -m engine measure` on mask PNGs."""
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -13,13 +14,16 @@ from engine.measure import (
     BRE_BANDS,
     band_for,
     is_line_prompt,
+    line_prompts,
     measure_mask,
     mm_per_px_from_line,
     mm_per_px_from_width,
     summary_columns,
 )
+from engine.models.io import read_meta
+from engine.paths import STARTER_DIR
 
-WIDTHS = [1, 2, 3, 5, 8, 11, 15]
+WIDTHS = list(range(1, 16))
 
 
 def _distance_to_segment(xx, yy, p0, p1, caps: bool):
@@ -56,6 +60,8 @@ def test_a_straight_line_measures_its_length_and_width(angle, width):
     (r,) = m.regions
     assert r.length == pytest.approx(380, rel=0.03)
     assert abs(r.max_width - width) <= 1.0 and abs(r.mean_width - width) <= 1.0
+    if angle == 0:  # w rows of pixels, odd or even: both sides of the ridge counted, exactly w
+        assert r.max_width == pytest.approx(width)
     assert r.branches == 1 and m.unit == "px" and r.band == "no scale"
 
 
@@ -114,11 +120,18 @@ def test_speckle_is_dropped_and_counted_and_areas_measured():
     assert measure_mask(np.zeros((10, 10), bool)).count == 0
 
 
-def test_line_prompts_come_from_the_model_or_the_words():
+def test_line_prompts_come_from_the_model_or_the_words(tmp_path):
     assert is_line_prompt("segment crack") and is_line_prompt("segment wall crack")
+    assert is_line_prompt("Hairline fracture") and is_line_prompt("segment fissure")
     assert not is_line_prompt("segment taping area") and not is_line_prompt("segment drywall seam")
     meta = {"line_prompts": ["segment seam"]}
     assert is_line_prompt("segment seam", meta) and not is_line_prompt("segment crack", meta)
+    # as a model folder says it: drywall_qa.json, read as the loaders read it; the bundled model lists none
+    (tmp_path / "drywall_qa.json").write_text(json.dumps({"threshold": 0.5, "line_prompts": ["segment seam"]}))
+    assert line_prompts(read_meta(tmp_path)) == ["segment seam"]
+    assert is_line_prompt("segment seam", read_meta(tmp_path))
+    bundled = read_meta(STARTER_DIR / "best")
+    assert line_prompts(bundled) is None and is_line_prompt("segment crack", bundled)
 
 
 def test_the_measure_command_writes_a_row_per_region(tmp_path, capsys):
@@ -140,3 +153,16 @@ def test_the_measure_command_writes_a_row_per_region(tmp_path, capsys):
     (taping,) = [r for r in rows if r["mask"] == "wall__segment_taping_area.png"]
     assert taping["kind"] == "area" and float(taping["area"]) == pytest.approx(400 * 60 * 0.25)
     assert "3 regions in 2 masks" in capsys.readouterr().out
+
+
+def test_the_measure_command_takes_the_kind_for_masks_without_a_prompt_in_their_name(tmp_path, capsys):
+    from engine.cli import main
+
+    Image.fromarray((_stroke(_straight(0, 300, 5), 5) * 255).astype(np.uint8)).save(tmp_path / "scan.png")
+    for kind, expected in (("crack", "line"), ("area", "area"), ("auto", "line")):
+        out = tmp_path / f"{kind}.csv"
+        assert main(["measure", "--masks", str(tmp_path / "scan.png"), "--prompt-kind", kind, "--out", str(out)]) == 0
+        (row,) = csv.DictReader(out.open())
+        assert row["kind"] == expected and row["unit"] == "px"
+    assert float(row["length"]) == pytest.approx(300, rel=0.03) and float(row["max_width"]) == 5.0
+    assert row["band"] == "no scale"

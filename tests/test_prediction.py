@@ -90,3 +90,20 @@ def test_write_prediction_refuses_two_prompts_with_one_file_name(tmp_path):
     with pytest.raises(ValueError, match="both map to wall__crack.png"):
         write_prediction(pred, "wall", "wall.jpg", tmp_path)
     assert not list(tmp_path.iterdir())  # refused before any mask was written
+
+
+def test_write_prediction_measures_each_mask_in_mm_with_the_models_line_prompts(tmp_path):
+    logits = {p: np.full((20, 20), -10.0, np.float32) for p in ("segment crack", "segment taping area")}
+    logits["segment crack"][10, 2:18] = 10.0  # a bar one model pixel (10 photo px) high, 16 long
+    logits["segment taping area"][2:6, 4:16] = 10.0
+    half = {p: 0.5 for p in logits}
+    pred = Prediction(logits, (200, 200), half, half, {p: 1.0 for p in logits}, ms=1.0)
+    rows = write_prediction(pred, "wall", "wall.jpg", tmp_path, mm_per_px=0.2)
+    crack, taping = ({c: v for c, v in zip(CSV_HEADER, row)} for row in rows)
+    assert (crack["count"], crack["unit"], crack["area"]) == (1, "mm", "")
+    assert crack["length"] == pytest.approx(160 * 0.2, rel=0.1) and crack["band"] == "2 slight"  # about 2 mm wide
+    assert (taping["count"], taping["unit"], taping["length"]) == (1, "mm²", "")
+    assert taping["area"] == pytest.approx(40 * 120 * 0.04, rel=0.15)
+    # the model lists its line-like prompts: a crack prompt it leaves out is measured as an area
+    rows = write_prediction(pred, "wall", "wall.jpg", tmp_path, meta={"line_prompts": []})
+    assert [row[CSV_HEADER.index("length")] for row in rows] == ["", ""] and rows[0][-1] == "px²"

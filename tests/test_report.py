@@ -55,6 +55,29 @@ def test_the_report_has_a_row_per_photo_totals_and_flags_and_no_external_url(tmp
     assert photos_table.count('class="found">found') == 3 and photos_table.count("not found") == 3
 
 
+def test_totals_and_captions_carry_the_measurements(tmp_path):
+    got = {t.prompt: t for t in totals(_entries())}
+    crack, taping = got["segment crack"], got["segment taping area"]
+    assert (crack.regions, crack.widest, crack.band, crack.area, crack.unit) == (4, 5.12, "no scale", None, "px")
+    assert crack.length == 3 * 431.2
+    assert (taping.regions, taping.length, taping.area, taping.unit) == (2, None, 3 * 2300.0, "px²")
+    text = write_report(_entries(), tmp_path / "r.html").read_text()
+    totals_table = text.split('<table id="totals">')[1].split("</table>")[0]
+    assert "<th>total length</th><th>widest</th><th>band</th><th>total area</th>" in totals_table
+    assert re.search(r"<td class=num>4</td><td class=num>1,294</td><td class=num>5.1</td><td>no scale</td>"
+                     r"<td class=num></td><td>px</td>", totals_table)
+    assert re.search(r"<td class=num>2</td><td class=num></td><td class=num></td><td></td>"
+                     r"<td class=num>6,900</td><td>px²</td>", totals_table)
+    assert "2 cracks, 431 px long, widest 5.1 px" in text and "2 regions, 2,300 px²" in text
+
+
+def test_mixed_units_are_not_summed():
+    entries = _entries()
+    entries[0].rows[0][CSV_HEADER.index("unit")] = "mm"
+    crack = {t.prompt: t for t in totals(entries)}["segment crack"]
+    assert (crack.regions, crack.length, crack.unit) == (None, None, "")
+
+
 def test_names_are_escaped():
     entry = ReportPhoto("<b>x</b>.jpg", [_row("<b>x</b>.jpg", "segment <crack>", True, 1.0)])
     text = render_report([entry])
