@@ -100,3 +100,44 @@ def test_every_tab_renders(page, tab, tmp_path):
     page.wait_for_timeout(300)  # let the tab's plots finish laying out
     page.screenshot(path=tmp_path / f"{tab.lower()}.png", full_page=True)
     assert "Error" not in page.locator("body").inner_text()  # no error toast on any tab
+
+
+def test_a_closed_tab_takes_its_anonymous_visitors_folder_with_it(tmp_path, shared_data):
+    """Public mode: the page's unload event (Gradio's heartbeat ends when the tab closes) deletes the anonymous
+    session's own folder; another visitor's stays."""
+    import time
+
+    from playwright.sync_api import sync_playwright
+
+    import app
+    from engine.app.public import PublicSettings
+    from engine.app.visitors import VISITORS_DIR
+    from engine.models import make_random_model_folder
+
+    tiny = make_random_model_folder(tmp_path / "checkpoints" / "tiny", meta={"threshold": 0.5})
+    settings = PublicSettings(enabled=True)
+    demo = app.build_app(checkpoints_dir=tmp_path / "checkpoints", export_dir=tmp_path / "export",
+                         data_root=shared_data, work_dir=tmp_path / "work", default_model=str(tiny), public=settings)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.launch_options(settings))
+    visitors = tmp_path / "work" / VISITORS_DIR
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            first, second = browser.new_page(), browser.new_page()
+            for page in (first, second):
+                page.goto(url)
+                page.wait_for_selector("#segment-btn")
+            deadline = time.monotonic() + 30
+            while len(list(visitors.glob("*"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)  # the page's load events mark each visitor as seen
+            assert len(list(visitors.glob("*"))) == 2
+            first.close()
+            while len(list(visitors.glob("*"))) > 1 and time.monotonic() < deadline + 30:
+                time.sleep(0.2)
+            assert len(list(visitors.glob("*"))) == 1  # the open tab's folder stays
+            browser.close()
+    finally:
+        demo.close()

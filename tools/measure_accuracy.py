@@ -3,8 +3,9 @@
 For each photo of a labelled crack set, the total crack length and the widest crack measured on the model's mask
 (`engine.measure`, the model's own thresholds) against the same measured on the ground-truth mask. The photos
 carry no scale, so lengths and widths are compared in pixels, and the width band under an assumed scale
-(`--mm-per-px`, default 0.5: a 640 px photo of a 32 cm patch of wall). Prints medians and, with --min-area-sweep,
-the mean regions per photo and the length error at several speckle thresholds (how DEFAULT_MIN_AREA was chosen):
+(`--mm-per-px`, default 0.5: a 640 px photo of a 32 cm patch of wall). Prints the medians as a table and, with
+--min-area-sweep, the mean regions per photo and the length error at several speckle thresholds (how
+DEFAULT_MIN_AREA was chosen); --json writes the same figures:
 
     python tools/measure_accuracy.py --data ../shared/data/drywall-qa/cracks/valid --json measure-accuracy.json
 """
@@ -77,10 +78,32 @@ def main(argv: list[str] | None = None) -> dict:
                                     "median_length_relative_error": round(statistics.median(c["length_error"]), 3)}
                            for a, c in counts.items()},
     }
-    print(json.dumps(result, indent=2))
+    print(format_table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
     return result
+
+
+def format_table(result: dict) -> str:
+    """The figures as the Markdown tables of docs/measurements.md."""
+    lines = [f"{result['model']} on {result['data']} (lengths and widths in photo pixels; min area "
+             f"{result['min_area']} px)", "", "| measure | result |", "|---|---|",
+             f"| photos (the model finds a crack in) | {result['photos']} ({result['photos_found']}) |",
+             f"| total length: median relative error | {100 * result['median_length_relative_error']:.1f}% "
+             f"(median ratio model / labels {result['median_length_ratio']:.2f}) |",
+             f"| widest crack: median absolute error | {result['median_width_abs_error_px']:.1f} px (median ratio "
+             f"{result['median_width_ratio']:.2f}) |",
+             f"| width band agrees (at an assumed {result['assumed_mm_per_px']:g} mm per pixel) | "
+             f"{100 * result['band_agreement']:.0f}% of photos |"]
+    sweep = result["min_area_sweep"]
+    if sweep:
+        lines += ["", "| speckle threshold (px) | " + " | ".join(sweep) + " |", "|---" * (len(sweep) + 1) + "|",
+                  f"| regions per photo (labels: {next(iter(sweep.values()))['truth_regions']:.1f}) | "
+                  + " | ".join(f"{c['model_regions']:.1f}" for c in sweep.values()) + " |",
+                  "| total length, median relative error | "
+                  + " | ".join(f"{100 * c['median_length_relative_error']:.1f}%" for c in sweep.values()) + " |"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
