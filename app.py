@@ -26,6 +26,7 @@ import html
 import importlib.util
 import inspect
 import logging
+import math
 import os
 import re
 import shutil
@@ -340,7 +341,7 @@ def scale_values(mm_per_px, photo_width_mm) -> tuple[float | None, float | None]
     values = []
     for name, value in (("Scale (mm per pixel)", mm_per_px), ("Photo width (mm)", photo_width_mm)):
         value = float(value or 0)
-        if value < 0:
+        if not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} is {value:g}: give a positive number, or 0 for no scale (figures in pixels).")
         values.append(value or None)
     return values[0], values[1]

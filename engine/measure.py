@@ -316,7 +316,9 @@ def measure_prompt(mask: np.ndarray, prompt: str, meta: Mapping | None = None, *
     if factor <= 1:
         return measure_mask(mask, kind=kind, mm_per_px=mm_per_px, min_area=min_area)
     size = (max(1, round(mask.shape[1] / factor)), max(1, round(mask.shape[0] / factor)))
-    small = np.asarray(Image.fromarray(((mask > 0) * 255).astype(np.uint8)).resize(size, Image.Resampling.BOX)) > 127
+    full = (mask > 0).view(np.uint8) * np.uint8(255)  # one byte a pixel: no int64 copy of a 144 MP mask
+    small = np.asarray(Image.fromarray(full).resize(size, Image.Resampling.BOX)) > 127
+    del full
     return measure_mask(small, kind=kind, mm_per_px=mm_per_px, min_area=min_area,
                         pixel_size=mask.shape[1] / size[0])
 

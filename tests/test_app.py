@@ -380,3 +380,11 @@ def test_every_named_endpoint_takes_its_handlers_parameters_by_name(tmp_path, sh
     assert labels["epochs"] == "Epochs" and labels["run_name"] == "Run name" and labels["model"] == "Start from"
     assert labels["unfreeze_text"] == "Text layers to unfreeze"
     assert labels["negative_rate"] == "Absent-concept negatives"
+
+
+def test_the_scale_boxes_refuse_what_is_not_a_positive_number():
+    assert app.scale_values(0, None) == (None, None) and app.scale_values(0.5, 0) == (0.5, None)
+    assert app.scale_values("", 1200) == (None, 1200.0)
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="give a positive number, or 0 for no scale"):
+            app.scale_values(bad, 0)

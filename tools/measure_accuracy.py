@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
         "median_width_abs_error_px": round(statistics.median(abs(g["width"] - w["width"]) for g, w in found), 2),
         "median_width_ratio": round(statistics.median(g["width"] / w["width"] for g, w in found), 3),
         "band_agreement": round(sum(g["band"] == w["band"] for g, w in pairs) / len(pairs), 3),
+        "median_length_px": {"model": round(statistics.median(g["length"] for g, _ in pairs), 1),
+                             "labels": round(statistics.median(w["length"] for _, w in pairs), 1)},
+        "median_width_px": {"model": round(statistics.median(g["width"] for g, _ in found), 1),
+                            "labels": round(statistics.median(w["width"] for _, w in found), 1)},
         "assumed_mm_per_px": args.mm_per_px, "min_area": DEFAULT_MIN_AREA,
         "min_area_sweep": {str(a): {"model_regions": round(statistics.mean(c["model"]), 2),
                                     "truth_regions": round(statistics.mean(c["truth"]), 2),
@@ -91,9 +95,11 @@ def format_table(result: dict) -> str:
              f"{result['min_area']} px)", "", "| measure | result |", "|---|---|",
              f"| photos (the model finds a crack in) | {result['photos']} ({result['photos_found']}) |",
              f"| total length: median relative error | {100 * result['median_length_relative_error']:.1f}% "
-             f"(median ratio model / labels {result['median_length_ratio']:.2f}) |",
+             f"(median ratio model / labels {result['median_length_ratio']:.2f}; medians "
+             f"{result['median_length_px']['model']:.0f} / {result['median_length_px']['labels']:.0f} px) |",
              f"| widest crack: median absolute error | {result['median_width_abs_error_px']:.1f} px (median ratio "
-             f"{result['median_width_ratio']:.2f}) |",
+             f"{result['median_width_ratio']:.2f}; medians {result['median_width_px']['model']:.1f} / "
+             f"{result['median_width_px']['labels']:.1f} px) |",
              f"| width band agrees (at an assumed {result['assumed_mm_per_px']:g} mm per pixel) | "
              f"{100 * result['band_agreement']:.0f}% of photos |"]
     sweep = result["min_area_sweep"]
