@@ -102,12 +102,11 @@ def test_every_tab_renders(page, tab, tmp_path):
     assert "Error" not in page.locator("body").inner_text()  # no error toast on any tab
 
 
-def test_a_closed_tab_takes_its_anonymous_visitors_folder_with_it(tmp_path, shared_data):
+def test_a_closed_tab_takes_its_anonymous_visitors_folder_with_it(page, tmp_path, shared_data):
     """Public mode: the page's unload event (Gradio's heartbeat ends when the tab closes) deletes the anonymous
-    session's own folder; another visitor's stays."""
+    session's own folder; another visitor's stays. Two new tabs of the module's browser (one Playwright per
+    process)."""
     import time
-
-    from playwright.sync_api import sync_playwright
 
     import app
     from engine.app.public import PublicSettings
@@ -123,21 +122,20 @@ def test_a_closed_tab_takes_its_anonymous_visitors_folder_with_it(tmp_path, shar
         port = s.getsockname()[1]
     _, url, _ = demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.launch_options(settings))
     visitors = tmp_path / "work" / VISITORS_DIR
+    browser = page.context.browser
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            first, second = browser.new_page(), browser.new_page()
-            for page in (first, second):
-                page.goto(url)
-                page.wait_for_selector("#segment-btn")
-            deadline = time.monotonic() + 30
-            while len(list(visitors.glob("*"))) < 2 and time.monotonic() < deadline:
-                time.sleep(0.2)  # the page's load events mark each visitor as seen
-            assert len(list(visitors.glob("*"))) == 2
-            first.close()
-            while len(list(visitors.glob("*"))) > 1 and time.monotonic() < deadline + 30:
-                time.sleep(0.2)
-            assert len(list(visitors.glob("*"))) == 1  # the open tab's folder stays
-            browser.close()
+        first, second = browser.new_page(), browser.new_page()
+        for tab in (first, second):
+            tab.goto(url)
+            tab.wait_for_selector("#segment-btn")
+        deadline = time.monotonic() + 30
+        while len(list(visitors.glob("*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the page's load events mark each visitor as seen
+        assert len(list(visitors.glob("*"))) == 2
+        first.close()
+        while len(list(visitors.glob("*"))) > 1 and time.monotonic() < deadline + 30:
+            time.sleep(0.2)
+        assert len(list(visitors.glob("*"))) == 1  # the open tab's folder stays
+        second.close()
     finally:
         demo.close()
