@@ -42,6 +42,7 @@ import gradio as gr
 
 from engine.app import (
     COMPARE_HEADERS,
+    DISPLAY_MAX_SIDE,
     EXPORT_HEADERS,
     IDLE_TEXT,
     TABLE_HEADERS,
@@ -71,7 +72,14 @@ from engine.app.choices import own_choices, public_choices
 from engine.app.download import download_run as zip_of_run
 from engine.app.download import push_message, push_run_to_hub
 from engine.app.housekeeping import bytes_used, job_paths, make_work_dir, prune, remove_work_dir, stale_work_dirs
-from engine.app.jobs import owns_job
+from engine.app.jobs import owns_job, start_teach
+from engine.app.labels import (
+    SET_HEADERS,
+    editor_value,
+    mask_from_editor,
+    set_rows,
+    thumbnails,
+)
 from engine.app.public import (
     PublicSettings,
     allowed_models,
@@ -92,13 +100,17 @@ from engine.app.visitors import (
     visitor_workspace,
 )
 from engine.data.archive import FOLDER_HINT
+from engine.data.labelset import check_set_name, delete_label, is_label_set, list_sets, save_label
+from engine.data.writers import write_coco, write_yolo, zip_label_set
 from engine.errors import ImageError
+from engine.images import image_size, load_image
 from engine.paths import (
     CHECKPOINTS_DIR,
     DEFAULT_HUB_ID,
     DEFAULT_SETS,
     EXAMPLES_DIR,
     EXPORT_DIR,
+    LABELS_DIR,
     SHARED_DATA,
     STARTER_DIR,
 )
@@ -156,12 +168,13 @@ class AppContext:
     examples: list[list[str]] = field(default_factory=list)
     train_overrides: dict = field(default_factory=dict)
     public: PublicSettings = field(default_factory=PublicSettings)
+    labels_dir: Path = LABELS_DIR  # the local user's label sets (a visitor's are in their own folder)
 
     def workspace(self, request: gr.Request | None = None) -> Workspace:
         """Where this request's files go: the visitor's own folder in public mode (marked as seen now), else
         the shared folders (checkpoints/, export/, the work dir)."""
         if not self.public.enabled:
-            return local_workspace(self.checkpoints_dir, self.export_dir, self.work_dir)
+            return local_workspace(self.checkpoints_dir, self.export_dir, self.work_dir, self.labels_dir)
         return visitor_workspace(self.work_dir, viewer(request) or DIRECT_CALLER)
 
     def _in_use(self) -> list[Path | str]:
@@ -229,7 +242,7 @@ class AppContext:
     def call_dir(self, kind: str) -> Path:
         """A fresh folder for one request's files in the shared work dir, made after `tidy`."""
         self.tidy()
-        return local_workspace(self.checkpoints_dir, self.export_dir, self.work_dir).call_dir(kind)
+        return local_workspace(self.checkpoints_dir, self.export_dir, self.work_dir, self.labels_dir).call_dir(kind)
 
     def choices(self, ws: Workspace | None = None, torch_only: bool = False) -> list[tuple[str, str]]:
         """(label, value) for a model picker, the default model first when it is not listed. Public mode: a
@@ -369,6 +382,7 @@ def segment(ctx: AppContext, image, prompts, model, threshold, mm_per_px=0.0, ph
                                    photo_width_mm=width_mm)
     except ImageError as exc:  # name the file as the user knows it, not by its upload cache path
         raise ImageError(str(exc).replace(str(path), name)) from None
+    result.source_path = str(path)  # what "Correct this mask" checks the photo against
     if result.warning:  # a prompt outside the model's trained list
         gr.Warning(result.warning)
     fallback = auto_fallback(model or ctx.default_model, segmenter)
@@ -525,6 +539,190 @@ def list_my_models(ctx: AppContext, request: gr.Request | None = None) -> list[s
     return [value for _, value in ctx.choices(ctx.workspace(request))]
 
 
+# ------------------------------------------------------------------------------------ correct, keep, teach
+# A visitor's label sets live in their own folder (public mode) or in labels/ (locally): `Workspace.sets`.
+
+
+def _file_path(value) -> str | None:
+    """A file input's server path (a Gradio FileData dict, a path string, or None)."""
+    if isinstance(value, dict):
+        return value.get("path")
+    return str(value) if value else None
+
+
+def _label_caps(ctx: AppContext) -> dict:
+    limits = ctx.public.limits
+    return dict(max_photos=limits.set_photos, max_sets=limits.label_sets) if ctx.public.enabled else {}
+
+
+def _room_for_labels(ctx: AppContext, ws: Workspace) -> None:
+    """Public mode: before a label is kept, the visitor's other oldest files go when they are over their budget;
+    their label sets never do. Refused (OSError) when the sets alone fill it."""
+    ctx.tidy()
+    if ws.root is None:
+        return
+    cap = ctx.public.limits.visitor_bytes
+    prune([f for f in ws.folders if f != ws.sets], cap, keep=ctx._in_use(), min_age_s=0)
+    used = bytes_used(ws.folders)
+    if used > cap:
+        raise OSError(f"Your files here take {used / 1024**3:.2f} GB, the most each visitor may keep "
+                      f"({ctx.public.limits.visitor_gb:g} GB, DQA_MAX_VISITOR_GB); download a label set and delete "
+                      "some of its photos, then save again.")
+
+
+def _set_folder(ws: Workspace, set_name: str) -> Path:
+    folder = ws.sets / check_set_name(set_name)
+    if not is_label_set(folder):
+        raise ValueError(f"You have no label set named {set_name.strip()!r}; save a mask to it first.")
+    return folder
+
+
+@user_errors
+def label_save(ctx: AppContext, photo, prompt, mask, set_name, request: gr.Request | None = None) -> str:
+    """/label_save: keep `photo` with `mask` for `prompt` in the caller's label set `set_name`; returns the
+    set's summary. mask: a PNG at the photo's size (non-zero = object); none, or all zero: "not in this photo",
+    a negative for that prompt in training."""
+    path = _file_path(photo)
+    if not path:
+        raise ValueError("No photo given: send the photo the mask belongs to.")
+    name = (photo.get("orig_name") if isinstance(photo, dict) else None) or Path(path).name
+    ws = ctx.workspace(request)
+    _room_for_labels(ctx, ws)
+    try:
+        summary = save_label(ws.sets, set_name, path, prompt, _file_path(mask), photo_name=name, corrected=True,
+                             **_label_caps(ctx))
+    except ImageError as exc:
+        raise ImageError(str(exc).replace(str(path), name)) from None
+    return summary.text()
+
+
+@user_errors
+def label_sets(ctx: AppContext, request: gr.Request | None = None):
+    """/label_sets: the caller's label sets: set, photos, and per prompt its masks and absent marks."""
+    return table(set_rows(list_sets(ctx.workspace(request).sets)), SET_HEADERS)
+
+
+@user_errors
+def label_download(ctx: AppContext, set_name, kind="masks", request: gr.Request | None = None) -> str:
+    """/label_download: a zip of the caller's label set. kind: "masks" (the set itself: one images/ + masks/
+    folder per prompt; the Train tab, `--data` and `open_dataset` read it), "coco" (RLE), "coco-polygons" or
+    "yolo" (YOLOv8-seg)."""
+    writers = {"masks": zip_label_set, "coco": write_coco, "coco-polygons": partial(write_coco, polygons=True),
+               "yolo": write_yolo}
+    if kind not in writers:
+        raise ValueError(f"Format {kind!r}: choose one of {', '.join(writers)}.")
+    ws = ctx.workspace(request)
+    folder = _set_folder(ws, set_name)
+    with ctx.output_dir(ws, "exports") as zip_dir:
+        return str(writers[kind](folder, zip_dir))
+
+
+@user_errors
+def label_delete(ctx: AppContext, set_name, photo, prompt="", request: gr.Request | None = None) -> str:
+    """/label_delete: remove a photo's mask for `prompt` (empty: every prompt) from the caller's set."""
+    ws = ctx.workspace(request)
+    summary = delete_label(ws.sets, check_set_name(set_name), photo, prompt or None)
+    return summary.text() if summary.photos else f"{summary.name}: deleted (it held nothing more)."
+
+
+@user_errors
+def teach_start(ctx: AppContext, teach_sets, model, run_name="", request: gr.Request | None = None) -> str:
+    """/teach_start: fine-tune `model` (the one the Segment tab uses) on the caller's label sets with the
+    `teach` preset (replaying the shared sets where present); the run belongs to the caller."""
+    ws = ctx.workspace(request)
+    names = [teach_sets] if isinstance(teach_sets, str) else list(teach_sets or [])
+    folders = [_set_folder(ws, name) for name in names]
+    public = ctx.public.enabled
+    ctx.tidy()
+    run_dir = start_teach(folders, model=ctx.model_source(model, ws), data_root=ctx.data_root,
+                          checkpoints_dir=ws.runs, cache=ctx.cache, overrides=ctx.train_overrides,
+                          owner=viewer(request), run_name=run_name,
+                          time_limit_s=ctx.public.limits.train_minutes * 60 if public else None)
+    shown = Path(run_dir).name
+    return (f"Teaching started: run `{shown}` on {', '.join(names)}. Its progress and curves are on the Train tab; "
+            "the run appears in every model picker when it is done.")
+
+
+def label_set_choices(ctx: AppContext, request: gr.Request | None = None):
+    """The visitor's set names for the pickers of the Segment and Train tabs, and the sets table."""
+    names = [s.name for s in list_sets(ctx.workspace(request).sets)]
+    return (gr.Dropdown(choices=names), gr.CheckboxGroup(choices=names),
+            table(set_rows(list_sets(ctx.workspace(request).sets)), SET_HEADERS))
+
+
+@user_errors
+def label_open(ctx: AppContext, image, result, label_prompt, empty=False):
+    """The editor with the photo and `label_prompt`'s mask of the last answer (empty: no mask, to label from
+    scratch), and the state saying what it was loaded from."""
+    path = _file_path(image)
+    if not path:
+        raise ValueError("No photo yet: upload one above (and press Segment to start from the model's mask).")
+    prompt = " ".join(str(label_prompt or "").split())
+    if not prompt:
+        raise ValueError("Which prompt is the mask for? Type or pick one, e.g. 'segment crack'.")
+    answered = result is not None and not empty and prompt in [row[0] for row in result.rows]
+    if not empty and not answered:
+        raise ValueError(f"The last answer has no mask for {prompt!r}: press Segment with it, or start from an "
+                         "empty mask.")
+    if answered and result.source_path != path:
+        raise ValueError("The photo changed since the last answer: press Segment again, or start from an empty mask.")
+    photo = None if answered else load_image(path, max_side=DISPLAY_MAX_SIDE)
+    value = editor_value(result if answered else None, prompt if answered else None, photo)
+    return value, {"photo": path, "prompt": prompt, "from_model": answered,
+                   "model": result.model if answered else ""}
+
+
+@user_errors
+def label_keep(ctx: AppContext, editor, loaded, result, set_name, absent=False, request: gr.Request | None = None):
+    """Save the editor's mask (absent: an empty one, "not in this photo") to the visitor's set; the summary."""
+    if not loaded:
+        raise ValueError("Open the editor first: 'Correct this mask' or 'Start from an empty mask'.")
+    path, prompt = loaded["photo"], loaded["prompt"]
+    mask, corrected = None, True
+    if not absent:
+        from_model = result if loaded["from_model"] and result is not None else None
+        mask, corrected = mask_from_editor(editor, from_model, prompt if from_model else None, image_size(path))
+    ws = ctx.workspace(request)
+    _room_for_labels(ctx, ws)
+    summary = save_label(ws.sets, set_name, path, prompt, mask, photo_name=Path(path).name,
+                         model=ctx.scrub(loaded.get("model") or ""), corrected=corrected, **_label_caps(ctx))
+    note = "absent mark" if absent or mask is None or not mask.any() else (
+        "corrected mask" if corrected else "mask as proposed")
+    return f"Kept the {note} for **{prompt}**. {summary.text()}"
+
+
+@user_errors
+def label_browse(ctx: AppContext, set_name, request: gr.Request | None = None):
+    """A set's photos with their masks, newest first."""
+    if not (set_name or "").strip():
+        return []
+    return thumbnails(_set_folder(ctx.workspace(request), set_name))
+
+
+def pick_label(evt: gr.SelectData):
+    """A click on a set's picture: its caption ("prompt · photo · note")."""
+    return evt.value.get("caption") if isinstance(evt.value, dict) else str(evt.value)
+
+
+@user_errors
+def label_delete_picked(ctx: AppContext, set_name, picked, request: gr.Request | None = None):
+    """Delete the picture picked in the set's gallery."""
+    if not picked:
+        raise ValueError("Click a picture of the set first.")
+    prompt, photo = [part.strip() for part in picked.split("·")][:2]
+    return label_delete(ctx, set_name, photo, prompt, request=request)
+
+
+def open_suggestion(suggested, photos, evt: gr.SelectData):
+    """A click on a row of "least certain first": that photo and prompt in the Segment tab."""
+    row = suggested.iloc[evt.index[0]] if hasattr(suggested, "iloc") else suggested[evt.index[0]]
+    photo, prompt = str(row[0]), str(row[1])
+    path = (photos or {}).get(photo)
+    if not path:
+        raise gr.Error("That photo is no longer here: run the batch again.", print_exception=False)
+    return path, prompt, prompt
+
+
 def show_data_inputs(choice):
     """The Compare tab's folder box and zip upload, each shown only when chosen."""
     return gr.Textbox(visible=choice == "folder"), gr.File(visible=choice == "zip")
@@ -664,15 +862,19 @@ def default_segment_model() -> str:
 def make_context(*, checkpoints_dir: str | os.PathLike | None = None, export_dir: str | os.PathLike | None = None,
                  data_root: str | os.PathLike | None = None, examples_dir: str | os.PathLike | None = None,
                  work_dir: str | os.PathLike | None = None, default_model: str | None = None, cache_size: int = 4,
-                 train_overrides: dict | None = None, public: PublicSettings | None = None) -> AppContext:
+                 train_overrides: dict | None = None, public: PublicSettings | None = None,
+                 labels_dir: str | os.PathLike | None = None) -> AppContext:
     """The handlers' context with the repo's defaults (engine.paths) for what is not given; loads no model.
 
     public: None reads the environment (`PublicSettings.from_env`: on on a Space), else as given.
+    labels_dir: the local user's label sets (default: labels/ in the repository, or, when a work dir is given,
+    inside it, so that a test's sets never land in the repository).
     """
     from engine.models.cache import ModelCache  # deferred: engine.models loads torch; `import app` must not
 
     examples_dir = Path(examples_dir or EXAMPLES_DIR)
     public = public or PublicSettings.from_env()
+    labels_dir = Path(labels_dir or (LABELS_DIR if work_dir is None else Path(work_dir) / "labels"))
     work_dir = Path(work_dir or _own_work_dir())
     overrides = dict(train_overrides or {})
     if public.enabled:  # the feature cache in the work dir, where the disk cap (AppContext.tidy) prunes it
@@ -682,12 +884,8 @@ def make_context(*, checkpoints_dir: str | os.PathLike | None = None, export_dir
         export_dir=Path(export_dir or EXPORT_DIR), data_root=Path(data_root or SHARED_DATA),
         work_dir=work_dir, default_model=default_model or default_segment_model(),
         examples=example_rows(examples_dir, QUICK_PICKS[:1]) if examples_dir.is_dir() else [],
-        train_overrides=overrides, public=public)
+        train_overrides=overrides, public=public, labels_dir=labels_dir)
 
-
-# One builder per tab: each lays out its widgets and returns them by name, the names of the handler parameters
-# they feed (`inputs_for` wires them by those names, so a widget can never shift onto another's parameter).
-# `wire_events` connects everything once every tab exists.
 
 # One builder per tab: each lays out its widgets and returns them by name, the names of the handler parameters
 # they feed (`inputs_for` wires them by those names, so a widget can never shift onto another's parameter).

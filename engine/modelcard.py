@@ -36,6 +36,8 @@ def evaluate_run(run_dir, threads: int | None = None) -> dict:
     segmenter = load_segmenter(run_dir, threads=threads, precision="fp32")
     sets = []
     for spec in cfg["data"]:
+        if spec.get("val_split") == "none":  # photos replayed, not validated
+            continue
         root = in_repo(spec["path"])
         split = spec.get("val_split") or "valid"
         dataset = open_dataset(root / split if (root / split).is_dir() else root, prompts=tuple(spec["prompts"]),
@@ -253,6 +255,8 @@ def run_scores(run_dir) -> dict[str, dict[str, dict]]:
     val = (summary.get("best") or {}).get("val") or {}
     sets = {}
     for spec in cfg.get("data") or []:
+        if spec.get("val_split") == "none":
+            continue
         name = f"{Path(spec['path']).name}/{spec.get('val_split') or 'valid'}"
         sets[name] = {p: val[p] for p in spec["prompts"] if p in val}
     return sets

@@ -12,6 +12,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
 EXPORT_DIR = REPO_ROOT / "export"
+LABELS_DIR = REPO_ROOT / "labels"  # the local user's label sets (engine.data.labelset); not tracked
 EXAMPLES_DIR = REPO_ROOT / "examples"
 STARTER_DIR = CHECKPOINTS_DIR / "drywall-starter"
 # The models the repository ships (the bundled model and its stage 1): read-only to the app, never pruned.

@@ -164,6 +164,21 @@ def _draw_cracks(paths, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return coverage, halo
 
 
+def _stain(rng: np.random.Generator, h: int, w: int, scale: float, yy: np.ndarray, xx: np.ndarray):
+    """One water stain: (opacity (H, W) float32 in [0, 1], tide line (H, W) float32 in [0, 1]).
+
+    An irregular blotch (a disc whose edge wanders with smooth noise), paler inside, with the darker ring a
+    drying stain leaves at its edge. Its mask is where the opacity is at least a half.
+    """
+    radius = rng.uniform(45, 110) * scale
+    cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h
+    wander = 0.28 * _smooth_noise(rng, h, w, radius * 0.6) + 0.1 * _smooth_noise(rng, h, w, radius * 0.2)
+    d = np.hypot((xx - cx) / radius, (yy - cy) / (radius * rng.uniform(0.6, 1.0))) + wander
+    opacity = _smoothstep((1.0 - d) / 0.18 + 0.5)
+    tide = np.exp(-((d - 0.98) / 0.05) ** 2)
+    return opacity.astype(np.float32), tide.astype(np.float32)
+
+
 def make_wall(
     seed: int,
     size: tuple[int, int] = (640, 480),
@@ -171,6 +186,7 @@ def make_wall(
     cracks: int = 1,
     joints: int = 1,
     lighting: bool = True,
+    stains: int = 0,
 ) -> tuple[Image.Image, dict[str, np.ndarray]]:
     """A synthetic photo of a drywall section with its ground-truth masks.
 
@@ -180,9 +196,12 @@ def make_wall(
         cracks: number of cracks (each with random branches); 0 gives an empty "crack" mask.
         joints: number of taped joints (full-length bands); 0 gives an empty "taping area" mask.
         lighting: add a brightness gradient, a vignette and a colour cast (else flat light).
+        stains: number of yellow-brown water stains (a concept the bundled model never saw: the teach benchmark
+            labels them). Drawn from their own random stream, so walls without stains are unchanged.
 
     Returns:
-        (image, masks): a PIL RGB image of ``size`` and ``{"crack": (H, W) bool, "taping area": (H, W) bool}``.
+        (image, masks): a PIL RGB image of ``size`` and ``{"crack": (H, W) bool, "taping area": (H, W) bool}``,
+        plus ``"water stain"`` when ``stains`` > 0.
     """
     w, h = int(size[0]), int(size[1])
     if w < 32 or h < 32:
@@ -221,6 +240,16 @@ def make_wall(
         rgb = rgb * (1 - dark * np.array([1.0, 1.03, 1.1], dtype=np.float32))
         crack = coverage >= 0.25
 
+    # 3b. water stains: a yellow-brown tint and a darker tide line, under the light like everything else
+    stained = np.zeros((h, w), dtype=bool)
+    stain_rng = np.random.default_rng([seed, 7])
+    for _ in range(stains):
+        opacity, tide = _stain(stain_rng, h, w, scale, yy, xx)
+        strength = stain_rng.uniform(0.10, 0.22)
+        tint = np.array([0.55, 0.75, 1.25], dtype=np.float32) * strength  # takes off more blue than red
+        rgb = rgb * (1 - opacity[..., None] * tint) * (1 - 0.09 * tide[..., None])
+        stained |= opacity >= 0.5
+
     # 4. light, sensor noise, JPEG
     if lighting:
         theta = rng.uniform(0, 2 * math.pi)
@@ -236,7 +265,10 @@ def make_wall(
     image.save(buf, "JPEG", quality=int(rng.integers(82, 93)))
     buf.seek(0)
     image = Image.open(buf).convert("RGB")
-    return image, {"crack": crack, "taping area": taping}
+    masks = {"crack": crack, "taping area": taping}
+    if stains:
+        masks["water stain"] = stained
+    return image, masks
 
 
 def write_examples(out_dir, n: int = 6, quality: int = 85) -> list[Path]:

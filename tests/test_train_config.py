@@ -25,7 +25,9 @@ def test_presets_are_small_overrides_and_bad_settings_are_named():
     ("calibrate_on", "test", "calibrate_on must be 'valid', 'train' or 'holdout'"),
     ("schedule", "step", "schedule must be 'cosine' or 'plateau'"),
     ("cache_precision", "fp16", "cache_precision must be 'auto', 'fp32' or 'bf16'"),
-    ("epochs", 0, "epochs and batch_size must be >= 1"),
+    ("epochs", 0, "epochs, batch_size and calibrate_every must be >= 1"),
+    ("calibrate_every", 0, "calibrate_every must be >= 1"),
+    ("replay_targets", "guess", "replay_targets must be"),
     ("lr", -1.0, "lr > 0"),
 ])
 def test_settings_outside_their_values_are_refused(name, bad, message):

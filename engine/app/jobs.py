@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from engine.train.events import JobStatus
 
 __all__ = ["TrainRequest", "new_run_dir", "train_defaults", "training_data", "training_settings", "start_run",
-           "start_training", "training_status", "stop_training", "owns_job"]
+           "start_teach", "start_training", "training_status", "stop_training", "owns_job"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,6 +162,24 @@ def start_training(data: Sequence[tuple[str, str | Sequence[str]]], *, out: str 
     run_dir = train.get_job().start(cfg, owner=owner, time_limit_s=time_limit_s)  # JobRunning while one runs
     if cache is not None:
         cache.evict(run_dir)  # a run trained again must be reloaded
+    return str(run_dir)
+
+
+def start_teach(label_sets: Sequence[str | os.PathLike], *, model: str, data_root: str | os.PathLike,
+                checkpoints_dir: str | os.PathLike, cache: ModelCache | None = None, overrides: Mapping | None = None,
+                owner: str | None = None, time_limit_s: float | None = None, run_name: str = "") -> str:
+    """Start the background job with the `teach` preset (engine.train.teach) on label set folders, from `model`
+    (a model source); returns the run folder. A run name is made from the first set's when none is given."""
+    from engine.train.teach import teach_config
+
+    train = _train_module()
+    name = (run_name or "").strip() or f"{Path(label_sets[0]).name}-{time.strftime('%Y%m%d-%H%M%S')}" \
+        if label_sets else run_name
+    out = new_run_dir(checkpoints_dir, name)
+    cfg = teach_config(label_sets, model=model, out=str(out), data_root=data_root, **dict(overrides or {}))
+    run_dir = train.get_job().start(cfg, owner=owner, time_limit_s=time_limit_s)
+    if cache is not None:
+        cache.evict(run_dir)
     return str(run_dir)
 
 

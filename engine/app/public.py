@@ -58,6 +58,8 @@ class Limits:
     disk_gb: float = 5.0  # every visitor's files and the feature cache together; idle visitors' go first
     visitor_gb: float = 2.0  # what one visitor may keep (runs, exports, uploads, outputs); their oldest go first
     visitor_idle_min: float = 60.0  # a visitor with no request for this long is no longer live: theirs may go
+    set_photos: int = 200  # photos per label set
+    label_sets: int = 10  # label sets per visitor
 
     ENV = {"prompts": "DQA_MAX_PROMPTS", "train_images": "DQA_MAX_TRAIN_IMAGES", "epochs": "DQA_MAX_EPOCHS",
            "image_size": "DQA_MAX_IMAGE_SIZE", "unfreeze_layers": "DQA_MAX_UNFREEZE_LAYERS",
@@ -65,7 +67,8 @@ class Limits:
            "compare_images": "DQA_MAX_COMPARE_IMAGES", "compare_models": "DQA_MAX_COMPARE_MODELS",
            "batch_photos": "DQA_MAX_BATCH_PHOTOS",
            "upload_mb": "DQA_MAX_UPLOAD_MB", "disk_gb": "DQA_MAX_DISK_GB", "visitor_gb": "DQA_MAX_VISITOR_GB",
-           "visitor_idle_min": "DQA_VISITOR_IDLE_MIN"}
+           "visitor_idle_min": "DQA_VISITOR_IDLE_MIN", "set_photos": "DQA_MAX_SET_PHOTOS",
+           "label_sets": "DQA_MAX_SETS"}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:

@@ -63,6 +63,7 @@ class SegmentResult:
     measures: dict | None = None  # prompt -> engine.measure.MaskMeasure (regions numbered on the overlay)
     mm_per_px: float | None = None  # the scale used, None: figures in pixels
     size: tuple[int, int] | None = None  # the photo's full (width, height); `photo` and `overlay` are smaller
+    source_path: str = ""  # the photo's file, as the app received it
 
 
 def image_id_for(path: str | os.PathLike | None) -> str:

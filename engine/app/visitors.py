@@ -7,6 +7,7 @@ other visitor's request can name it:
 
     runs/     training runs        onnx/     ONNX exports       uploads/  extracted data set zips
     masks/    one folder per /segment or /segment_batch call    exports/  zips made for download
+    sets/     label sets (photos and corrected masks kept for teaching)
 
 The pickers list the server's models (read-only to everyone) and the asking visitor's own runs and exports,
 nobody else's. Locally (one user, public mode off) the app keeps its shared folders: runs in checkpoints/,
@@ -31,7 +32,7 @@ __all__ = ["SEEN_FILE", "VISITORS_DIR", "Workspace", "visitor_key", "local_works
 VISITORS_DIR = "visitors"  # under the work dir
 SEEN_FILE = ".seen"  # its mtime: the visitor's last request
 # The folders of a workspace that hold what the visitor made (each entry inside is one thing to keep or prune).
-_KINDS = ("runs", "onnx", "uploads", "masks", "exports")
+_KINDS = ("runs", "onnx", "uploads", "masks", "exports", "sets")
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,15 @@ class Workspace:
     """Where one request's files go.
 
     runs, exports: where new runs and ONNX exports are written (and, for a visitor, listed); uploads: extracted
-    data set zips; calls: the parent of per-request folders (`call_dir`). root: the visitor's own folder, or
-    None locally (shared folders); owner: who asked (None: the local user or a test).
+    data set zips; calls: the parent of per-request folders (`call_dir`); sets: label sets. root: the visitor's
+    own folder, or None locally (shared folders); owner: who asked (None: the local user or a test).
     """
 
     runs: Path
     exports: Path
     uploads: Path
     calls: Path
+    sets: Path
     root: Path | None = None
     owner: str | None = None
 
@@ -69,10 +71,11 @@ def visitor_key(who: str) -> str:
     return hashlib.sha256(who.encode("utf-8")).hexdigest()[:16]
 
 
-def local_workspace(checkpoints_dir: Path, export_dir: Path, work_dir: Path) -> Workspace:
-    """The one user's workspace when the app is not public: today's shared folders."""
+def local_workspace(checkpoints_dir: Path, export_dir: Path, work_dir: Path, sets_dir: Path) -> Workspace:
+    """The one user's workspace when the app is not public: today's shared folders (label sets in `sets_dir`,
+    which outlives the work dir)."""
     return Workspace(runs=Path(checkpoints_dir), exports=Path(export_dir), uploads=Path(work_dir) / "uploads",
-                     calls=Path(work_dir))
+                     calls=Path(work_dir), sets=Path(sets_dir))
 
 
 def visitor_workspace(work_dir: Path, who: str, *, now: float | None = None) -> Workspace:
@@ -84,8 +87,8 @@ def visitor_workspace(work_dir: Path, who: str, *, now: float | None = None) -> 
     seen.touch()
     if now is not None:
         os.utime(seen, (now, now))
-    return Workspace(runs=root / "runs", exports=root / "onnx", uploads=root / "uploads", calls=root, root=root,
-                     owner=who)
+    return Workspace(runs=root / "runs", exports=root / "onnx", uploads=root / "uploads", calls=root,
+                     sets=root / "sets", root=root, owner=who)
 
 
 def live_visitors(work_dir: Path, idle_s: float, *, now: float | None = None) -> list[Path]:

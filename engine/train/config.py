@@ -21,7 +21,13 @@ class DataSpec:
     path: str
     prompts: tuple[str, ...]
     train_split: str | None = "train"  # used when `path` is a root with several splits
+    # The split validated on: a split folder's name; "none": not validated (photos replayed so that a model keeps
+    # what it knew); "train": its own training photos (a set too small to spare any). Missing: 15% held out.
     val_split: str | None = "valid"
+    max_images: int = 0  # train photos taken from this set (its first N); 0: all (cfg.max_train_images still caps)
+    # False: its photos are never paired with another set's prompt as a negative. For sets labelled for some
+    # prompts only (a label set), whose photos may well hold what another set's prompt asks for.
+    negatives: bool = True
     # Generated walls (engine.synth) that hold only this set's concept ("crack" or "taping area"), added after
     # its real training photos (so calibration's first N train photos are real ones); never to validation.
     synthetic_concept: str = ""
@@ -90,6 +96,14 @@ class TrainConfig:
     # each set's train photos, kept out of training).
     calibrate_on: str = "valid"
     calibration_images: int = 100  # per set, with calibrate_on="train" or "holdout" (the first N, un-augmented)
+    calibrate_every: int = 1  # epochs between calibrations (the first and last epochs always calibrate)
+    # "keep": prompts whose sets are all replayed (val_split "none") keep the starting model's thresholds;
+    # "calibrate": every prompt is calibrated.
+    replay_thresholds: str = "calibrate"
+    # What a replayed photo (val_split "none") is taught for the prompts of the replayed sets: "labels", its
+    # ground truth; "teacher", the starting model's own answer (its probability map), so that the model learns
+    # to keep answering those prompts as it did (learning without forgetting) instead of fitting a few photos.
+    replay_targets: str = "labels"
     # Share of each set's train photos (whole source photos, the same ones in every run, whatever the seed) that
     # training never sees; a run fine-tuned from a model with the same share keeps them unseen too.
     holdout_share: float = 0.0
@@ -126,6 +140,19 @@ PRESETS: dict[str, dict] = {
         "presence_weight": 0.3, "dice_on_empty": False,
         "select": "last", "calibrate_on": "train",
     },
+    # Fine-tuning on a user's label sets from the model they used (engine.train.teach adds the data, the model
+    # and its size): the decoder alone on cached features, so 20 photos train in a coffee break on 2 cores;
+    # the starter's loss settings; the last epoch kept and the new prompts' thresholds set on the training
+    # photos (a small set has no photos to spare). The replayed shared photos learn the starting model's own
+    # answers and their prompts keep its thresholds: with their labels instead, crack mIoU on cracks/valid fell
+    # 0.045 (0.107 with the thresholds set again on them), with the teacher's answers it rose 0.011
+    # (tools/teach_benchmark.py; docs/training.md, "Teach").
+    "teach": {
+        "train": "decoder", "feature_cache": True, "epochs": 20, "lr": 3e-4, "warmup_epochs": 1, "patience": 0,
+        "negative_rate": 0.3, "presence_weight": 0.3, "dice_on_empty": False, "set_balance": 0.5,
+        "select": "last", "calibrate_on": "train", "calibration_images": 60, "calibrate_every": 5,
+        "replay_thresholds": "keep", "replay_targets": "teacher",
+    },
     "starter-base": {
         "model": "scratch", "out": "checkpoints/drywall-starter-base", "train": "all", "feature_cache": False,
         "epochs": 80, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 16, "image_size": 224, "amp_dtype": "bf16",
@@ -149,13 +176,49 @@ PRESETS: dict[str, dict] = {
 
 # Settings with a fixed set of values: name -> the values allowed.
 _CHOICES = {"train": ("decoder", "last_n", "all"), "select": ("best", "last"),
-            "calibrate_on": ("valid", "train", "holdout"),
+            "calibrate_on": ("valid", "train", "holdout"), "replay_thresholds": ("calibrate", "keep"),
+            "replay_targets": ("labels", "teacher"),
             "schedule": ("cosine", "plateau"), "cache_precision": ("auto", "fp32", "bf16")}
 
 
 def default_data() -> list[DataSpec]:
     """The sets in ../shared (engine.paths.DEFAULT_SETS) with the prompts inspectors type."""
     return [DataSpec(str(SHARED_DATA / name), prompts) for name, prompts in DEFAULT_SETS.items()]
+
+
+# A label set's prompt with fewer photos than this validates on its training photos (and the run says so);
+# with more, 15% of its photos (whole photos) are held out for validation.
+LABEL_SET_VALIDATION_PHOTOS = 30
+
+
+def expand_label_sets(specs: list[DataSpec]) -> list[DataSpec]:
+    """Each label set (engine.data.labelset) in `specs` as one DataSpec per prompt folder, with the set's own
+    prompt (and the prompts given, as synonyms, when the set has one prompt); other specs as they are.
+
+    A label set's photos were labelled for some prompts only, so they are never negatives for another set's
+    prompt (`negatives=False`); its absent marks (empty masks) are its negatives. Raises ValueError when prompts
+    are given for a set of several prompts (each folder has its own).
+    """
+    from engine.data.labelset import is_label_set, label_set_splits
+
+    out = []
+    for spec in specs:
+        if not is_label_set(spec.path):
+            out.append(spec)
+            continue
+        splits = label_set_splits(spec.path)
+        if not splits:
+            raise ValueError(f"Label set {Path(spec.path).name!r} holds no masks yet; save some to it first.")
+        if spec.prompts and len(splits) > 1:
+            raise ValueError(f"Label set {Path(spec.path).name!r} has its own prompts ("
+                             f"{', '.join(p for _, p in splits)}); give it without prompts.")
+        for folder, prompt in splits:
+            photos = sum(1 for p in (folder / "masks").iterdir() if p.suffix == ".png")
+            prompts = tuple(dict.fromkeys([prompt, *spec.prompts]))
+            out.append(dataclasses.replace(spec, path=str(folder), prompts=prompts, train_split=None,
+                                           val_split="train" if photos < LABEL_SET_VALIDATION_PHOTOS else None,
+                                           negatives=False))
+    return out
 
 
 def make_config(preset: str | None = None, **overrides) -> TrainConfig:
@@ -171,7 +234,7 @@ def make_config(preset: str | None = None, **overrides) -> TrainConfig:
     if unknown:
         raise ValueError(f"Unknown training setting(s) {unknown}; valid ones: {', '.join(sorted(names))}.")
     data = values.pop("data", None) or default_data()
-    values["data"] = [d if isinstance(d, DataSpec) else DataSpec(**d) for d in data]
+    values["data"] = expand_label_sets([d if isinstance(d, DataSpec) else DataSpec(**d) for d in data])
     cfg = TrainConfig(**values)
     for name, allowed in _CHOICES.items():
         if getattr(cfg, name) not in allowed:
@@ -187,8 +250,8 @@ def make_config(preset: str | None = None, **overrides) -> TrainConfig:
         raise ValueError("calibrate_on=\"holdout\" needs photos held out: set holdout_share, e.g. 0.1.")
     if cfg.inference_size < 0:
         raise ValueError(f"inference_size is a size in pixels, or 0 for image_size; not {cfg.inference_size!r}.")
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise ValueError("epochs and batch_size must be >= 1 and lr > 0.")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.calibrate_every < 1:
+        raise ValueError("epochs, batch_size and calibrate_every must be >= 1 and lr > 0.")
     return cfg
 
 

@@ -9,6 +9,7 @@ Thread counts are the entry point's business (`python -m engine train` applies c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -70,8 +71,11 @@ from engine.train.sampling import (
     Pair,
     TrainSet,
     cached_batch,
+    concept_groups,
     epoch_order,
+    group_prompts,
     image_batch,
+    joined_split,
     negative_rate_at,
     open_sets,
     shard,
@@ -144,6 +148,8 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
         step = make_step(trainee, opt, cfg, state, batches, steps_per_epoch=steps_per_epoch, accelerator=accelerator)
 
         memo = ActivationMemo() if trainee.mode == "cached" else None  # validation's frozen-tower activations
+        kept = kept_thresholds(cfg, sets)
+        calibration = None
 
         # 2. The epochs.
         trainee.model.train()
@@ -156,7 +162,9 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
                 order = shard(order, world, accelerator.process_index)
             losses = train_one_epoch(epoch, order, step, state, steps_per_epoch, on_event, stop)
             on_event(PhaseEvent("validating", f"validating epoch {epoch}", epoch))
-            val = validate(trainee, sets, cfg, memo, stop=stop)
+            due = epoch in (1, cfg.epochs) or epoch % cfg.calibrate_every == 0 or calibration is None
+            val = validate(trainee, sets, cfg, memo, stop=stop, previous=None if due else calibration, kept=kept)
+            calibration = val.calibration
             lr = opt.optimizer.param_groups[0]["lr"]
             if opt.plateau is not None:
                 opt.plateau.step(val.score)
@@ -167,8 +175,8 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
             verdict = judge_epoch(state, epoch, val.score, select=cfg.select, patience=cfg.patience)
             if is_main:  # not stopped part-way: an epoch's checkpoints are written whole
                 append_metrics(run_dir, record)
-                meta = model_meta(val, epoch, [p for s in sets for p in s.prompts], run_dir.name, cfg.image_size,
-                                  cfg.model_size)
+                prompts = list(dict.fromkeys(p for s in sets for p in s.prompts))
+                meta = model_meta(val, epoch, prompts, run_dir.name, cfg.image_size, cfg.model_size)
                 for folder in (["best"] if verdict.keep else []) + ["last"]:
                     save_checkpoint(run_dir / folder, trainee.model, trainee.tokenizer, image_size=cfg.model_size,
                                     meta=meta, state=training_state(opt, state, epoch) if folder == "last" else None)
@@ -287,7 +295,13 @@ def make_batches(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, rng: 
 def batch_loss(trainee: Trainee, batch, cfg: TrainConfig) -> torch.Tensor:
     """The training loss (scalar, fp32) of one batch (CachedBatch or ImageBatch), the way trainee.mode says."""
     logits = batch_logits(trainee, batch)
-    return config_loss(logits, batch.target.to(trainee.device), cfg)
+    target = batch.target.to(trainee.device)
+    soft = getattr(batch, "soft", None)
+    if trainee.teacher is not None and soft is not None and bool(soft.any()):
+        with torch.no_grad():  # the starting model's answer, as the target of the replayed photos' old prompts
+            taught = torch.sigmoid(batch_logits(dataclasses.replace(trainee, model=trainee.teacher), batch).float())
+        target = torch.where(soft.to(trainee.device)[:, None, None], taught, target)
+    return config_loss(logits, target, cfg)
 
 
 def config_loss(logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -396,6 +410,7 @@ class Validation:
     score: float
     thresholds: dict
     presence_thresholds: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)  # prompt -> PromptCalibration, as calibrated
 
 
 def mean_sweep(sweeps: list[dict]) -> dict:
@@ -404,7 +419,8 @@ def mean_sweep(sweeps: list[dict]) -> dict:
 
 
 def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: ActivationMemo | None = None, *,
-             stop: threading.Event | None = None) -> Validation:
+             stop: threading.Event | None = None, previous: dict | None = None,
+             kept: dict | None = None) -> Validation:
     """Per-set evaluation with engine.evaluate (the same code as `engine evaluate`) plus the val loss.
 
     One default threshold for the model: the best mean (over sets) of the first prompt's per-image mIoU,
@@ -413,6 +429,8 @@ def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: Act
     All at cfg.model_size, the size the saved model runs at.
     memo: with a frozen vision tower, the run's ActivationMemo (photos' activations kept between epochs).
     stop: raises TrainingStopped once set, checked after every validation photo and before the calibration.
+    previous: an earlier epoch's calibration, used again instead of calibrating (cfg.calibrate_every).
+    kept: prompt -> (pixel, presence) thresholds kept as they are (`kept_thresholds`), not calibrated.
     """
     model = trainee.model
     model.eval()
@@ -426,22 +444,25 @@ def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: Act
     results, losses, sweeps = {}, [], []
     try:
         with torch.inference_mode():
-            for s in sets:
-                if s.val is None or len(s.val) == 0:
+            for group in concept_groups(sets):  # sets that share a prompt are scored as one
+                val = joined_split([sets[k].val for k in group])
+                if val is None:
                     continue
-                report = evaluate(seg, s.val, list(s.prompts), threshold=0.5, progress=False,
+                prompts = group_prompts(sets, group)
+                report = evaluate(seg, val, prompts, threshold=0.5, progress=False,
                                   on_image=lambda done, n: check_stop(stop, "validating"))
                 for p, r in report.prompts.items():
                     results[p] = {"miou": r.miou, "dice": r.dice, "best_threshold": r.best_threshold,
                                   "best_miou": r.best_miou, "precision": r.precision, "recall": r.recall,
                                   "n": r.n_images}
-                sweeps.append(report.prompts[s.prompts[0]].sweep)
-                for i in range(len(s.val)):
+                sweeps.append(report.prompts[prompts[0]].sweep)
+                for i in range(len(val)):
                     check_stop(stop, "validating")
-                    image, mask = s.val[i]
-                    losses.append(_val_loss(seg, trainee.processor, image, mask, s.prompts[0], cfg))
+                    image, mask = val[i]
+                    losses.append(_val_loss(seg, trainee.processor, image, mask, prompts[0], cfg))
             check_stop(stop, "calibrating the thresholds")
-            calibration = calibrate(seg, sets, cfg.calibration_images, split=cfg.calibrate_on)
+            calibration = previous if previous is not None else calibrate(seg, sets, cfg.calibration_images,
+                                                                          split=cfg.calibrate_on)
     finally:
         model.train()
     swept = mean_sweep(sweeps)
@@ -452,7 +473,30 @@ def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: Act
         score = swept.get(threshold, 0.0)
     thresholds = {p: c.threshold for p, c in calibration.items()}
     presence = {p: c.presence_threshold for p, c in calibration.items()}
-    return Validation(results, float(np.mean(losses)) if losses else None, threshold, score, thresholds, presence)
+    for p, (t, tau) in (kept or {}).items():
+        thresholds[p], presence[p] = t, tau
+    return Validation(results, float(np.mean(losses)) if losses else None, threshold, score, thresholds, presence,
+                      calibration)
+
+
+def kept_thresholds(cfg: TrainConfig, sets: list[TrainSet]) -> dict[str, tuple[float, float]]:
+    """With cfg.replay_thresholds="keep": prompt -> the starting model's (pixel, presence) thresholds, for the
+    prompts whose sets are all replayed (val_split "none"). Those photos are trained on again and again in a
+    short run, so thresholds set on them would run high; the model's maps for those prompts barely move."""
+    if cfg.replay_thresholds != "keep" or cfg.model == "scratch":
+        return {}
+    from engine.models.io import read_meta
+    from engine.models.sources import resolve_source
+
+    meta = read_meta(resolve_source(cfg.model).path)
+    pixel, presence = meta.get("thresholds") or {}, meta.get("presence_thresholds") or {}
+    kept = {}
+    for group in concept_groups(sets):
+        if all(sets[k].spec.val_split == "none" for k in group):
+            for p in group_prompts(sets, group):
+                if p in pixel and p in presence:
+                    kept[p] = (float(pixel[p]), float(presence[p]))
+    return kept
 
 
 def _val_loss(seg: Segmenter, processor, image, mask, prompt: str, cfg: TrainConfig) -> float:
@@ -468,9 +512,13 @@ def calibrate(seg: Segmenter, sets: list[TrainSet], n_images: int,
     """{prompt: PromptCalibration} from each set's first n_images photos of `split` ("train", "valid" or
     "holdout"), the other sets' photos counted as absent (engine.calibrate.calibrate_model). One prompt per set
     keeps it cheap; its synonyms share its thresholds. Sets without photos in `split` are left out."""
-    pairs = [({"train": s.train, "valid": s.val, "holdout": s.holdout}[split], s) for s in sets]
-    pairs = [(ds, s) for ds, s in pairs if ds is not None and len(ds) > 0]
+    pairs = []
+    for group in concept_groups(sets):  # sets that share a prompt hold one concept: calibrated together
+        ds = joined_split([{"train": sets[k].train, "valid": sets[k].val, "holdout": sets[k].holdout}[split]
+                           for k in group])
+        if ds is not None:
+            pairs.append((ds, group_prompts(sets, group)))
     if not pairs:
         return {}
-    picked = calibrate_model(seg, [(ds, [s.prompts[0]]) for ds, s in pairs], n_images)
-    return {p: picked[s.prompts[0]] for _, s in pairs for p in s.prompts}
+    picked = calibrate_model(seg, [(ds, prompts[:1]) for ds, prompts in pairs], n_images)
+    return {p: picked[prompts[0]] for _, prompts in pairs for p in prompts}

@@ -43,6 +43,7 @@ class Trainee:
     amp_dtype: torch.dtype | None
     mode: str
     n_trainable: int
+    teacher: object | None = None  # the starting model, frozen (cfg.replay_targets="teacher"), else None
 
     @property
     def extract_layers(self) -> list[int]:
@@ -102,8 +103,12 @@ def build_trainee(cfg: TrainConfig, device: torch.device, *, resume_from: Path |
     n_trainable = set_trainable(model, cfg)
     frozen = backbone_frozen(model)
     mode = "cached" if frozen and cfg.feature_cache else "plain" if frozen else "full"
+    teacher = None
+    if cfg.replay_targets == "teacher" and cfg.model != "scratch":  # from the starting model, even on a resume
+        teacher, _, _ = load_clipseg(resolve_source(cfg.model).path)
+        teacher.to(device).eval().requires_grad_(False)
     return Trainee(model, tokenizer, image_processor(cfg.image_size), source, device, amp_dtype_for(cfg, device),
-                   mode, n_trainable)
+                   mode, n_trainable, teacher)
 
 
 def set_trainable(model, cfg: TrainConfig) -> int:

@@ -68,19 +68,24 @@ def open_sets(cfg: TrainConfig) -> list[TrainSet]:
             raise ValueError(f"Data set {spec.path} has no prompts: write it as PATH=\"prompt one,prompt two\".")
         root = Path(spec.path)
         has_splits = (root / (spec.train_split or "train")).is_dir()
+        own_val = spec.val_split not in (None, "none", "train")
         if has_splits:
             train = open_dataset(root, split=spec.train_split, prompts=spec.prompts, skip_bad=True)
             val = open_dataset(root, split=spec.val_split, prompts=spec.prompts, skip_bad=True) \
-                if spec.val_split and (root / spec.val_split).is_dir() else None
+                if own_val and (root / spec.val_split).is_dir() else None
         else:
             train, val = open_dataset(root, prompts=spec.prompts, skip_bad=True), None
-        if val is None:  # no validation split given: hold out 15%, keeping Roboflow copies of a photo together
+        if val is None and spec.val_split not in ("none", "train"):
+            # no validation split given: hold out 15%, keeping Roboflow copies of a photo together
             train, val = train.split((0.85, 0.15), seed=cfg.seed)
         holdout = None
         if cfg.holdout_share:
             train, holdout = split_holdout(train, cfg.holdout_share)
-        if cfg.max_train_images:
-            train = train.subset(range(min(len(train), cfg.max_train_images)))
+        for limit in (spec.max_images, cfg.max_train_images):
+            if limit:
+                train = train.subset(range(min(len(train), limit)))
+        if spec.val_split == "train":
+            val = train
         mixed = frozenset()
         if spec.synthetic_walls:  # after the real photos, so "the first N train photos" stay real ones
             from engine.synth import is_mixed_wall
@@ -88,7 +93,7 @@ def open_sets(cfg: TrainConfig) -> list[TrainSet]:
             walls = synthetic_set(spec)
             mixed = frozenset(len(train) + k for k, name in enumerate(walls.ids) if is_mixed_wall(name))
             train = train.joined(walls)
-        if cfg.max_val_images:
+        if cfg.max_val_images and val is not None:
             val = val.subset(range(min(len(val), cfg.max_val_images)))
         if len(train) == 0:
             raise ValueError(f"Data set {spec.path} has no training images.")
@@ -96,6 +101,34 @@ def open_sets(cfg: TrainConfig) -> list[TrainSet]:
     if not sets:
         raise ValueError("No training data: give at least one --data PATH=prompts.")
     return sets
+
+
+def concept_groups(sets: Sequence[TrainSet]) -> list[list[int]]:
+    """The sets' indices grouped by concept: sets that share a prompt hold the same concept (a label set's
+    "segment crack" beside the shared cracks set) and are validated and calibrated as one set. In order of
+    each group's first set."""
+    groups: list[list[int]] = []
+    for k, s in enumerate(sets):
+        joined = [g for g in groups if any(set(sets[j].prompts) & set(s.prompts) for j in g)]
+        merged = sorted({j for g in joined for j in g} | {k})
+        groups = [g for g in groups if g not in joined] + [merged]
+    return sorted(groups)
+
+
+def group_prompts(sets: Sequence[TrainSet], group: Sequence[int]) -> list[str]:
+    """The prompts of a concept group, each once, in the order of its sets."""
+    return list(dict.fromkeys(p for k in group for p in sets[k].prompts))
+
+
+def joined_split(parts: Sequence):
+    """LabelledSets of one concept as one (None when there are none); the first set's name and root."""
+    parts = [ds for ds in parts if ds is not None and len(ds) > 0]
+    if not parts:
+        return None
+    out = parts[0]
+    for ds in parts[1:]:
+        out = out.joined(ds)
+    return out
 
 
 def epoch_order(sizes: Sequence[int], balance: float, rng: random.Random) -> list[Pair]:
@@ -138,8 +171,8 @@ def pick_prompt(si: int, sets: Sequence[TrainSet], negative_rate: float, rng: ra
     (and only with two or more sets) a prompt of another set, whose target is then empty: the concept asked
     for is absent from the photo, and the model must learn to answer with nothing. A set that shares a prompt
     with set si holds the same concept, so it never gives si's photos a negative; nor does a photo that holds
-    another concept too (i in the set's `mixed`)."""
-    if i is not None and i in sets[si].mixed:
+    another concept too (i in the set's `mixed`), nor a set whose spec says `negatives=False`."""
+    if i is not None and i in sets[si].mixed or not getattr(sets[si].spec, "negatives", True):
         return rng.choice(sets[si].prompts), False
     if negative_rate > 0 and len(sets) > 1 and rng.random() < negative_rate:
         others = [j for j in range(len(sets)) if j != si and not set(sets[j].prompts) & set(sets[si].prompts)]
@@ -183,6 +216,14 @@ class ImageBatch:
     attention_mask: torch.Tensor
     target: torch.Tensor
     prompts: list[str]
+    soft: torch.Tensor | None = None  # (B,) bool: the target is the teacher's answer (`kept_by_teacher`)
+
+
+def kept_by_teacher(si: int, prompt: str, sets: Sequence[TrainSet]) -> bool:
+    """Whether item `si`'s target for `prompt` is the starting model's answer when the run has a teacher: a
+    replayed photo (its set's val_split is "none") asked one of the replayed sets' prompts."""
+    replayed = [s for s in sets if getattr(s.spec, "val_split", None) == "none"]
+    return sets[si] in replayed and any(prompt in s.prompts for s in replayed)
 
 
 def image_batch(pairs: Sequence[Pair], images: DecodedImages, tokenizer, processor, *, image_size: int,
@@ -202,7 +243,9 @@ def image_batch(pairs: Sequence[Pair], images: DecodedImages, tokenizer, process
         prompts.append(prompt)
     pv = torch.from_numpy(normalise(np.stack(imgs), processor.image_mean, processor.image_std))
     tokens = tokenizer(prompts, padding=True, return_tensors="pt")
-    return ImageBatch(pv, tokens["input_ids"], tokens["attention_mask"], torch.from_numpy(np.stack(masks)), prompts)
+    soft = torch.tensor([kept_by_teacher(si, p, images.sets) for (si, _), p in zip(pairs, prompts)])
+    return ImageBatch(pv, tokens["input_ids"], tokens["attention_mask"], torch.from_numpy(np.stack(masks)), prompts,
+                      soft)
 
 
 @dataclass
@@ -215,6 +258,7 @@ class CachedBatch:
     cond: torch.Tensor
     target: torch.Tensor
     prompts: list[str]
+    soft: torch.Tensor | None = None  # (B,) bool: the target is the teacher's answer (`kept_by_teacher`)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -222,7 +266,8 @@ class CachedBatch:
     def split(self, size: int) -> list[CachedBatch]:
         """The batch as consecutive pieces of at most `size` items."""
         return [CachedBatch([a[i:i + size] for a in self.acts], self.cond[i:i + size], self.target[i:i + size],
-                            self.prompts[i:i + size]) for i in range(0, len(self), size)]
+                            self.prompts[i:i + size], None if self.soft is None else self.soft[i:i + size])
+                for i in range(0, len(self), size)]
 
 
 def turn_grid(activations: Sequence[torch.Tensor], mask: torch.Tensor, flip: bool, turns: int):
@@ -264,4 +309,5 @@ def cached_batch(pairs: Sequence[tuple[int, int]], features: CachedFeatures, set
         masks.append(torch.zeros_like(m) if negative else m)
         conds.append(features.cond[prompt])
         prompts.append(prompt)
-    return CachedBatch([torch.stack(a) for a in acts], torch.stack(conds), torch.stack(masks), prompts)
+    soft = torch.tensor([kept_by_teacher(si, p, sets) for (si, _), p in zip(pairs, prompts)])
+    return CachedBatch([torch.stack(a) for a in acts], torch.stack(conds), torch.stack(masks), prompts, soft)

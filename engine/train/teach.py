@@ -1,0 +1,61 @@
+"""Teach: fine-tune the model a user was using on the label sets they corrected in the app, in minutes.
+
+The `teach` preset (engine.train.config) holds the recipe; `teach_config` adds what depends on the moment: the
+starting model and its input size, the user's sets, and the photos replayed so that the model keeps what it
+knew. Replay: the first `REPLAY_PHOTOS` train photos of each shared set present under the data root (on a Space
+they are not), under their usual prompts, never validated, taught the starting model's own answers for those
+prompts (`replay_targets="teacher"`); they also serve as negatives for the new prompts (a photo of a crack is
+not a water stain). Without the shared sets only the label sets train: the old prompts are then not protected. The benchmark `python tools/teach_benchmark.py` measures the recipe.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.paths import DEFAULT_SETS, SHARED_DATA
+from engine.train.config import DataSpec, TrainConfig, make_config
+
+__all__ = ["REPLAY_PHOTOS", "replay_data", "teach_config", "model_input_size"]
+
+REPLAY_PHOTOS = 80  # train photos replayed per shared set
+
+
+def replay_data(data_root: str | os.PathLike = SHARED_DATA, photos: int = REPLAY_PHOTOS) -> list[DataSpec]:
+    """The shared sets under `data_root` that are present, each as `photos` replayed train photos."""
+    specs = []
+    for name, prompts in DEFAULT_SETS.items():
+        root = Path(data_root) / name
+        if photos and (root / "train").is_dir():
+            specs.append(DataSpec(str(root), tuple(prompts), val_split="none", max_images=photos))
+    return specs
+
+
+def model_input_size(source: str) -> int:
+    """The input size a model runs at (its preprocessor's), 352 (CLIPSeg's) when it does not say."""
+    from engine.models.sources import resolve_source
+
+    folder = resolve_source(source).path
+    for candidate in (folder / "preprocessor_config.json", folder / "best" / "preprocessor_config.json"):
+        if candidate.is_file():
+            size = json.loads(candidate.read_text()).get("size") or {}
+            value = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+            if value:
+                return int(value)
+    return 352
+
+
+def teach_config(label_sets: Sequence[str | os.PathLike], *, model: str, out: str | os.PathLike,
+                 data_root: str | os.PathLike = SHARED_DATA, replay: int = REPLAY_PHOTOS,
+                 **overrides) -> TrainConfig:
+    """The `teach` preset for `label_sets` (folders of engine.data.labelset), starting from `model` (any model
+    source) at its own input size, with `replay` photos of each shared set present. overrides: TrainConfig
+    fields applied last (the app's caps, a test's tiny sizes)."""
+    if not label_sets:
+        raise ValueError("Pick one of your label sets to teach from (save corrected masks to a set first).")
+    data = [DataSpec(str(path), ()) for path in label_sets] + replay_data(data_root, replay)
+    size = overrides.pop("image_size", None) or model_input_size(model)
+    return make_config("teach", data=data, model=model, out=str(out), image_size=size, **overrides)
