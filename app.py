@@ -74,10 +74,13 @@ from engine.app.download import push_message, push_run_to_hub
 from engine.app.housekeeping import bytes_used, job_paths, make_work_dir, prune, remove_work_dir, stale_work_dirs
 from engine.app.jobs import owns_job, start_teach
 from engine.app.labels import (
+    BRUSH_COLOUR,
     SET_HEADERS,
+    SUGGEST_HEADERS,
     editor_value,
     mask_from_editor,
     set_rows,
+    suggest,
     thumbnails,
 )
 from engine.app.public import (
@@ -449,8 +452,9 @@ def add_prompt(text, pick):
 @user_errors
 def train_start(ctx: AppContext, sets, cracks_prompts, joints_prompts, zip_file, zip_prompts, folder, folder_prompts,
                 model, run_name, epochs, lr, batch_size, image_size, unfreeze_vision, unfreeze_text, augment,
-                patience, max_images, negative_rate=None, request: gr.Request | None = None):
-    """/train_start: start the background job from the Train tab's widgets; returns a message.
+                patience, max_images, negative_rate=None, label_sets=None, request: gr.Request | None = None):
+    """/train_start: start the background job from the Train tab's widgets; returns a message. label_sets: names
+    of the caller's label sets, each training under its own prompts.
 
     The job belongs to the caller's session (`viewer`); public mode refuses folders and settings over the caps
     and stops the job after `limits.train_minutes`.
@@ -462,7 +466,8 @@ def train_start(ctx: AppContext, sets, cracks_prompts, joints_prompts, zip_file,
         unfreeze_vision_layers=unfreeze_vision, unfreeze_text_layers=unfreeze_text, augment=augment,
         patience=patience, max_images=max_images, negative_rate=negative_rate, run_name=run_name, sets=sets or (),
         set_prompts={"cracks": cracks_prompts, "joints": joints_prompts}, zip_file=zip_file,
-        zip_prompts=zip_prompts, folder=folder, folder_prompts=folder_prompts)
+        zip_prompts=zip_prompts, folder=folder, folder_prompts=folder_prompts,
+        label_sets=[str(_set_folder(ws, name)) for name in label_sets or []])
     if public:
         check_training(wanted, ctx.public.limits)
     ctx.tidy()  # room for the upload's extracted copy and the run
@@ -626,7 +631,7 @@ def label_delete(ctx: AppContext, set_name, photo, prompt="", request: gr.Reques
 
 
 @user_errors
-def teach_start(ctx: AppContext, teach_sets, model, run_name="", request: gr.Request | None = None) -> str:
+def teach_start(ctx: AppContext, teach_sets, model, request: gr.Request | None = None) -> str:
     """/teach_start: fine-tune `model` (the one the Segment tab uses) on the caller's label sets with the
     `teach` preset (replaying the shared sets where present); the run belongs to the caller."""
     ws = ctx.workspace(request)
@@ -636,7 +641,7 @@ def teach_start(ctx: AppContext, teach_sets, model, run_name="", request: gr.Req
     ctx.tidy()
     run_dir = start_teach(folders, model=ctx.model_source(model, ws), data_root=ctx.data_root,
                           checkpoints_dir=ws.runs, cache=ctx.cache, overrides=ctx.train_overrides,
-                          owner=viewer(request), run_name=run_name,
+                          owner=viewer(request),
                           time_limit_s=ctx.public.limits.train_minutes * 60 if public else None)
     shown = Path(run_dir).name
     return (f"Teaching started: run `{shown}` on {', '.join(names)}. Its progress and curves are on the Train tab; "
@@ -646,7 +651,7 @@ def teach_start(ctx: AppContext, teach_sets, model, run_name="", request: gr.Req
 def label_set_choices(ctx: AppContext, request: gr.Request | None = None):
     """The visitor's set names for the pickers of the Segment and Train tabs, and the sets table."""
     names = [s.name for s in list_sets(ctx.workspace(request).sets)]
-    return (gr.Dropdown(choices=names), gr.CheckboxGroup(choices=names),
+    return (gr.Dropdown(choices=names), gr.Dropdown(choices=names),
             table(set_rows(list_sets(ctx.workspace(request).sets)), SET_HEADERS))
 
 
@@ -768,7 +773,8 @@ def export(ctx: AppContext, model, precision, progress=gr.Progress(), request: g
 @user_errors
 def segment_batch(ctx: AppContext, files, prompts, model, threshold, mm_per_px=0.0, photo_width_mm=0.0,
                   progress=gr.Progress(), request: gr.Request | None = None):
-    """/segment_batch: (masks zip, predictions.csv, report.html) for several photos or a zip of photos."""
+    """/segment_batch: (masks zip, predictions.csv, report.html) for several photos or a zip of photos; a fourth
+    value, kept in a State (not part of the API), lists the least certain answers for the page."""
     paths = [f.get("path") if isinstance(f, dict) else f for f in files or []]
     ws = ctx.workspace(request)
     segmenter = ctx.cache.get(ctx.model_source(model, ws))  # cheap refusals first: model, prompts, photo count
@@ -785,7 +791,15 @@ def segment_batch(ctx: AppContext, files, prompts, model, threshold, mm_per_px=0
                            mm_per_px=scale, photo_width_mm=width_mm)
     if result.failed:
         gr.Warning(f"{len(result.failed)} photo(s) could not be read: " + "; ".join(result.failed.values()))
-    return str(result.zip_path), str(result.csv_path), str(result.report_path)
+    # For "worth correcting" (not part of the API: a State): the answers, least certain first, and the photos.
+    review = {"rows": suggest(result.rows), "photos": {p.name: str(p.path) for p in photos}}
+    return str(result.zip_path), str(result.csv_path), str(result.report_path), review
+
+
+def show_suggested(review):
+    """After a batch: the least certain answers as a table, and the photos they name."""
+    review = review or {}
+    return table(review.get("rows") or [], SUGGEST_HEADERS), review.get("photos") or {}
 
 
 @user_errors
@@ -960,8 +974,68 @@ def _segment_tab(ctx: AppContext) -> UI:
         gr.Examples(ctx.examples, inputs=[ui["image"], ui["prompts"]], cache_examples=False, examples_per_page=12,
                     label="Example walls (made by engine/synth.py; click one, then Segment)",
                     example_labels=[f"{Path(p).stem}: {t.replace(chr(10), ', ')}" for p, t in ctx.examples])
+    ui.update(_label_section(ctx))
     ui.update(_batch_section(ctx))
     ui["result"] = gr.State(None)
+    ui["review"] = gr.State(None)
+    return ui
+
+
+def _label_section(ctx: AppContext) -> UI:
+    ui: UI = {}
+    with gr.Accordion("Correct and keep: label your photos, then teach the model", open=False,
+                      elem_id="label-section"):
+        gr.Markdown("Wrong answer? Open a prompt's mask over the photo, paint what it missed (brush) and wipe what "
+                    "it got wrong (eraser), then **Save to my set**. **Not in this photo** keeps an empty mask: "
+                    "the model learns to answer nothing there. **Teach** fine-tunes the model above on your set "
+                    "(about 2 minutes for 20 photos on 2 CPU cores).", elem_classes="dq-muted")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=400):
+                ui["editor"] = gr.ImageEditor(
+                    label="Mask (red): brush adds, eraser removes", type="numpy", format="png", sources=(),
+                    transforms=(), brush=gr.Brush(default_size=6, colors=[BRUSH_COLOUR], color_mode="fixed"),
+                    eraser=gr.Eraser(default_size=14), layers=gr.LayerOptions(allow_additional_layers=False),
+                    height=480, elem_id="label-editor")
+            with gr.Column(scale=2, min_width=300):
+                ui["label_prompt"] = gr.Dropdown(list(QUICK_PICKS), value=QUICK_PICKS[0], allow_custom_value=True,
+                                                 label="Prompt", elem_id="label-prompt",
+                                                 info="Any prompt, a new one too (e.g. 'segment water stain').")
+                with gr.Row():
+                    ui["open_btn"] = gr.Button("Correct this mask", size="sm", elem_id="label-open")
+                    ui["empty_btn"] = gr.Button("Start from an empty mask", size="sm", elem_id="label-empty")
+                ui["set_name"] = gr.Dropdown([], value="my-walls", allow_custom_value=True, label="Label set",
+                                             elem_id="label-set", info="A new name starts a new set.")
+                with gr.Row():
+                    ui["keep_btn"] = gr.Button("Save to my set", variant="primary", elem_id="label-keep")
+                    ui["absent_btn"] = gr.Button("Not in this photo", variant="secondary", elem_id="label-absent")
+                ui["label_note"] = gr.Markdown(elem_id="label-note")
+                ui["teach_btn"] = gr.Button("Teach the model above on this set", elem_id="label-teach")
+                ui["teach_note"] = gr.Markdown(elem_id="teach-note")
+        gr.Markdown("#### My label sets")
+        ui["sets_table"] = gr.Dataframe(headers=SET_HEADERS, interactive=False, wrap=True, elem_id="label-sets")
+        with gr.Row(equal_height=False):
+            ui["label_format"] = gr.Radio([("mask folders (trains here)", "masks"), ("COCO, RLE", "coco"),
+                                           ("COCO, polygons", "coco-polygons"), ("YOLOv8-seg", "yolo")],
+                                          value="masks", label="Download as", scale=3)
+            with gr.Column(scale=1, min_width=160):
+                ui["download_set_btn"] = gr.Button("Download the set", size="sm", elem_id="label-download")
+                ui["refresh_sets_btn"] = gr.Button("Refresh", size="sm", elem_id="label-refresh")
+        ui["set_file"] = gr.File(label="The set (zip)", interactive=False)
+        ui["gallery"] = gr.Gallery(label="The set's photos, newest first (click one to pick it)", columns=6,
+                                   height=260, object_fit="contain", elem_id="label-gallery")
+        with gr.Row():
+            ui["picked_note"] = gr.Markdown("Nothing picked.", elem_classes="dq-muted")
+            ui["delete_btn"] = gr.Button("Delete the picked photo from the set", size="sm", variant="stop",
+                                         elem_id="label-delete")
+        # /label_save for API clients: the photo and a mask file (none: "not in this photo").
+        with gr.Group(visible=False):
+            ui["api_photo"] = gr.File(label="photo")
+            ui["api_mask"] = gr.File(label="mask")
+            ui["api_prompt"] = gr.Textbox(label="prompt")
+            ui["api_set"] = gr.Textbox(label="set_name")
+            ui["api_btn"] = gr.Button("label_save")
+    ui["loaded"] = gr.State(None)
+    ui["picked"] = gr.State("")
     return ui
 
 
@@ -981,6 +1055,10 @@ def _batch_section(ctx: AppContext) -> UI:
                 ui["batch_zip"] = gr.File(label="Masks (zip of {photo}__{prompt}.png)", interactive=False)
                 ui["batch_csv"] = gr.File(label="predictions.csv", interactive=False)
                 ui["batch_report"] = gr.File(label="Report (HTML, opens offline)", interactive=False)
+        ui["suggested"] = gr.Dataframe(headers=SUGGEST_HEADERS, interactive=False, wrap=True, max_height=300,
+                                       label="Worth correcting: the least certain answers first (click a row to "
+                                             "open that photo above)", elem_id="batch-suggested")
+        ui["batch_photos"] = gr.State({})
     return ui
 
 
@@ -999,6 +1077,9 @@ def _train_data(ctx: AppContext, shared_sets: list[str]) -> UI:
                                       visible="cracks" in shared_sets)
     ui["joints_prompts"] = gr.Textbox(", ".join(DEFAULT_SETS["joints"]), label="Prompts for joints",
                                       visible="joints" in shared_sets)
+    ui["label_sets"] = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                   label="Your label sets (kept in the Segment tab)", elem_id="train-label-sets",
+                                   info="Each set trains under its own prompts; Teach uses the teach preset.")
     with gr.Accordion("Your own labelled set", open=not shared_sets):
         ui["zip_file"] = gr.File(label="Upload a .zip (Roboflow YOLOv8 or COCO export)", file_types=[".zip"],
                                  type="filepath")
@@ -1058,6 +1139,7 @@ def _train_tab(ctx: AppContext, shared_sets: list[str]) -> UI:
     with gr.Row():
         ui["train_btn"] = gr.Button("Train", variant="primary", elem_id="train-btn")
         ui["stop_btn"] = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+        ui["teach_btn"] = gr.Button("Teach (your label sets, from the Segment tab's model)", elem_id="train-teach")
         ui["status_btn"] = gr.Button("Refresh status", variant="secondary")
         ui["download_btn"] = gr.Button("Download the run (zip)", variant="secondary")
     ui["message"] = gr.Markdown(label="train_message")
@@ -1157,8 +1239,55 @@ def _wire_segment(ctx: AppContext, seg: UI) -> None:
                         concurrency_limit=2, concurrency_id="model", show_progress="minimal")
     # Batches queue apart from /segment: a long batch never holds another visitor's single photo.
     seg["batch_btn"].click(bind(segment_batch, ctx), inputs_for(segment_batch, seg),
-                           [seg["batch_zip"], seg["batch_csv"], seg["batch_report"]], api_name="segment_batch",
-                           concurrency_limit=1, concurrency_id="batch")
+                           [seg["batch_zip"], seg["batch_csv"], seg["batch_report"], seg["review"]],
+                           api_name="segment_batch", concurrency_limit=1, concurrency_id="batch").success(
+        show_suggested, seg["review"], [seg["suggested"], seg["batch_photos"]], api_visibility="private", queue=False)
+    seg["suggested"].select(open_suggestion, [seg["suggested"], seg["batch_photos"]],
+                            [seg["image"], seg["prompts"], seg["label_prompt"]], api_visibility="private",
+                            queue=False).success(
+        bind(segment, ctx), inputs_for(segment, seg), [seg["overlay"], seg["masks"], seg["table"], seg["result"]],
+        api_visibility="private", preprocess=False, concurrency_limit=2, concurrency_id="model").success(
+        show_views, seg["result"], [seg["slider"], seg["heatmap"], seg["legend"], seg["shown"], seg["regions"]],
+        api_visibility="private", queue=False)
+
+
+def _wire_labels(ctx: AppContext, seg: UI, train: UI, set_pickers: list) -> None:
+    """The Segment tab's labelling section: open the editor, keep masks, browse, download and teach."""
+    editor_out = [seg["editor"], seg["loaded"]]
+    seg["open_btn"].click(bind(label_open, ctx), [seg["image"], seg["result"], seg["label_prompt"]], editor_out,
+                          api_visibility="private", preprocess=False, queue=False)
+    seg["empty_btn"].click(bind(partial(label_open, empty=True), ctx),
+                           [seg["image"], seg["result"], seg["label_prompt"]], editor_out,
+                           api_visibility="private", preprocess=False, queue=False)
+    refresh = dict(fn=bind(label_set_choices, ctx), inputs=None, outputs=set_pickers, api_visibility="private",
+                   queue=False)
+    gallery = dict(fn=bind(label_browse, ctx), inputs=seg["set_name"], outputs=seg["gallery"],
+                   api_visibility="private", queue=False)
+    keep_inputs = [seg["editor"], seg["loaded"], seg["result"], seg["set_name"]]
+    seg["keep_btn"].click(bind(label_keep, ctx), keep_inputs, seg["label_note"], api_visibility="private",
+                          concurrency_limit=2, concurrency_id="labels").success(**refresh).success(**gallery)
+    seg["absent_btn"].click(bind(partial(label_keep, absent=True), ctx), keep_inputs, seg["label_note"],
+                            api_visibility="private", concurrency_limit=2, concurrency_id="labels").success(
+        **refresh).success(**gallery)
+    seg["api_btn"].click(bind(label_save, ctx), [seg["api_photo"], seg["api_prompt"], seg["api_mask"], seg["api_set"]],
+                         seg["label_note"], api_name="label_save", preprocess=False, concurrency_limit=2,
+                         concurrency_id="labels").success(**refresh)
+    seg["refresh_sets_btn"].click(bind(label_sets, ctx), None, seg["sets_table"], api_name="label_sets",
+                                  concurrency_limit=None).success(**gallery)
+    seg["set_name"].change(**gallery)
+    seg["download_set_btn"].click(bind(label_download, ctx), [seg["set_name"], seg["label_format"]], seg["set_file"],
+                                  api_name="label_download", concurrency_limit=2, concurrency_id="labels")
+    seg["gallery"].select(pick_label, None, seg["picked"], api_visibility="private", queue=False).then(
+        lambda picked: f"Picked: {picked}", seg["picked"], seg["picked_note"], api_visibility="private", queue=False)
+    seg["delete_btn"].click(bind(label_delete_picked, ctx), [seg["set_name"], seg["picked"]], seg["label_note"],
+                            api_visibility="private", concurrency_limit=2, concurrency_id="labels").success(
+        **refresh).success(**gallery)
+    # Teach from the Train tab (/teach_start: set names) or from the Segment tab (the set picked there).
+    for button, sets, note, name in ((train["teach_btn"], train["label_sets"], train["message"], "teach_start"),
+                                     (seg["teach_btn"], seg["set_name"], seg["teach_note"], "teach_this_set")):
+        button.click(bind(teach_start, ctx), [sets, seg["model"]], note, api_name=name,
+                     api_visibility="public" if name == "teach_start" else "private", concurrency_limit=1).success(
+            start_polling, None, train["timer"], api_visibility="private", queue=False)
 
 
 def _wire_train(ctx: AppContext, train: UI, pickers: list) -> None:
@@ -1195,11 +1324,14 @@ def _wire_compare_export(ctx: AppContext, cmp: UI, exp: UI, pickers: list) -> No
 def wire_events(ctx: AppContext, demo: gr.Blocks, seg: UI, train: UI, cmp: UI, exp: UI) -> None:
     """Every listener, once every tab exists; the named ones are the app's API."""
     pickers = [seg["model"], train["model"], cmp["models"], exp["model"]]
+    set_pickers = [seg["set_name"], train["label_sets"], seg["sets_table"]]
     _wire_segment(ctx, seg)
+    _wire_labels(ctx, seg, train, set_pickers)
     _wire_train(ctx, train, pickers)
     _wire_compare_export(ctx, cmp, exp, pickers)
     # A new visitor sees their models, the default model's threshold and a job someone else started.
     demo.load(bind(refresh_pickers, ctx), None, pickers, api_visibility="private", queue=False)
+    demo.load(bind(label_set_choices, ctx), None, set_pickers, api_visibility="private", queue=False)
     demo.load(bind(model_threshold, ctx), seg["model"], seg["threshold"], api_visibility="private",
               show_progress="minimal")
     demo.load(bind(poll, ctx), train["phase_key"],

@@ -19,7 +19,7 @@ from engine.train import get_job
 from app_helpers import free_port
 
 ENDPOINTS = ["/segment", "/segment_batch", "/train_start", "/train_status", "/train_stop", "/compare", "/export",
-             "/download_run", "/push"]
+             "/download_run", "/push", "/label_save", "/label_sets", "/label_download", "/teach_start"]
 
 
 
@@ -369,7 +369,8 @@ def test_every_named_endpoint_takes_its_handlers_parameters_by_name(tmp_path, sh
     handlers = {"/segment": app.segment, "/segment_batch": app.segment_batch, "/train_start": app.train_start,
                 "/train_status": app.train_status, "/train_stop": app.train_stop, "/compare": app.compare,
                 "/export": app.export, "/download_run": app.download_run, "/push": app.push_to_hub,
-                "/models": app.list_my_models}
+                "/models": app.list_my_models, "/label_save": app.label_save, "/label_sets": app.label_sets,
+                "/label_download": app.label_download, "/teach_start": app.teach_start}
     endpoints = demo.get_api_info()["named_endpoints"]
     assert sorted(endpoints) == sorted(handlers)
     skip = {"ctx", "request", "progress", "oauth_token"}

@@ -77,7 +77,8 @@ def score(model, stain_set, old_sets) -> dict:
         if prompt in report:
             out[prompt] = round(report[prompt].miou, 4)
             out[f"{prompt} at its best threshold"] = round(report[prompt].best_miou, 4)
-            out[f"{prompt} thresholds"] = [round(report[prompt].threshold, 2), round(report[prompt].presence_threshold, 2)]
+            out[f"{prompt} thresholds"] = [round(report[prompt].threshold, 2),
+                                           round(report[prompt].presence_threshold, 2)]
     return out
 
 
@@ -127,7 +128,8 @@ def main(argv=None) -> dict:
                "epochs": cfg.epochs, "image size": cfg.image_size, "save seconds": round(save_s, 1),
                "teach seconds": round(teach_s, 1), "cache seconds": summary.get("cache_build_seconds"),
                "before": before, "after": after,
-               "change": {k: round(after[k] - before[k], 4) for k in before if k in after and isinstance(before[k], float)}}
+               "change": {k: round(after[k] - before[k], 4) for k in before
+                          if k in after and isinstance(before[k], float)}}
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.data.archive import as_data_path
+from engine.data.labelset import is_label_set
 from engine.paths import DEFAULT_SETS, STARTER_DIR
 from engine.prompts import parse_prompts
 
@@ -57,6 +58,7 @@ class TrainRequest:
     zip_prompts: str = ""
     folder: str = ""
     folder_prompts: str = ""
+    label_sets: Sequence[str] = ()  # label set folders (engine.data.labelset): each brings its own prompts
 
 
 def _train_module():
@@ -105,6 +107,7 @@ def training_data(request: TrainRequest, data_root: str | os.PathLike) -> list[t
         data.append((request.zip_file, request.zip_prompts))
     if (request.folder or "").strip():
         data.append((request.folder.strip(), request.folder_prompts))
+    data += [(folder, ()) for folder in request.label_sets or []]
     return data
 
 
@@ -155,9 +158,15 @@ def start_training(data: Sequence[tuple[str, str | Sequence[str]]], *, out: str 
     """
     train = _train_module()
     if not data:
-        raise ValueError("No training data chosen: tick a shared set, upload a .zip, or type a folder path.")
-    specs = [train.DataSpec(str(as_data_path(path, uploads_dir)), tuple(parse_prompts(prompts)))
-             for path, prompts in data]
+        raise ValueError("No training data chosen: tick a shared set or one of your label sets, upload a .zip, or "
+                         "type a folder path.")
+    specs = []
+    for path, prompts in data:
+        folder = as_data_path(path, uploads_dir)
+        # a label set (an uploaded zip of one too) brings its own prompts; any other set needs them typed
+        own = is_label_set(folder) and not str(prompts or "").strip() and not (
+            isinstance(prompts, (list, tuple)) and prompts)
+        specs.append(train.DataSpec(str(folder), () if own else tuple(parse_prompts(prompts))))
     cfg = train.make_config(preset, data=specs, out=str(out), **settings)
     run_dir = train.get_job().start(cfg, owner=owner, time_limit_s=time_limit_s)  # JobRunning while one runs
     if cache is not None:

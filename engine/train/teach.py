@@ -5,8 +5,8 @@ starting model and its input size, the user's sets, and the photos replayed so t
 knew. Replay: the first `REPLAY_PHOTOS` train photos of each shared set present under the data root (on a Space
 they are not), under their usual prompts, never validated, taught the starting model's own answers for those
 prompts (`replay_targets="teacher"`); they also serve as negatives for the new prompts (a photo of a crack is
-not a water stain). Without the shared sets only the label sets train: the old prompts are then not protected. The benchmark `python tools/teach_benchmark.py` measures the recipe.
-Nothing here imports torch.
+not a water stain). Without the shared sets only the label sets train: the old prompts are then not protected.
+The benchmark `python tools/teach_benchmark.py` measures the recipe. Nothing here imports torch.
 """
 
 from __future__ import annotations
