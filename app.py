@@ -75,6 +75,7 @@ from engine.app.housekeeping import bytes_used, job_paths, make_work_dir, prune,
 from engine.app.jobs import owns_job, start_teach
 from engine.app.labels import (
     BRUSH_COLOUR,
+    EDITOR_CANVAS,
     SET_HEADERS,
     SUGGEST_HEADERS,
     editor_value,
@@ -995,7 +996,7 @@ def _label_section(ctx: AppContext) -> UI:
                     label="Mask (red): brush adds, eraser removes", type="numpy", format="png", sources=(),
                     transforms=(), brush=gr.Brush(default_size=6, colors=[BRUSH_COLOUR], color_mode="fixed"),
                     eraser=gr.Eraser(default_size=14), layers=gr.LayerOptions(allow_additional_layers=False),
-                    height=480, elem_id="label-editor")
+                    canvas_size=EDITOR_CANVAS, fixed_canvas=True, height=520, elem_id="label-editor")
             with gr.Column(scale=2, min_width=300):
                 ui["label_prompt"] = gr.Dropdown(list(QUICK_PICKS), value=QUICK_PICKS[0], allow_custom_value=True,
                                                  label="Prompt", elem_id="label-prompt",
@@ -1020,9 +1021,9 @@ def _label_section(ctx: AppContext) -> UI:
             with gr.Column(scale=1, min_width=160):
                 ui["download_set_btn"] = gr.Button("Download the set", size="sm", elem_id="label-download")
                 ui["refresh_sets_btn"] = gr.Button("Refresh", size="sm", elem_id="label-refresh")
-        ui["set_file"] = gr.File(label="The set (zip)", interactive=False)
-        ui["gallery"] = gr.Gallery(label="The set's photos, newest first (click one to pick it)", columns=6,
-                                   height=260, object_fit="contain", elem_id="label-gallery")
+        ui["set_file"] = gr.File(label="The set (zip)", interactive=False, visible=False)
+        ui["gallery"] = gr.Gallery(label="The set's photos, newest first (click one to pick it)", columns=6, rows=1,
+                                   height=230, object_fit="contain", allow_preview=False, elem_id="label-gallery")
         with gr.Row():
             ui["picked_note"] = gr.Markdown("Nothing picked.", elem_classes="dq-muted")
             ui["delete_btn"] = gr.Button("Delete the picked photo from the set", size="sm", variant="stop",
@@ -1276,7 +1277,8 @@ def _wire_labels(ctx: AppContext, seg: UI, train: UI, set_pickers: list) -> None
                                   concurrency_limit=None).success(**gallery)
     seg["set_name"].change(**gallery)
     seg["download_set_btn"].click(bind(label_download, ctx), [seg["set_name"], seg["label_format"]], seg["set_file"],
-                                  api_name="label_download", concurrency_limit=2, concurrency_id="labels")
+                                  api_name="label_download", concurrency_limit=2, concurrency_id="labels").success(
+        lambda: gr.File(visible=True), None, seg["set_file"], api_visibility="private", queue=False)
     seg["gallery"].select(pick_label, None, seg["picked"], api_visibility="private", queue=False).then(
         lambda picked: f"Picked: {picked}", seg["picked"], seg["picked_note"], api_visibility="private", queue=False)
     seg["delete_btn"].click(bind(label_delete_picked, ctx), [seg["set_name"], seg["picked"]], seg["label_note"],

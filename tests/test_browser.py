@@ -69,6 +69,44 @@ def test_upload_segment_and_see_the_overlay(page, tmp_path):
     print(f"screenshots in {tmp_path}")
 
 
+def test_correct_a_mask_with_brush_strokes_and_keep_it(page, tmp_path):
+    """After a Segment: open the crack mask in the editor, paint a stroke, save it to a set, then mark taping
+    absent; the set's table counts each."""
+    from playwright.sync_api import expect
+
+    if not page.locator("#seg-overlay img").count():  # run alone: segment first
+        test_upload_segment_and_see_the_overlay(page, tmp_path)
+    page.get_by_text("Correct and keep").click()
+    page.locator("#label-prompt input").fill("segment crack")
+    page.locator("#label-prompt input").press("Enter")
+    page.locator("#label-open").click()
+    canvas = page.locator("#label-editor canvas").first
+    canvas.wait_for(state="visible")
+    page.wait_for_timeout(1000)  # the background and the mask layer load
+    page.locator("#label-editor button[aria-label='Brush']").first.click()
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(15):
+        page.mouse.move(x + 10 * k, y + 4 * k)
+    page.mouse.up()
+    page.locator("#label-set input").fill("browser-set")
+    page.locator("#label-set input").press("Enter")
+    page.locator("#label-keep").click()
+    expect(page.locator("#label-note")).to_contain_text("Kept the corrected mask for segment crack")
+    expect(page.locator("#label-sets")).to_contain_text("segment crack: 1")
+    page.locator("#label-prompt input").fill("segment taping area")
+    page.locator("#label-prompt input").press("Enter")
+    page.locator("#label-open").click()  # the taping answer of the same photo
+    page.wait_for_timeout(500)
+    page.locator("#label-absent").click()
+    expect(page.locator("#label-note")).to_contain_text("Kept the absent mark for segment taping area")
+    expect(page.locator("#label-sets")).to_contain_text("segment taping area: 1 (1 absent)")
+    page.locator("#label-section").screenshot(path=tmp_path / "label.png")
+    print(f"screenshots in {tmp_path}")
+
+
 def _set_slider(page, elem_id: str, value) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))

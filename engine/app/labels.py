@@ -5,7 +5,7 @@
     suggest           a batch's answers, least certain first: the photos most worth correcting
     set_rows          the visitor's label sets as table rows; thumbnails: a set's photos with their masks drawn
 
-The editor shows the photo at display size (its long side at most DISPLAY_MAX_SIDE). A mask saved from it
+The editor shows the photo fitted into a fixed canvas (EDITOR_CANVAS). A mask saved from it
 keeps the model's full-size mask wherever the user did not paint or erase, and takes the painted pixels,
 scaled up, where they did: an untouched mask is saved pixel for pixel as the model made it.
 """
@@ -32,6 +32,7 @@ BRUSH_COLOUR = "rgba(255, 59, 48, 0.6)"
 SUGGEST_HEADERS = ["photo", "prompt", "answer", "presence", "presence threshold", "margin"]
 SET_HEADERS = ["set", "photos", "prompts (masks, absent marks)"]
 THUMB_SIDE = 192
+EDITOR_CANVAS = (800, 600)  # the editor's fixed canvas (W, H): every photo is fitted into it
 
 
 def model_mask(result, prompt: str) -> np.ndarray:
@@ -62,39 +63,52 @@ def _layer(mask: np.ndarray) -> Image.Image:
     return Image.fromarray(rgba, "RGBA")
 
 
+def _fit(size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(x0, y0, width, height): where a photo of `size` sits, scaled to fit and centred, in the editor's canvas."""
+    scale = min(EDITOR_CANVAS[0] / size[0], EDITOR_CANVAS[1] / size[1])
+    width, height = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+    return (EDITOR_CANVAS[0] - width) // 2, (EDITOR_CANVAS[1] - height) // 2, width, height
+
+
 def editor_value(result, prompt: str | None, photo: Image.Image | None = None) -> dict:
-    """The ImageEditor's value: the photo as background and `prompt`'s mask as its one layer. prompt None (or
-    no `result`): an empty layer over `photo`, to label a photo from scratch."""
-    background = photo if photo is not None else result.photo
-    if result is None or prompt is None:
-        mask = np.zeros(background.size[::-1], bool)
-    else:
-        mask = _small(model_mask(result, prompt), background.size)
-    return {"background": background.convert("RGB"), "layers": [_layer(mask)], "composite": None}
+    """The ImageEditor's value: the photo, fitted into the fixed canvas (EDITOR_CANVAS), as background and
+    `prompt`'s mask as its one layer, the same size. prompt None (or no `result`): an empty layer over
+    `photo`, to label a photo from scratch. Background and layer always have the canvas's size: the editor
+    draws a layer of another size at another scale than its background."""
+    photo = (photo if photo is not None else result.photo).convert("RGB")
+    x0, y0, width, height = _fit(photo.size)
+    background = Image.new("RGB", EDITOR_CANVAS, (40, 40, 40))
+    background.paste(photo.resize((width, height), Image.BILINEAR), (x0, y0))
+    mask = np.zeros(EDITOR_CANVAS[::-1], bool)
+    if result is not None and prompt is not None:
+        mask[y0:y0 + height, x0:x0 + width] = _small(model_mask(result, prompt), (width, height))
+    return {"background": background, "layers": [_layer(mask)], "composite": None}
 
 
 def _painted(editor: dict, size: tuple[int, int]) -> np.ndarray:
-    """The editor's layers as one (H, W) bool mask at `size`: where any layer is not transparent."""
+    """The editor's layers as one (H, W) bool mask of the photo at `size` (W, H): where any layer is not
+    transparent, inside the photo's place in the canvas."""
     layers = [np.asarray(layer) for layer in (editor or {}).get("layers") or [] if layer is not None]
-    if not layers:
-        return np.zeros(size[::-1], bool)
-    painted = np.zeros(layers[0].shape[:2], bool)
+    painted = np.zeros(EDITOR_CANVAS[::-1], bool)
     for layer in layers:
-        painted |= layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 else layer.reshape(
-            *layer.shape[:2], -1).max(axis=2) > 0
-    return _small(painted, size) if painted.shape != size[::-1] else painted
+        alpha = layer[..., 3] if layer.ndim == 3 and layer.shape[2] == 4 else layer.reshape(
+            *layer.shape[:2], -1).max(axis=2)
+        if alpha.shape != painted.shape:  # a canvas of another size: scaled onto ours
+            alpha = np.asarray(Image.fromarray((alpha > 0).astype(np.uint8) * 255).resize(EDITOR_CANVAS,
+                                                                                          Image.NEAREST))
+        painted |= alpha > 0
+    x0, y0, width, height = _fit(size)
+    return _small(painted[y0:y0 + height, x0:x0 + width], (width, height))
 
 
 def mask_from_editor(editor: dict, result, prompt: str | None, full_size: tuple[int, int]) -> tuple[np.ndarray, bool]:
     """(mask at `full_size` (W, H), corrected): the model's mask where the layer is as proposed, the painted
     pixels scaled up where it was changed. prompt None: the layer alone (labelled from an empty mask)."""
-    background = (editor or {}).get("background")
-    shown = (background.shape[1], background.shape[0]) if isinstance(background, np.ndarray) else (
-        background.size if background is not None else full_size)
-    painted = _painted(editor, shown)
+    x0, y0, width, height = _fit(full_size)
+    painted = _painted(editor, full_size)
     proposed = model_mask(result, prompt) if result is not None and prompt is not None else np.zeros(
         full_size[::-1], bool)
-    changed = painted != _small(proposed, shown)
+    changed = painted != _small(proposed, (width, height))
     if not changed.any():
         return proposed, False
     full = proposed.copy()
