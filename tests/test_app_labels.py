@@ -118,7 +118,7 @@ def test_a_kept_mask_comes_back_pixel_for_pixel_and_an_absent_mark_as_a_negative
 def test_sets_are_the_visitors_own_and_capped(space, tmp_path):
     from gradio_client import handle_file
 
-    a, b = space["a"], space["b"]
+    b = space["b"]
     (p1, m1), (p2, m2), (p3, m3), (p4, m4) = space["photos"]
     b.predict(handle_file(str(p1)), "segment crack", handle_file(str(_mask_png(m1, tmp_path / "1.png"))), "mine",
               api_name="/label_save")
