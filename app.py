@@ -624,6 +624,21 @@ def label_download(ctx: AppContext, set_name, kind="masks", request: gr.Request 
 
 
 @user_errors
+def label_push(ctx: AppContext, set_name, set_repo_id, oauth_token: gr.OAuthToken | None = None,
+               request: gr.Request | None = None) -> str:
+    """/label_push: the caller's label set to a (private) Hugging Face dataset repo with a dataset card; the
+    signed-in user's token (tokens as for a model push)."""
+    from engine.hub import push_label_set
+
+    token = getattr(oauth_token, "token", None) or push_token(ctx.public.enabled)
+    if ctx.public.enabled and not token:
+        raise PermissionError("Sign in with Hugging Face first, or download the set as a zip and upload it "
+                              "yourself.")
+    result = push_label_set(_set_folder(ctx.workspace(request), set_name), set_repo_id, private=True, token=token)
+    return f"Pushed {len(result.files)} files to the private dataset [{result.repo_id}]({result.url})."
+
+
+@user_errors
 def label_delete(ctx: AppContext, set_name, photo, prompt="", request: gr.Request | None = None) -> str:
     """/label_delete: remove a photo's mask for `prompt` (empty: every prompt) from the caller's set."""
     ws = ctx.workspace(request)
@@ -1021,6 +1036,11 @@ def _label_section(ctx: AppContext) -> UI:
             with gr.Column(scale=1, min_width=160):
                 ui["download_set_btn"] = gr.Button("Download the set", size="sm", elem_id="label-download")
                 ui["refresh_sets_btn"] = gr.Button("Refresh", size="sm", elem_id="label-refresh")
+        with gr.Row(equal_height=False):
+            ui["set_repo_id"] = gr.Textbox(label="Push the set to a Hub dataset repo (private)", scale=3,
+                                           placeholder="your-name/my-walls", elem_id="label-repo")
+            ui["push_set_btn"] = gr.Button("Push the set", size="sm", scale=1, elem_id="label-push")
+        ui["push_set_note"] = gr.Markdown()
         ui["set_file"] = gr.File(label="The set (zip)", interactive=False, visible=False)
         ui["gallery"] = gr.Gallery(label="The set's photos, newest first (click one to pick it)", columns=6, rows=1,
                                    height=230, object_fit="contain", allow_preview=False, elem_id="label-gallery")
@@ -1279,6 +1299,8 @@ def _wire_labels(ctx: AppContext, seg: UI, train: UI, set_pickers: list) -> None
     seg["download_set_btn"].click(bind(label_download, ctx), [seg["set_name"], seg["label_format"]], seg["set_file"],
                                   api_name="label_download", concurrency_limit=2, concurrency_id="labels").success(
         lambda: gr.File(visible=True), None, seg["set_file"], api_visibility="private", queue=False)
+    seg["push_set_btn"].click(bind(label_push, ctx), [seg["set_name"], seg["set_repo_id"]], seg["push_set_note"],
+                              api_name="label_push", concurrency_limit=1)
     seg["gallery"].select(pick_label, None, seg["picked"], api_visibility="private", queue=False).then(
         lambda picked: f"Picked: {picked}", seg["picked"], seg["picked_note"], api_visibility="private", queue=False)
     seg["delete_btn"].click(bind(label_delete_picked, ctx), [seg["set_name"], seg["picked"]], seg["label_note"],

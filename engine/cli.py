@@ -13,6 +13,7 @@ import io
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -147,7 +148,8 @@ def _add_train(sub) -> None:
                    help="a labelled set and its prompts, e.g. "
                         '../shared/data/drywall-qa/cracks="segment crack,segment wall crack"')
     p.add_argument("--model", default=None, help="model to start from (default: the preset's, else auto)")
-    p.add_argument("--preset", default=None, help="named settings, e.g. starter, quick, full")
+    p.add_argument("--preset", default=None, help="named settings, e.g. starter, quick, full; teach: fine-tune "
+                                                  "--model (default: the bundled model) on label sets from the app")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--batch-size", type=int, default=None)
@@ -403,6 +405,11 @@ def cmd_calibrate(args) -> int:
 def cmd_train(args) -> int:
     """`python -m engine train [--preset P] [--data PATH=PROMPTS ...] [--set KEY=VALUE ...] [--resume]`."""
     data = [DataSpec(*parse_data_arg(d)) for d in args.data] or None
+    for spec in data or []:  # a dataset repo on the Hub is fetched first (offline: fails in seconds)
+        if spec.path.startswith("hf://datasets/"):
+            from engine.data.archive import as_data_path
+
+            spec.path = str(as_data_path(spec.path, in_repo(".cache/datasets")))
     named = dict(data=data, model=args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                  image_size=args.image_size, out=args.out)
     sets = _parse_set(args.set)
@@ -410,7 +417,19 @@ def cmd_train(args) -> int:
     if both:
         raise ValueError(f"{', '.join(both)} given both as an option and with --set; give each once.")
     overrides = {**named, **sets}
-    cfg = make_config(args.preset, **overrides)
+    if args.preset == "teach":  # the label sets given, replaying the shared sets, from the model given
+        from engine.train.teach import teach_config
+
+        if not data or any(d.prompts for d in data):
+            raise ValueError("--preset teach takes label sets made in the app (folders with labelset.json, or "
+                             "their unzipped download) as --data PATH, without prompts: each has its own.")
+        overrides.pop("data")
+        model, out = overrides.pop("model") or BUNDLED, overrides.pop("out") or \
+            f"checkpoints/teach-{time.strftime('%Y%m%d-%H%M%S')}"
+        cfg = teach_config([d.path for d in data], model=model, out=out,
+                           **{k: v for k, v in overrides.items() if v is not None})
+    else:
+        cfg = make_config(args.preset, **overrides)
     if args.preset == "starter" and cfg.model == PRESETS["starter"]["model"] and not in_repo(cfg.model).is_dir():
         raise ValueError(f"The starter preset fine-tunes {cfg.model}, which is missing: train it first with "
                          "`python -m engine train --preset starter-base` (about 46 min on 2 cores).")

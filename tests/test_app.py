@@ -370,7 +370,8 @@ def test_every_named_endpoint_takes_its_handlers_parameters_by_name(tmp_path, sh
                 "/train_status": app.train_status, "/train_stop": app.train_stop, "/compare": app.compare,
                 "/export": app.export, "/download_run": app.download_run, "/push": app.push_to_hub,
                 "/models": app.list_my_models, "/label_save": app.label_save, "/label_sets": app.label_sets,
-                "/label_download": app.label_download, "/teach_start": app.teach_start}
+                "/label_download": app.label_download, "/teach_start": app.teach_start,
+                "/label_push": app.label_push}
     endpoints = demo.get_api_info()["named_endpoints"]
     assert sorted(endpoints) == sorted(handlers)
     skip = {"ctx", "request", "progress", "oauth_token"}

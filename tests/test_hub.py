@@ -123,3 +123,39 @@ def test_push_offline_fails_fast_and_names_the_zip(run_dir, monkeypatch):
                          "a local stand-in for the Hub's commit API (preupload, LFS, commit) is not simple")
 def test_push_uploads_the_folder():  # pragma: no cover
     pass
+
+
+def _closed_endpoint(monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+
+
+def test_a_label_set_push_and_a_hub_dataset_fail_fast_offline(tmp_path, monkeypatch):
+    import time
+
+    from engine.cli import main
+    from engine.data.archive import as_data_path
+    from engine.data.labelset import save_label
+    from engine.hub import dataset_card, push_label_set
+    from engine.synth import make_wall
+
+    image, masks = make_wall(1, (64, 48))
+    image.save(tmp_path / "w.png")
+    save_label(tmp_path / "sets", "walls", tmp_path / "w.png", "segment crack", masks["crack"])
+    save_label(tmp_path / "sets", "walls", tmp_path / "w.png", "segment taping area", None)
+    card = dataset_card(tmp_path / "sets" / "walls")
+    assert "| segment taping area | 1 | 1 |" in card and "**Licence:** not set" in card
+    _closed_endpoint(monkeypatch)
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match="Download the set as a zip"):
+        push_label_set(tmp_path / "sets" / "walls", "me/walls")
+    with pytest.raises(ConnectionError, match="cannot be fetched"):
+        as_data_path("hf://datasets/me/walls", tmp_path / "uploads")
+    assert time.perf_counter() - start < 20
+    with pytest.raises(ValueError, match="not a label set"):
+        push_label_set(tmp_path, "me/walls")
+    assert main(["train", "--data", "hf://datasets/me/walls=segment crack"]) == 1

@@ -51,3 +51,35 @@ def test_cli_train_starter_says_to_train_its_base_first(capsys, monkeypatch, tmp
     err = capsys.readouterr().err
     assert "fine-tunes checkpoints/drywall-starter-base, which is missing" in err
     assert "python -m engine train --preset starter-base" in err
+
+
+@pytest.mark.slow
+def test_cli_teach_trains_on_a_label_set_replaying_the_shared_sets(tiny_model_dir, shared_data, tmp_path):
+    """`--preset teach --data SET`: the set under its own prompt, the shared sets replayed (never validated)."""
+    from engine.cli import main
+    from engine.data.labelset import save_label
+    from engine.synth import make_wall
+
+    for seed in (1, 2, 3):
+        image, masks = make_wall(seed, (64, 64), cracks=0, joints=0, stains=1)
+        image.save(tmp_path / f"w{seed}.png")
+        save_label(tmp_path / "sets", "stains", tmp_path / f"w{seed}.png", "segment water stain",
+                   masks["water stain"])
+    code = main(["train", "--preset", "teach", "--model", str(tiny_model_dir), "--out", str(tmp_path / "run"),
+                 "--data", str(tmp_path / "sets" / "stains"), "--epochs", "1", "--set", "feature_cache=false",
+                 "--set", "threads=1", "--set", "warmup_epochs=0"])
+    assert code == 0
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert [(d["prompts"], d["val_split"]) for d in cfg["data"]] == [
+        (["segment water stain"], "train"), (["segment crack", "segment wall crack"], "none"),
+        (["segment taping area", "segment joint/tape", "segment drywall seam"], "none")]
+    assert cfg["replay_targets"] == "teacher" and cfg["image_size"] == 64
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["finished"] and "segment water stain" in summary["best"]["val"]
+
+
+def test_cli_teach_refuses_prompts_or_no_set(capsys):
+    from engine.cli import main
+
+    assert main(["train", "--preset", "teach", "--data", "x=segment crack"]) == 1
+    assert "label sets made in the app" in capsys.readouterr().err

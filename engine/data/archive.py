@@ -269,10 +269,17 @@ def extract_upload(zip_path: str | os.PathLike, uploads_dir: str | os.PathLike) 
 
 
 def as_data_path(path: str | os.PathLike, uploads_dir: str | os.PathLike) -> Path:
-    """A labelled-set path as given, or, for a .zip, the root of its safely extracted copy."""
+    """A labelled-set path as given; for a .zip, the root of its safely extracted copy; for
+    `hf://datasets/OWNER/NAME`, the dataset repo downloaded into `uploads_dir` (offline: ConnectionError in
+    seconds)."""
     text = str(path).strip()
     if not text:
         raise ValueError("No data set given: tick a shared set, upload a .zip, or type a folder path.")
+    if text.startswith("hf://datasets/"):  # a dataset repo on the Hub: fetched into the uploads folder
+        from engine.hub import fetch_hub_dataset
+
+        dest = Path(uploads_dir) / f"hub-{uuid.uuid4().hex[:8]}"
+        return dataset_root(fetch_hub_dataset(text, dest))
     p = Path(text).expanduser()
     if p.suffix.lower() == ".zip":
         return extract_upload(p, uploads_dir)
