@@ -88,6 +88,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--photos", type=int, default=20, help="stained walls labelled (and as many scored)")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--keep", help="copy the taught run to this folder")
+    parser.add_argument("--replay-source", default="auto", choices=["auto", "shared", "generated"],
+                        help="what is replayed: the shared sets (auto: where present) or generated walls")
     parser.add_argument("--replay", type=int, default=None, help="shared photos replayed per set (default: the "
                                                                     "teach recipe's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -112,7 +114,7 @@ def main(argv=None) -> dict:
         old_sets = {name: open_dataset(SHARED_DATA / name, split="valid", name=f"{name}/valid")
                     for name in OLD if (SHARED_DATA / name / "valid").is_dir()}
         before = score(args.model, stain_set, old_sets)
-        replay = {} if args.replay is None else {"replay": args.replay}
+        replay = {"replay_source": args.replay_source} | ({} if args.replay is None else {"replay": args.replay})
         cfg = teach_config([tmp / "sets" / "stains"], model=args.model, out=str(tmp / "run"), **replay,
                            cache_dir=str(tmp / "features"), **parse_overrides(args.set))
         start = time.perf_counter()
@@ -124,7 +126,9 @@ def main(argv=None) -> dict:
 
             shutil.copytree(tmp / "run", args.keep, dirs_exist_ok=True)
     figures = {"model": str(args.model), "labelled photos": len(labelled), "absent marks": len(plain),
-               "replayed photos": sum(d.max_images for d in cfg.data if d.val_split == "none"),
+               "replay source": args.replay_source,
+               "replayed photos": sum(d.max_images or len(list(Path(d.path, "masks").glob("*.png")))
+                                      for d in cfg.data if d.val_split == "none"),
                "epochs": cfg.epochs, "image size": cfg.image_size, "save seconds": round(save_s, 1),
                "teach seconds": round(teach_s, 1), "cache seconds": summary.get("cache_build_seconds"),
                "before": before, "after": after,

@@ -481,8 +481,10 @@ def validate(trainee: Trainee, sets: list[TrainSet], cfg: TrainConfig, memo: Act
 
 def kept_thresholds(cfg: TrainConfig, sets: list[TrainSet]) -> dict[str, tuple[float, float]]:
     """With cfg.replay_thresholds="keep": prompt -> the starting model's (pixel, presence) thresholds, for the
-    prompts whose sets are all replayed (val_split "none"). Those photos are trained on again and again in a
-    short run, so thresholds set on them would run high; the model's maps for those prompts barely move."""
+    prompts whose sets are all replayed (val_split "none"), and for the prompts it knew that no set of this run
+    holds (so the saved model answers them as before, not at a default threshold). Replayed photos are trained
+    on again and again in a short run, so thresholds set on them would run high; the model's maps for those
+    prompts barely move."""
     if cfg.replay_thresholds != "keep" or cfg.model == "scratch":
         return {}
     from engine.models.io import read_meta
@@ -490,7 +492,8 @@ def kept_thresholds(cfg: TrainConfig, sets: list[TrainSet]) -> dict[str, tuple[f
 
     meta = read_meta(resolve_source(cfg.model).path)
     pixel, presence = meta.get("thresholds") or {}, meta.get("presence_thresholds") or {}
-    kept = {}
+    trained = {p for s in sets for p in s.prompts}
+    kept = {p: (float(pixel[p]), float(presence[p])) for p in pixel if p in presence and p not in trained}
     for group in concept_groups(sets):
         if all(sets[k].spec.val_split == "none" for k in group):
             for p in group_prompts(sets, group):

@@ -5,7 +5,8 @@ starting model and its input size, the user's sets, and the photos replayed so t
 knew. Replay: the first `REPLAY_PHOTOS` train photos of each shared set present under the data root (on a Space
 they are not), under their usual prompts, never validated, taught the starting model's own answers for those
 prompts (`replay_targets="teacher"`); they also serve as negatives for the new prompts (a photo of a crack is
-not a water stain). Without the shared sets only the label sets train: the old prompts are then not protected.
+not a water stain). Without the shared sets (a Space), generated walls of the same concepts (engine.synth) are
+replayed instead: their labels do not matter, the starting model's answers are what they teach.
 The benchmark `python tools/teach_benchmark.py` measures the recipe. Nothing here imports torch.
 """
 
@@ -24,13 +25,31 @@ __all__ = ["REPLAY_PHOTOS", "replay_data", "teach_config", "model_input_size"]
 REPLAY_PHOTOS = 80  # train photos replayed per shared set
 
 
-def replay_data(data_root: str | os.PathLike = SHARED_DATA, photos: int = REPLAY_PHOTOS) -> list[DataSpec]:
-    """The shared sets under `data_root` that are present, each as `photos` replayed train photos."""
+# The generated walls replayed for a shared set that is not present: engine.synth's concept of each set.
+GENERATED = {"cracks": "crack", "joints": "taping area"}
+
+
+def replay_data(data_root: str | os.PathLike = SHARED_DATA, photos: int = REPLAY_PHOTOS,
+                source: str = "auto") -> list[DataSpec]:
+    """`photos` replayed photos per shared set, under its prompts, never validated. source: "shared" (the set's
+    first train photos, when present under `data_root`), "generated" (walls of its concept from engine.synth,
+    written once under .cache/synthetic), or "auto" (shared where present, else generated)."""
+    if source not in ("auto", "shared", "generated"):
+        raise ValueError(f"replay source must be 'auto', 'shared' or 'generated', not {source!r}.")
     specs = []
     for name, prompts in DEFAULT_SETS.items():
         root = Path(data_root) / name
-        if photos and (root / "train").is_dir():
+        if not photos:
+            continue
+        if source != "generated" and (root / "train").is_dir():
             specs.append(DataSpec(str(root), tuple(prompts), val_split="none", max_images=photos))
+        elif source != "shared":
+            from engine.paths import in_repo
+            from engine.synth import write_training_set
+
+            folder = write_training_set(in_repo(".cache/synthetic") / f"replay-{name}-{photos}", GENERATED[name],
+                                        photos, seed=20_000)
+            specs.append(DataSpec(str(folder), tuple(prompts), val_split="none"))
     return specs
 
 
@@ -50,12 +69,12 @@ def model_input_size(source: str) -> int:
 
 def teach_config(label_sets: Sequence[str | os.PathLike], *, model: str, out: str | os.PathLike,
                  data_root: str | os.PathLike = SHARED_DATA, replay: int = REPLAY_PHOTOS,
-                 **overrides) -> TrainConfig:
+                 replay_source: str = "auto", **overrides) -> TrainConfig:
     """The `teach` preset for `label_sets` (folders of engine.data.labelset), starting from `model` (any model
     source) at its own input size, with `replay` photos of each shared set present. overrides: TrainConfig
     fields applied last (the app's caps, a test's tiny sizes)."""
     if not label_sets:
         raise ValueError("Pick one of your label sets to teach from (save corrected masks to a set first).")
-    data = [DataSpec(str(path), ()) for path in label_sets] + replay_data(data_root, replay)
+    data = [DataSpec(str(path), ()) for path in label_sets] + replay_data(data_root, replay, replay_source)
     size = overrides.pop("image_size", None) or model_input_size(model)
     return make_config("teach", data=data, model=model, out=str(out), image_size=size, **overrides)
