@@ -2,6 +2,7 @@
 
 import csv
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -78,8 +79,13 @@ def test_the_handler_on_a_zip_of_real_photos_and_the_public_cap(photos, tmp_path
     ctx = app.make_context(checkpoints_dir=tmp_path / "checkpoints", export_dir=tmp_path / "export",
                            data_root=shared_data, work_dir=tmp_path / "work", default_model=str(tiny_model_dir))
     z = _zip(tmp_path / "visit.zip", photos)
-    masks, table, report = app.segment_batch(ctx, [str(z)], "segment crack\nsegment taping area", "", 0.5)
+    masks, table, report, review = app.segment_batch(ctx, [str(z)], "segment crack\nsegment taping area", "", 0.5)
     assert masks.startswith(str(ctx.work_dir / "masks"))
+    margins = [row[5] for row in review["rows"]]  # "worth correcting": every answer, the least certain first
+    assert len(margins) == 8 and margins == sorted(margins)
+    assert len(review["photos"]) == 4 and all(Path(p).is_file() for p in review["photos"].values())
+    shown, photos = app.show_suggested(review)
+    assert shown["data"][0][:2] == review["rows"][0][:2] and photos == review["photos"]
     with zipfile.ZipFile(masks) as archive:
         assert len(archive.namelist()) == 8
     assert len(list(csv.reader(open(table)))) == 9

@@ -136,7 +136,8 @@ def test_a_zip_with_unreadable_labels_is_deleted_after_extraction(served, tmp_pa
 
 def test_runs_that_never_saved_are_not_offered(served):
     config = httpx.get(served["url"].rstrip("/") + "/config", timeout=30).json()
-    pickers = [c["props"] for c in config["components"] if c.get("type") == "dropdown"]
+    pickers = [c["props"] for c in config["components"] if c.get("type") == "dropdown"
+               and c["props"].get("label") in ("Model", "Start from", "Models or runs")]
     assert len(pickers) == 4
     for props in pickers:
         values = [choice[1] for choice in props["choices"]]

@@ -107,7 +107,7 @@ def test_a_kept_mask_comes_back_pixel_for_pixel_and_an_absent_mark_as_a_negative
 
     # training reads the set: the absent photo is a training item whose target is empty (a negative)
     sets = open_sets(teach_config([tmp_path / "out" / "walls"], model=str(space["root"] / "checkpoints" / "tiny-a"),
-                                  out=str(tmp_path / "run"), data_root=tmp_path / "no-shared-data"))
+                                  out=str(tmp_path / "run"), replay=0))
     [labelled] = sets
     assert labelled.prompts == ("segment crack",) and not labelled.spec.negatives
     assert labelled.spec.val_split == "train"  # too few photos to hold any out: scored on training photos
@@ -158,38 +158,40 @@ def test_teach_trains_a_run_the_visitor_can_pick(space, tmp_path):
     assert not any(label.startswith("my run: stains-") for label in space["b"].predict(api_name="/models"))
 
 
-def test_an_untouched_editor_keeps_the_model_mask_and_strokes_change_only_their_pixels():
+def test_an_untouched_editor_keeps_the_model_mask_and_strokes_change_only_their_pixels(tmp_path):
+    from engine.app.labels import EDITOR_CANVAS
+
     class Result:  # what the editor reads of a SegmentResult: the photo shown, the full size, the mask files
         photo = Image.new("RGB", (50, 40))
         size = (100, 80)
         mask_paths: list = []
 
     full = np.zeros((80, 100), bool)
-    full[20:41, 31:70] = True  # odd edges: a 2x downscale cannot hold them exactly
+    full[20:41, 31:70] = True  # odd edges: the canvas's scale (7.5 px per pixel here) cannot hold them exactly
     result = Result()
     value = editor_value(None, None, result.photo)
+    assert value["background"].size == EDITOR_CANVAS == value["layers"][0].size  # one size: drawn at one scale
     assert not np.asarray(value["layers"][0])[..., 3].any()  # an empty layer to label from scratch
 
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "photo__segment_crack.png"
-        Image.fromarray(full.astype(np.uint8) * 255).save(path)
-        result.mask_paths = [path]
-        value = editor_value(result, "segment crack")
-        layer = np.asarray(value["layers"][0]).copy()
-        editor = {"background": np.asarray(value["background"]), "layers": [layer]}
-        kept, corrected = mask_from_editor(editor, result, "segment crack", (100, 80))
-        assert not corrected and np.array_equal(kept, full)  # pixel for pixel, not the downscaled copy
-        layer[0:5, 0:5] = (255, 0, 0, 200)  # a stroke in a corner
-        layer[12:18, 20:30, 3] = 0  # and an eraser inside the mask
-        changed, corrected = mask_from_editor({"background": editor["background"], "layers": [layer]}, result,
-                                              "segment crack", (100, 80))
-        assert corrected and changed[0:10, 0:10].all() and not changed[24:36, 40:60].any()
-        untouched = np.ones_like(full)
-        untouched[0:10, 0:10] = False
-        untouched[24:36, 40:60] = False
-        assert np.array_equal(changed[untouched], full[untouched])
+    path = tmp_path / "photo__segment_crack.png"
+    Image.fromarray(full.astype(np.uint8) * 255).save(path)
+    result.mask_paths = [path]
+    value = editor_value(result, "segment crack")
+    layer = np.asarray(value["layers"][0]).copy()
+    assert (layer[..., 3] > 0).sum() > 0
+    editor = {"background": np.asarray(value["background"]), "layers": [layer]}
+    kept, corrected = mask_from_editor(editor, result, "segment crack", (100, 80))
+    assert not corrected and np.array_equal(kept, full)  # pixel for pixel, not the canvas's copy
+    # the 100 x 80 photo fills 750 x 600 of the canvas from x = 25: full pixel (r, c) is canvas (7.5 r, 25 + 7.5 c)
+    layer[0:75, 25:100] = (255, 0, 0, 200)  # a stroke over full pixels [0:10, 0:10]
+    layer[180:270, 325:475, 3] = 0  # and an eraser over [24:36, 40:60], inside the mask
+    changed, corrected = mask_from_editor({"background": editor["background"], "layers": [layer]}, result,
+                                          "segment crack", (100, 80))
+    assert corrected and changed[0:10, 0:10].all() and not changed[24:36, 40:60].any()
+    untouched = np.ones_like(full)
+    untouched[0:10, 0:10] = False
+    untouched[24:36, 40:60] = False
+    assert np.array_equal(changed[untouched], full[untouched])
 
 
 def test_the_least_certain_answers_come_first():

@@ -100,6 +100,9 @@ def test_a_mask_of_another_shape_is_refused_and_a_smaller_copy_is_scaled(tmp_pat
     Image.fromarray(layer, "RGBA").save(png)
     painted = read_mask(png, (96, 64))
     assert painted.sum() == 40 and painted[10:20, 5:9].all()
+    Image.new("L", (960, 640)).save(tmp_path / "huge.png")
+    with pytest.raises(ValueError, match="larger than the photo"):  # refused from its header
+        read_mask(tmp_path / "huge.png", (96, 64))
 
 
 def test_deleting_items_and_the_last_one_deletes_the_set(tmp_path, photos):

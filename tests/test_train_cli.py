@@ -76,6 +76,7 @@ def test_cli_teach_trains_on_a_label_set_replaying_the_shared_sets(tiny_model_di
     assert cfg["replay_targets"] == "teacher" and cfg["image_size"] == 64
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["finished"] and "segment water stain" in summary["best"]["val"]
+    assert any("scores are on its training photos" in line for line in summary["log"])
 
 
 def test_cli_teach_refuses_prompts_or_no_set(capsys):

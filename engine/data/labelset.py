@@ -140,9 +140,13 @@ def read_mask(mask, size: tuple[int, int]) -> np.ndarray:
     A mask of another size with the photo's shape (a copy painted on the downscaled overlay) is resized
     with nearest neighbour; a mask of another shape is refused, naming both sizes.
     """
+    width, height = size
     if isinstance(mask, (str, os.PathLike)):
         try:
             with Image.open(mask) as img:
+                if img.size[0] * img.size[1] > width * height:  # judged from the header, before decoding
+                    raise ValueError(f"The mask is {img.size[0]}x{img.size[1]}, larger than the photo "
+                                     f"({width}x{height}); send it at the photo's size.")
                 img.load()
                 array = np.asarray(img.convert("RGBA" if img.mode in ("RGBA", "LA", "P") else "L"))
         except (OSError, ValueError) as exc:
@@ -157,7 +161,6 @@ def read_mask(mask, size: tuple[int, int]) -> np.ndarray:
         array = array.max(axis=2)
     if array.ndim != 2:
         raise ValueError(f"A mask is one (height, width) plane, not an array of shape {array.shape}.")
-    width, height = size
     binary = array > 0
     if binary.shape == (height, width):
         return binary

@@ -136,6 +136,10 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
         elif is_main:
             start_run_folder(run_dir, cfg)
         steps_per_epoch = math.ceil(sum(len(s.train) for s in sets) / state.batch_size / world)
+        for s in sets:
+            if s.spec.val_split == "train":
+                note(state, on_event, f"{s.prompts[0]}: {len(s.train)} photos, too few to hold any out; its scores "
+                                      "are on its training photos, not on unseen ones")
         if cfg.negative_rate > 0 and len(sets) == 1:
             note(state, on_event, "one data set: no absent-concept negatives (they pair a photo with another "
                                   "set's prompt)")
