@@ -105,6 +105,15 @@ def test_a_kept_mask_comes_back_pixel_for_pixel_and_an_absent_mark_as_a_negative
     assert np.array_equal(masks[f"wall-1-{_digest(p1)}"], mask)  # pixel for pixel
     assert not masks[f"wall-2-{_digest(p2)}"].any()  # the absent mark
 
+    # the Train tab's zip upload takes the downloaded set as it is, under its own prompt
+    train = dict(sets=[], cracks_prompts="", joints_prompts="", zip_file=handle_file(zip_path), zip_prompts="",
+                 folder="", folder_prompts="", model="run: tiny-a", run_name="from-zip", epochs=1, lr=1e-3,
+                 batch_size=2, image_size=64, unfreeze_vision=0, unfreeze_text=0, augment=False, patience=0,
+                 max_images=4)
+    assert "from-zip" in a.predict(**train, api_name="/train_start")
+    assert get_job().wait(120) and get_job().status().phase == "finished", get_job().status().error
+    assert "segment crack" in json.dumps(get_job().status().summary["best"]["val"])
+
     # training reads the set: the absent photo is a training item whose target is empty (a negative)
     sets = open_sets(teach_config([tmp_path / "out" / "walls"], model=str(space["root"] / "checkpoints" / "tiny-a"),
                                   out=str(tmp_path / "run"), replay=0))

@@ -90,6 +90,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--keep", help="copy the taught run to this folder")
     parser.add_argument("--replay-source", default="auto", choices=["auto", "shared", "generated"],
                         help="what is replayed: the shared sets (auto: where present) or generated walls")
+    parser.add_argument("--own-photos", action="store_true",
+                        help="also replay the set's own photos under the old prompts, taught the model's answers")
     parser.add_argument("--replay", type=int, default=None, help="shared photos replayed per set (default: the "
                                                                     "teach recipe's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -114,7 +116,8 @@ def main(argv=None) -> dict:
         old_sets = {name: open_dataset(SHARED_DATA / name, split="valid", name=f"{name}/valid")
                     for name in OLD if (SHARED_DATA / name / "valid").is_dir()}
         before = score(args.model, stain_set, old_sets)
-        replay = {"replay_source": args.replay_source} | ({} if args.replay is None else {"replay": args.replay})
+        replay = {"replay_source": args.replay_source, "own_photos": args.own_photos}
+        replay |= {} if args.replay is None else {"replay": args.replay}
         cfg = teach_config([tmp / "sets" / "stains"], model=args.model, out=str(tmp / "run"), **replay,
                            cache_dir=str(tmp / "features"), **parse_overrides(args.set))
         start = time.perf_counter()

@@ -53,6 +53,24 @@ def replay_data(data_root: str | os.PathLike = SHARED_DATA, photos: int = REPLAY
     return specs
 
 
+def own_photo_replay(label_sets: Sequence[str | os.PathLike]) -> list[DataSpec]:
+    """The label sets' own photos again under the shared sets' prompts, never validated: with the teacher's
+    answers as targets (`replay_targets="teacher"`) the model learns to answer the old prompts on the new photos
+    as it did before, whatever their masks hold. Prompts a set labels itself are left to its own masks."""
+    from engine.data.labelset import is_label_set, label_set_splits
+
+    specs = []
+    for path in label_sets:
+        if not is_label_set(path):
+            continue
+        for folder, prompt in label_set_splits(path):
+            for prompts in DEFAULT_SETS.values():
+                if prompt not in prompts:
+                    specs.append(DataSpec(str(folder), tuple(prompts), train_split=None, val_split="none",
+                                          negatives=False))
+    return specs
+
+
 def model_input_size(source: str) -> int:
     """The input size a model runs at (its preprocessor's), 352 (CLIPSeg's) when it does not say."""
     from engine.models.sources import resolve_source
@@ -69,12 +87,14 @@ def model_input_size(source: str) -> int:
 
 def teach_config(label_sets: Sequence[str | os.PathLike], *, model: str, out: str | os.PathLike,
                  data_root: str | os.PathLike = SHARED_DATA, replay: int = REPLAY_PHOTOS,
-                 replay_source: str = "auto", **overrides) -> TrainConfig:
+                 replay_source: str = "auto", own_photos: bool = False, **overrides) -> TrainConfig:
     """The `teach` preset for `label_sets` (folders of engine.data.labelset), starting from `model` (any model
     source) at its own input size, with `replay` photos of each shared set present. overrides: TrainConfig
     fields applied last (the app's caps, a test's tiny sizes)."""
     if not label_sets:
         raise ValueError("Pick one of your label sets to teach from (save corrected masks to a set first).")
     data = [DataSpec(str(path), ()) for path in label_sets] + replay_data(data_root, replay, replay_source)
+    if own_photos:
+        data += own_photo_replay(label_sets)
     size = overrides.pop("image_size", None) or model_input_size(model)
     return make_config("teach", data=data, model=model, out=str(out), image_size=size, **overrides)
