@@ -209,3 +209,22 @@ def test_the_least_certain_answers_come_first():
             ["c.jpg", "segment crack", "found", 2.0, 0.7, 0.8, 0.5, 0.5]]
     assert [r[0] for r in suggest(rows)] == ["b.jpg", "c.jpg", "a.jpg"]
     assert suggest(rows)[0][5] == 0.02
+
+
+def test_a_file_named_by_its_server_path_is_never_read(space, tmp_path):
+    """A request's FileData may name any path; Gradio reads only uploads (preprocess, or not, as /label_save and
+    /segment are wired). Sent as raw HTTP: gradio_client would upload a local file first."""
+    import httpx
+
+    secret = tmp_path / "someone_elses_photo.png"
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(secret)
+    raw = {"path": str(secret), "meta": {"_type": "gradio.FileData"}, "orig_name": "x.png"}
+    base = space["a"].src.rstrip("/") + "/gradio_api/call/"
+    for name, data in (("label_save", [raw, "segment crack", None, "stolen"]),
+                       ("segment", [raw, "segment crack", "", 0.5, 0, 0]),
+                       ("segment_batch", [[raw], "segment crack", "", 0.5, 0, 0])):
+        event = httpx.post(base + name, json={"data": data}, timeout=30).json()["event_id"]
+        stream = httpx.get(f"{base}{name}/{event}", timeout=120).text
+        assert stream.startswith("event: error"), (name, stream[:200])
+    assert "stolen" not in json.dumps(space["a"].predict(api_name="/label_sets"))
+    assert not list(Path(space["root"], "work").rglob("*stolen*"))
