@@ -702,6 +702,8 @@ def label_keep(ctx: AppContext, editor, loaded, result, set_name, absent=False, 
     mask, corrected = None, True
     if not absent:
         from_model = result if loaded["from_model"] and result is not None else None
+        if from_model is not None and from_model.source_path != path:
+            raise ValueError("Another photo was segmented since the editor opened: press 'Correct this mask' again.")
         mask, corrected = mask_from_editor(editor, from_model, prompt if from_model else None, image_size(path))
     ws = ctx.workspace(request)
     _room_for_labels(ctx, ws)

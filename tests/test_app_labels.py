@@ -228,3 +228,17 @@ def test_a_file_named_by_its_server_path_is_never_read(space, tmp_path):
         assert stream.startswith("event: error"), (name, stream[:200])
     assert "stolen" not in json.dumps(space["a"].predict(api_name="/label_sets"))
     assert not list(Path(space["root"], "work").rglob("*stolen*"))
+
+
+def test_a_mask_is_never_kept_against_another_photos_answer(tmp_path):
+    """The editor opened on photo a, then photo b was segmented: saving must not mix a's strokes with b's mask."""
+    ctx = app.make_context(checkpoints_dir=tmp_path / "c", export_dir=tmp_path / "e", data_root=tmp_path / "d",
+                           work_dir=tmp_path / "work")
+
+    class Answer:
+        source_path = str(tmp_path / "b.png")
+
+    loaded = {"photo": str(tmp_path / "a.png"), "prompt": "segment crack", "from_model": True, "model": ""}
+    with pytest.raises(app.gr.Error, match="Another photo was segmented"):
+        app.label_keep(ctx, {"background": None, "layers": []}, loaded, Answer(), "walls")
+    assert not (tmp_path / "work" / "labels" / "walls").exists()
