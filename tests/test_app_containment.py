@@ -1,4 +1,4 @@
-"""Issue 12 items 4-6 through the app's API (gradio_client against a launched app, local mode: these hold in
+"""What the app contains, through its API (gradio_client against a launched app, local mode: these hold in
 every mode): uploads stay inside their folder and are deleted when refused, runs that never saved are not
 offered, and Compare's gallery images stay small. Tiny random models throughout."""
 

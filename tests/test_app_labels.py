@@ -15,32 +15,21 @@ from PIL import Image
 
 import app
 from engine.app.labels import editor_value, mask_from_editor, suggest
-from engine.app.public import Limits, PublicSettings
+from engine.app.public import Limits
 from engine.data import open_dataset
 from engine.data.labelset import label_set_splits
 from engine.synth import make_wall
 from engine.train import get_job
 
-from app_helpers import free_port
+from app_helpers import launch_public
 
 pytestmark = pytest.mark.slow  # talks to a launched server
 
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory, shared_data):
-    from gradio_client import Client
-
-    from engine.models import make_random_model_folder
-
     root = tmp_path_factory.mktemp("labels")
-    tiny = make_random_model_folder(root / "checkpoints" / "tiny-a", meta={"threshold": 0.5})
-    settings = PublicSettings(enabled=True, limits=Limits(set_photos=3, label_sets=2))
-    demo = app.build_app(checkpoints_dir=root / "checkpoints", export_dir=root / "export", data_root=shared_data,
-                         work_dir=root / "work", default_model=str(tiny), public=settings,
-                         train_overrides={"feature_cache": False, "warmup_epochs": 0, "threads": 1, "epochs": 1,
-                                          "batch_size": 4})
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True,
-                            **app.launch_options(settings))
+    demo, url, Client = launch_public(root, shared_data, Limits(set_photos=3, label_sets=2), epochs=1, batch_size=4)
     photos = []
     for seed in (1, 2, 3, 4):
         image, masks = make_wall(seed, (80, 64), cracks=1, joints=0)

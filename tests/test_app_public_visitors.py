@@ -19,13 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import app
-from engine.app.public import MODEL_REFUSED, Limits, PublicSettings
+from engine.app.public import MODEL_REFUSED, Limits
 from engine.app.visitors import VISITORS_DIR
 from engine.paths import REPO_ROOT, SHIPPED_MODELS
 from engine.train import get_job
 
-from app_helpers import free_port
+from app_helpers import launch_public
 
 pytestmark = pytest.mark.slow  # each test talks to a launched server
 
@@ -34,27 +33,11 @@ TRAIN = dict(sets=["cracks"], cracks_prompts="segment crack", joints_prompts="",
              image_size=64, unfreeze_vision=0, unfreeze_text=0, augment=False, patience=0, max_images=4)
 
 
-def _launch(root: Path, shared_data: Path, limits: Limits, **overrides):
-    from gradio_client import Client
-
-    from engine.models import make_random_model_folder
-
-    tiny = make_random_model_folder(root / "checkpoints" / "tiny-a", meta={"threshold": 0.5})
-    settings = PublicSettings(enabled=True, limits=limits)
-    train_overrides = {"feature_cache": False, "warmup_epochs": 0, "threads": 1, **overrides}
-    demo = app.build_app(checkpoints_dir=root / "checkpoints", export_dir=root / "export", data_root=shared_data,
-                         work_dir=root / "work", default_model=str(tiny), public=settings,
-                         train_overrides=train_overrides)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True,
-                            **app.launch_options(settings))
-    return demo, url, Client
-
-
 @pytest.fixture(scope="module")
 def space(tmp_path_factory, shared_data):
     """A public app (tiny model as `run: tiny-a`) and two visitors, a and b."""
     root = tmp_path_factory.mktemp("visitors")
-    demo, url, Client = _launch(root, shared_data, Limits(epochs=100, upload_mb=20))
+    demo, url, Client = launch_public(root, shared_data, Limits(epochs=100, upload_mb=20))
     try:
         yield {"a": Client(url, verbose=False), "b": Client(url, verbose=False), "root": root, "url": url}
     finally:
@@ -236,7 +219,7 @@ def test_the_disk_cap_spares_tracked_files_shipped_models_and_live_visitors(tmp_
     from gradio_client import handle_file
 
     root = tmp_path_factory.mktemp("small-disk")
-    demo, url, Client = _launch(root, shared_data, Limits(disk_gb=3 / 1024, visitor_gb=2 / 1024, epochs=5))
+    demo, url, Client = launch_public(root, shared_data, Limits(disk_gb=3 / 1024, visitor_gb=2 / 1024, epochs=5))
     try:
         a, b = Client(url, verbose=False), Client(url, verbose=False)
         tracked, shipped = _tracked(), {str(p): _digest(p) for p in SHIPPED_MODELS}
@@ -295,7 +278,7 @@ def test_a_long_batch_does_not_hold_a_single_photo(space, shared_data, tmp_path)
 
 def test_a_time_cap_during_preparation_stops_and_frees_the_name(tmp_path_factory, shared_data):
     root = tmp_path_factory.mktemp("stop")
-    demo, url, Client = _launch(root, shared_data, Limits(train_minutes=0.001), feature_cache=True)
+    demo, url, Client = launch_public(root, shared_data, Limits(train_minutes=0.001), feature_cache=True)
     try:
         a = Client(url, verbose=False)
         assert _train(a, run_name="cut-short", max_images=40).startswith("Training started")
