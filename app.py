@@ -666,9 +666,9 @@ def teach_start(ctx: AppContext, teach_sets, model, request: gr.Request | None =
 
 def label_set_choices(ctx: AppContext, request: gr.Request | None = None):
     """The visitor's set names for the pickers of the Segment and Train tabs, and the sets table."""
-    names = [s.name for s in list_sets(ctx.workspace(request).sets)]
-    return (gr.Dropdown(choices=names), gr.Dropdown(choices=names),
-            table(set_rows(list_sets(ctx.workspace(request).sets)), SET_HEADERS))
+    sets = list_sets(ctx.workspace(request).sets)
+    names = [s.name for s in sets]
+    return gr.Dropdown(choices=names), gr.Dropdown(choices=names), table(set_rows(sets), SET_HEADERS)
 
 
 @user_errors
@@ -688,7 +688,7 @@ def label_open(ctx: AppContext, image, result, label_prompt, empty=False):
     if answered and result.source_path != path:
         raise ValueError("The photo changed since the last answer: press Segment again, or start from an empty mask.")
     photo = None if answered else load_image(path, max_side=DISPLAY_MAX_SIDE)
-    value = editor_value(result if answered else None, prompt if answered else None, photo)
+    value = editor_value(result if answered else None, prompt if answered else None, photo, image_size(path))
     return value, {"photo": path, "prompt": prompt, "from_model": answered,
                    "model": result.model if answered else ""}
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import tempfile
 import urllib.parse
@@ -175,8 +176,6 @@ def push_label_set(folder: str | os.PathLike, repo_id: str, *, private: bool = T
         raise ConnectionError(str(exc).replace(OFFLINE_ALTERNATIVE, SET_OFFLINE_ALTERNATIVE)) from None
     api = HfApi(endpoint=endpoint, token=token)
     with tempfile.TemporaryDirectory(prefix="drywall-set-") as tmp:
-        import shutil
-
         copy = shutil.copytree(folder, os.path.join(tmp, os.path.basename(folder)))
         with open(os.path.join(copy, "README.md"), "w") as card:
             card.write(dataset_card(folder))

@@ -164,8 +164,8 @@ def start_training(data: Sequence[tuple[str, str | Sequence[str]]], *, out: str 
     for path, prompts in data:
         folder = as_data_path(path, uploads_dir)
         # a label set (an uploaded zip of one too) brings its own prompts; any other set needs them typed
-        own = is_label_set(folder) and not str(prompts or "").strip() and not (
-            isinstance(prompts, (list, tuple)) and prompts)
+        typed = prompts.strip() if isinstance(prompts, str) else prompts
+        own = is_label_set(folder) and not typed
         specs.append(train.DataSpec(str(folder), () if own else tuple(parse_prompts(prompts))))
     cfg = train.make_config(preset, data=specs, out=str(out), **settings)
     run_dir = train.get_job().start(cfg, owner=owner, time_limit_s=time_limit_s)  # JobRunning while one runs
@@ -182,8 +182,9 @@ def start_teach(label_sets: Sequence[str | os.PathLike], *, model: str, data_roo
     from engine.train.teach import teach_config
 
     train = _train_module()
-    name = (run_name or "").strip() or f"{Path(label_sets[0]).name}-{time.strftime('%Y%m%d-%H%M%S')}" \
-        if label_sets else run_name
+    name = (run_name or "").strip()
+    if not name and label_sets:
+        name = f"{Path(label_sets[0]).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = new_run_dir(checkpoints_dir, name)
     cfg = teach_config(label_sets, model=model, out=str(out), data_root=data_root, **dict(overrides or {}))
     run_dir = train.get_job().start(cfg, owner=owner, time_limit_s=time_limit_s)

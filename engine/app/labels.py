@@ -70,13 +70,16 @@ def _fit(size: tuple[int, int]) -> tuple[int, int, int, int]:
     return (EDITOR_CANVAS[0] - width) // 2, (EDITOR_CANVAS[1] - height) // 2, width, height
 
 
-def editor_value(result, prompt: str | None, photo: Image.Image | None = None) -> dict:
+def editor_value(result, prompt: str | None, photo: Image.Image | None = None,
+                 full_size: tuple[int, int] | None = None) -> dict:
     """The ImageEditor's value: the photo, fitted into the fixed canvas (EDITOR_CANVAS), as background and
     `prompt`'s mask as its one layer, the same size. prompt None (or no `result`): an empty layer over
     `photo`, to label a photo from scratch. Background and layer always have the canvas's size: the editor
-    draws a layer of another size at another scale than its background."""
+    draws a layer of another size at another scale than its background. full_size: the photo's full (W, H)
+    (default: the answer's, else the photo's); its place in the canvas is the one `mask_from_editor` reads."""
     photo = (photo if photo is not None else result.photo).convert("RGB")
-    x0, y0, width, height = _fit(photo.size)
+    full_size = full_size or (result.size if result is not None and result.size else photo.size)
+    x0, y0, width, height = _fit(full_size)
     background = Image.new("RGB", EDITOR_CANVAS, (40, 40, 40))
     background.paste(photo.resize((width, height), Image.BILINEAR), (x0, y0))
     mask = np.zeros(EDITOR_CANVAS[::-1], bool)

@@ -205,9 +205,8 @@ def save_label(sets_dir: str | os.PathLike, set_name: str, photo: str | os.PathL
         if stem not in photos and max_photos is not None and len(photos) >= max_photos:
             raise ValueError(f"Set {name!r} holds {len(photos)} photos, the most a set may hold here ({max_photos}, "
                              "DQA_MAX_SET_PHOTOS); start another set or delete some photos.")
-        for kept in (e for e in manifest["items"] if Path(e["photo"]).stem == stem):
-            if prompt_slug(kept["prompt"]) == slug:
-                prompt = kept["prompt"]  # "Segment  crack" saved earlier: the same prompt folder, one text
+        # "Segment crack" after "segment crack": one prompt folder, so one text, the first one saved
+        prompt = next((p for p in manifest["prompts"] if prompt_slug(p) == slug), prompt)
         images, masks = folder / slug / "images", folder / slug / "masks"
         images.mkdir(parents=True, exist_ok=True)
         masks.mkdir(parents=True, exist_ok=True)
@@ -219,7 +218,7 @@ def save_label(sets_dir: str | os.PathLike, set_name: str, photo: str | os.PathL
         items = [e for e in manifest["items"]
                  if not (Path(e["photo"]).stem == stem and prompt_slug(e["prompt"]) == slug)]
         manifest["items"] = [*items, entry.__dict__]
-        if prompt not in manifest["prompts"] and slug not in {prompt_slug(p) for p in manifest["prompts"]}:
+        if prompt not in manifest["prompts"]:
             manifest["prompts"].append(prompt)
         atomic_write_json(folder / MANIFEST, manifest)
         return _summary(name, manifest)

@@ -222,8 +222,10 @@ class ImageBatch:
 def kept_by_teacher(si: int, prompt: str, sets: Sequence[TrainSet]) -> bool:
     """Whether item `si`'s target for `prompt` is the starting model's answer when the run has a teacher: a
     replayed photo (its set's val_split is "none") asked one of the replayed sets' prompts."""
-    replayed = [s for s in sets if getattr(s.spec, "val_split", None) == "none"]
-    return sets[si] in replayed and any(prompt in s.prompts for s in replayed)
+    def replayed(s: TrainSet) -> bool:
+        return getattr(s.spec, "val_split", None) == "none"
+
+    return replayed(sets[si]) and any(prompt in s.prompts for s in sets if replayed(s))
 
 
 def image_batch(pairs: Sequence[Pair], images: DecodedImages, tokenizer, processor, *, image_size: int,
