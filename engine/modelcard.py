@@ -156,12 +156,13 @@ def _stage(run_dir: Path, cfg: dict, summary: dict) -> str:
         what += (f"; trained on {cfg['image_size']} px views, it runs at **{cfg['inference_size']} px** (its "
                  "preprocessor config; position embeddings interpolated), where it was also validated and calibrated")
     amp = " autocast" if summary["precision"] != "float32" else ""
+    measured = f" (measured: {summary['precision_reason']})" if summary.get("precision_reason") else ""
     model = cfg.get("model")
     start = " from scratch" if model == "scratch" else f" from `{portable(in_repo(model))}`" if model else ""
     return (f"{command}: {summary['epochs_done']} epochs{start}, AdamW lr {cfg['lr']:g} (cosine, "
             f"{cfg['warmup_epochs']:g} warm-up epochs), weight decay {cfg['weight_decay']:g}, batch "
             f"{cfg['batch_size']}, {losses}, {what}; device {summary['device']}, precision {summary['precision']}"
-            f"{amp}, {summary['total_seconds'] / 60:.0f} minutes. {_selection(cfg, summary)}")
+            f"{amp}{measured}, {summary['total_seconds'] / 60:.0f} minutes. {_selection(cfg, summary)}")
 
 
 def _training(run_dir: Path, cfg: dict, summary: dict) -> list[str]:
@@ -210,11 +211,17 @@ def _selection(cfg: dict, summary: dict) -> str:
     sources = {"train": f"the first {cfg.get('calibration_images')} train photos of each set",
                "holdout": f"{cfg.get('holdout_share', 0):.0%} of each set's train photos, held out of training (the "
                           "same photos in every run with this share)"}
+    if cfg.get("holdout_min_photos"):
+        sources["holdout"] += (f", or, for a set with fewer than {cfg['holdout_min_photos']} photos held out, on its "
+                               f"first {cfg.get('calibration_images')} train photos")
     source = sources.get(cfg.get("calibrate_on"), "the validation sets")
     when = f"From {cfg['negative_start']:.0%} of the run on" if cfg.get("negative_start") else "Throughout"
     negatives = (f" {when}, {cfg['negative_rate']:.0%} of the samples "
                  "were absent-concept negatives (a photo with another set's prompt and an empty mask)."
                  if cfg.get("negative_rate") and len(cfg.get("data", [])) > 1 else "")
+    if negatives and cfg.get("hard_negatives"):
+        negatives += (f" Hard negatives (strength {cfg['hard_negatives']:g}): a photo was drawn as a negative in "
+                      "proportion to how much of it the starting model marked for the other set's prompt.")
     return (f"{epoch}; each prompt's pixel and presence thresholds were calibrated on {source} (`python -m engine "
             "calibrate`: the other sets' photos count as absent concepts, and at least "
             f"{MIN_FOUND:.0%} of a prompt's own "

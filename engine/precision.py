@@ -110,7 +110,7 @@ def choose_precision(threads: int | None = None, *, path: Path | None = None) ->
         return PrecisionChoice(forced, f"{forced}: set by {ENV_VAR}")
     path = path or cache_file()
     key = machine_key(threads or torch.get_num_threads())
-    cached = _read(path)
+    cached = read_cache(path)
     if key in cached:
         return PrecisionChoice(**cached[key])
     choice = pick(*measure())
@@ -133,7 +133,8 @@ def resolve_precision(asked: str, device: str = "cpu", threads: int | None = Non
     return choose_precision(threads)
 
 
-def _read(path: Path) -> dict:
+def read_cache(path: Path) -> dict:
+    """The cached decisions ({key: PrecisionChoice fields}), {} where the file is missing or unreadable."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,19 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "cracks").is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: the tests read the real photos from ../shared beside the repo.")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_folder(tmp_path_factory):
+    """XDG_CACHE_HOME in a temporary folder: the precision measurements the tests make (inference's `auto`, a
+    run that trains the tower) are cached there, never in the user's own cache."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
 
 
 @pytest.fixture(scope="session")

@@ -65,17 +65,23 @@ def test_the_starter_presets_are_what_trained_the_bundled_models(folder, preset_
     added = set(preset) - set(shipped)
     assert added <= {"cache_precision", "cache_grid_augment", "presence_weight", "negative_rate", "negative_start",
                      "dice_on_empty", "presence_on_positives", "holdout_share", "inference_size",
-                     "calibrate_every", "replay_thresholds", "replay_targets"}
+                     "calibrate_every", "replay_thresholds", "replay_targets", "hard_negatives", "holdout_min_photos"}
     for key, same in {"calibrate_every": 1, "replay_thresholds": "calibrate", "replay_targets": "labels"}.items():
         if key in added:  # what every run did before these settings existed
             assert preset.pop(key) == same, key
     negatives = preset.get("negative_rate", 0.0)
-    for key, none in {"presence_weight": 0.0, "negative_rate": 0.0, "holdout_share": 0.0, "inference_size": 0}.items():
+    for key, none in {"presence_weight": 0.0, "negative_rate": 0.0, "holdout_share": 0.0, "inference_size": 0,
+                      "hard_negatives": 0.0, "holdout_min_photos": 0}.items():
         if key in added:
             assert preset.pop(key) == none, key
     for key in added & {"negative_start", "dice_on_empty", "presence_on_positives"}:  # act on negatives only
         assert negatives == 0.0, key
         preset.pop(key)
+    if preset["amp_dtype"] == "auto" and shipped["amp_dtype"] != "auto":
+        # a preset that now measures its precision (engine.train.precision); the run says what it trained in
+        summary = json.loads((STARTER_DIR.parent / folder / "summary.json").read_text())
+        assert summary["precision"] in ("float32", "bfloat16")
+        preset.pop("amp_dtype"), shipped.pop("amp_dtype")
     if not shipped["feature_cache"]:  # trained without the feature cache: its settings played no part
         for cfg in (shipped, preset):
             for key in [k for k in cfg if k.startswith("cache_")]:

@@ -372,3 +372,34 @@ def test_inference_size_must_fit_the_patch_grid(tiny_cfg, tmp_path):
     with pytest.raises(ValueError, match="patch size"):
         train(tiny_cfg(inference_size=72))
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_hard_negatives_weigh_the_photos_where_another_prompt_fires(tiny_cfg):
+    """hard_negatives: each train photo's weight as a negative follows how much of it the starting model marks
+    for the other set's prompt, measured on its cached view (mean 1 per set)."""
+    from engine.train.loop import false_alarm_areas
+
+    cfg = tiny_cfg(feature_cache=True, hard_negatives=1.0, negative_rate=0.5)
+    sets = open_sets(cfg)
+    trainee = build_trainee(cfg, torch.device("cpu"))
+    _, features = make_batches(trainee, sets, cfg, random.Random(0), lambda e: None, threading.Event())
+    for s in sets:
+        assert s.negative_weights is not None and len(s.negative_weights) == len(s.train)
+        assert s.negative_weights.mean() == pytest.approx(1.0)
+    last_bias = [p for name, p in trainee.model.decoder.transposed_convolution.named_parameters()
+                 if name.endswith("bias")][-1]  # the output layer's
+    with torch.no_grad():
+        last_bias += 50.0  # the model marks every pixel for every prompt: every photo is a full false alarm
+    assert all(a.tolist() == [1.0] * len(s.train) for s, a in zip(sets, false_alarm_areas(trainee, features, sets)))
+    with torch.no_grad():
+        last_bias -= 100.0  # it marks nothing
+    assert all(not a.any() for a in false_alarm_areas(trainee, features, sets))
+
+
+def test_a_concept_with_few_held_out_photos_calibrates_on_its_train_photos():
+    from engine.train.loop import held_out_or_train
+
+    held, train_photos = list(range(11)), list(range(100))
+    assert held_out_or_train({"holdout": held, "train": train_photos}, 30) is train_photos
+    assert held_out_or_train({"holdout": held, "train": train_photos}, 10) is held
+    assert held_out_or_train({"holdout": None, "train": train_photos}, 0) is train_photos

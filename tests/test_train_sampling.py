@@ -191,3 +191,24 @@ def test_mixed_walls_are_never_negatives(tiny_cfg, monkeypatch, tmp_path):
         assert not any(pick_prompt(0, sets, 0.99, rng, i)[1] for _ in range(100))
     assert sum(pick_prompt(0, sets, 0.99, rng, n_real)[1] for _ in range(100)) > 90  # the plain wall is one
     assert (tmp_path / ".cache" / "synthetic" / "crack-3-mixed-2" / "masks").is_dir()
+
+
+def test_hard_negative_weights_follow_the_false_alarm_and_keep_the_rate():
+    from engine.train.sampling import hard_negative_weights
+
+    areas = [0.0, 0.1, 0.3]
+    assert hard_negative_weights(areas, 0.0).tolist() == [1.0, 1.0, 1.0]
+    full = hard_negative_weights(areas, 1.0)
+    assert full.tolist() == pytest.approx([0.0, 0.75, 2.25]) and full.mean() == pytest.approx(1.0)
+    assert hard_negative_weights(areas, 0.5).tolist() == pytest.approx([0.5, 0.875, 1.625])
+    assert hard_negative_weights([0.0, 0.0], 1.0).tolist() == [1.0, 1.0]  # no false alarm anywhere: all alike
+
+
+def test_a_hard_negative_is_drawn_as_a_negative_more_often():
+    from engine.train.sampling import MAX_NEGATIVE_RATE, TrainSet, pick_prompt
+
+    sets = [TrainSet(None, None, None, ("segment crack",), negative_weights=np.array([0.0, 1.0, 3.0])),
+            TrainSet(None, None, None, ("segment taping area",))]
+    rng = random.Random(0)
+    share = {i: sum(pick_prompt(0, sets, 0.3, rng, i)[1] for _ in range(4000)) / 4000 for i in range(3)}
+    assert share[0] == 0.0 and abs(share[1] - 0.3) < 0.03 and abs(share[2] - MAX_NEGATIVE_RATE) < 0.03

@@ -142,6 +142,7 @@ def run_summary(run_dir: Path, state: RunState, trainee: Trainee, *, finished: b
         "best": next((r for r in state.history if r["epoch"] == state.best_epoch), None),
         "epochs_done": len(state.history), "total_seconds": round(seconds, 1),
         "device": str(trainee.device), "precision": str(amp).replace("torch.", "") if amp else "float32",
+        "precision_reason": trainee.precision_reason,
         "mode": trainee.mode, "trained_parameters": trainee.n_trainable, "processes": processes,
         "torch": torch.__version__, "source_model": trainee.source, "log": state.log,
     }

@@ -64,8 +64,10 @@ class TrainConfig:
     train: str = "decoder"  # "decoder" (CLIPSeg paper recipe), "last_n", or "all"
     unfreeze_vision_layers: int = 0  # with train="last_n": the last N layers the decoder reads up to
     unfreeze_text_layers: int = 0
-    amp: bool = True  # CUDA: fp16 autocast + GradScaler. CPU: only with amp_dtype="bf16" and CPU support
-    amp_dtype: str = "auto"  # "auto" (fp16 on CUDA), "fp16", "bf16"
+    amp: bool = True  # CUDA: fp16 autocast + GradScaler. CPU: bf16 autocast where asked or measured faster
+    # "auto": fp16 on CUDA; on the CPU, a run that trains the tower measures its own training step in fp32 and
+    # bf16 and keeps the faster (engine.train.precision), a decoder-only run stays fp32. Or "fp16", "bf16", "fp32".
+    amp_dtype: str = "auto"
     device: str = "auto"
     threads: int | None = None  # CPU threads; applied by the entry point (`python -m engine train`), not here
     feature_cache: bool = True
@@ -84,6 +86,10 @@ class TrainConfig:
     # Share of training samples that pair a photo with another set's prompt and an empty target (the concept
     # asked for is absent), so that a prompt for something absent gives nothing. Needs two or more sets.
     negative_rate: float = 0.3
+    # Hard negatives: 0 draws every photo as a negative alike; h in (0, 1] draws a photo as a negative in
+    # proportion (1 - h) + h * area / mean area, where area is how much of it the starting model marks for the
+    # other sets' prompts (the photos where they fire). Cached (decoder-only) runs only.
+    hard_negatives: float = 0.0
     negative_start: float = 0.0  # share of the run's steps before negatives begin (a model from scratch: 0.3)
     max_train_images: int | None = None  # per set, for quick runs
     max_val_images: int | None = None
@@ -107,6 +113,9 @@ class TrainConfig:
     # Share of each set's train photos (whole source photos, the same ones in every run, whatever the seed) that
     # training never sees; a run fine-tuned from a model with the same share keeps them unseen too.
     holdout_share: float = 0.0
+    # With calibrate_on="holdout": a concept with fewer held-out photos than this sets its thresholds on its train
+    # photos instead (a handful of photos gives thresholds that swing more than the train photos' bias).
+    holdout_min_photos: int = 0
 
     @property
     def model_size(self) -> int:
@@ -155,7 +164,7 @@ PRESETS: dict[str, dict] = {
     },
     "starter-base": {
         "model": "scratch", "out": "checkpoints/drywall-starter-base", "train": "all", "feature_cache": False,
-        "epochs": 80, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 16, "image_size": 224, "amp_dtype": "bf16",
+        "epochs": 80, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 16, "image_size": 224,
         "patience": 0, "warmup_epochs": 2, "set_balance": 0.5, "film_init_std": 0.05,
         # No negatives: it learns what the concepts look like, and stage 2 learns to tell them apart. (Negatives
         # from 30% of the run on cost it crack mIoU, 0.382 -> 0.364; from the first step they kept it at an empty
@@ -177,7 +186,7 @@ PRESETS: dict[str, dict] = {
 # Settings with a fixed set of values: name -> the values allowed.
 _CHOICES = {"train": ("decoder", "last_n", "all"), "select": ("best", "last"),
             "calibrate_on": ("valid", "train", "holdout"), "replay_thresholds": ("calibrate", "keep"),
-            "replay_targets": ("labels", "teacher"),
+            "replay_targets": ("labels", "teacher"), "amp_dtype": ("auto", "fp16", "bf16", "fp32"),
             "schedule": ("cosine", "plateau"), "cache_precision": ("auto", "fp32", "bf16")}
 
 
@@ -246,6 +255,8 @@ def make_config(preset: str | None = None, **overrides) -> TrainConfig:
         raise ValueError(f"negative_start is a share of the run's steps in [0, 1], not {cfg.negative_start!r}.")
     if not 0.0 <= cfg.holdout_share < 1.0:
         raise ValueError(f"holdout_share is a share of the train photos in [0, 1), not {cfg.holdout_share!r}.")
+    if not 0.0 <= cfg.hard_negatives <= 1.0:
+        raise ValueError(f"hard_negatives is a strength in [0, 1], not {cfg.hard_negatives!r}.")
     if cfg.calibrate_on == "holdout" and not cfg.holdout_share:
         raise ValueError("calibrate_on=\"holdout\" needs photos held out: set holdout_share, e.g. 0.1.")
     if cfg.inference_size < 0:

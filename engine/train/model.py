@@ -27,6 +27,7 @@ from engine.models import (
 from engine.models.tokenizer import build_tokenizer
 from engine.segmenter import cpu_supports_bf16, vision_activations
 from engine.train.config import TrainConfig
+from engine.train.precision import training_precision
 from engine.train.sampling import CachedBatch, ImageBatch
 
 
@@ -44,6 +45,7 @@ class Trainee:
     mode: str
     n_trainable: int
     teacher: object | None = None  # the starting model, frozen (cfg.replay_targets="teacher"), else None
+    precision_reason: str = ""  # why amp_dtype, where it was measured (engine.train.precision), else ""
 
     @property
     def extract_layers(self) -> list[int]:
@@ -58,13 +60,16 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
 
 
 def amp_dtype_for(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32: fp16 on CUDA; bf16 on CPU only if asked and supported."""
+    """The autocast dtype, or None for plain fp32: fp16 on CUDA; bf16 on CPU only if asked and supported.
+    (A CPU run that trains the tower with amp_dtype="auto" measures instead: `cpu_training_precision`.)"""
     if not cfg.amp:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
     if cfg.amp_dtype == "bf16" and cpu_supports_bf16():
         return torch.bfloat16
+    if cfg.amp_dtype == "fp32":
+        return None
     if cfg.amp_dtype == "fp16":  # slow on CPU, but runs the CUDA AMP path (autocast + GradScaler) anywhere
         return torch.float16
     return None
@@ -107,8 +112,19 @@ def build_trainee(cfg: TrainConfig, device: torch.device, *, resume_from: Path |
     if cfg.replay_targets == "teacher" and cfg.model != "scratch":  # from the starting model, even on a resume
         teacher, _, _ = load_clipseg(resolve_source(cfg.model).path)
         teacher.to(device).eval().requires_grad_(False)
-    return Trainee(model, tokenizer, image_processor(cfg.image_size), source, device, amp_dtype_for(cfg, device),
-                   mode, n_trainable, teacher)
+    amp_dtype, reason = amp_dtype_for(cfg, device), ""
+    if mode == "full" and device.type == "cpu" and cfg.amp and cfg.amp_dtype == "auto":
+        amp_dtype, reason = cpu_training_precision(model, cfg.image_size)
+    return Trainee(model, tokenizer, image_processor(cfg.image_size), source, device, amp_dtype, mode, n_trainable,
+                   teacher, reason)
+
+
+def cpu_training_precision(model, image_size: int) -> tuple[torch.dtype | None, str]:
+    """(bf16 or None for fp32, the reason) for training `model`'s tower on this CPU, as measured here on its own
+    forward and backward pass (engine.train.precision)."""
+    layers = list(model.config.extract_layers)
+    choice = training_precision(model, lambda m, px, ids, mask: forward_logits(m, px, ids, mask, layers), image_size)
+    return (torch.bfloat16 if choice.precision == "bf16" else None), choice.reason
 
 
 def set_trainable(model, cfg: TrainConfig) -> int:

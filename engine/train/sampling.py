@@ -35,6 +35,9 @@ class TrainSet:
     prompts: tuple[str, ...]
     holdout: object | None = None
     mixed: frozenset[int] = frozenset()
+    # Per train photo, how much more often than the rest it is drawn as a negative (mean 1; None: all alike):
+    # the photos where the starting model answers another set's prompt (cfg.hard_negatives).
+    negative_weights: np.ndarray | None = None
 
 
 #: The seed of the holdout split: fixed, so that every run (any seed, a fine-tune of a base) holds out the same photos.
@@ -165,16 +168,33 @@ def negative_rate_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
     return cfg.negative_rate if step >= cfg.negative_start * total_steps else 0.0
 
 
+MAX_NEGATIVE_RATE = 0.9  # a photo weighted up as a hard negative still shows its own concept now and then
+
+
+def hard_negative_weights(areas: Sequence[float], strength: float) -> np.ndarray:
+    """Per photo, its weight as a negative (mean 1): (1 - strength) + strength * area / mean area, where area is
+    the share of the photo the starting model marks for another set's prompt (its false alarm). strength 0: all
+    alike; 1: in proportion to the false alarm. All areas 0: all alike."""
+    areas = np.asarray(areas, dtype=float)
+    mean = areas.mean() if len(areas) else 0.0
+    if mean <= 0:
+        return np.ones(len(areas))
+    return (1 - strength) + strength * areas / mean
+
+
 def pick_prompt(si: int, sets: Sequence[TrainSet], negative_rate: float, rng: random.Random,
                 i: int | None = None) -> tuple[str, bool]:
-    """(prompt, negative) for item i of set si: one of its own synonyms, or with probability negative_rate
-    (and only with two or more sets) a prompt of another set, whose target is then empty: the concept asked
-    for is absent from the photo, and the model must learn to answer with nothing. A set that shares a prompt
+    """(prompt, negative) for item i of set si: one of its own synonyms, or with probability negative_rate (times
+    the photo's negative weight, at most MAX_NEGATIVE_RATE; only with two or more sets) a prompt of another
+    set, whose target is then empty: the concept asked for is absent from the photo, and the model must learn
+    to answer with nothing. A set that shares a prompt
     with set si holds the same concept, so it never gives si's photos a negative; nor does a photo that holds
     another concept too (i in the set's `mixed`), nor a set whose spec says `negatives=False`."""
     if i is not None and i in sets[si].mixed or not getattr(sets[si].spec, "negatives", True):
         return rng.choice(sets[si].prompts), False
-    if negative_rate > 0 and len(sets) > 1 and rng.random() < negative_rate:
+    weights = sets[si].negative_weights
+    rate = negative_rate * (weights[i] if weights is not None and i is not None else 1.0)
+    if negative_rate > 0 and len(sets) > 1 and rng.random() < min(rate, MAX_NEGATIVE_RATE):
         others = [j for j in range(len(sets)) if j != si and not set(sets[j].prompts) & set(sets[si].prompts)]
         if others:
             return rng.choice(sets[rng.choice(others)].prompts), True
