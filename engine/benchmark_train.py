@@ -26,14 +26,15 @@ import torch
 
 from engine.benchmark import count_flops, roofline, torch_matmul_gflops
 from engine.fileio import read_jsonl
-from engine.models import full_size_config, make_random_model_folder
+from engine.models import full_size_config, make_random_model_folder, new_model, tiny_config
 from engine.paths import SHARED_DATA
 from engine.segmenter import cpu_supports_bf16
 from engine.train.checkpoint import RunState
-from engine.train.config import DataSpec, make_config
+from engine.train.config import PRESETS, DataSpec, make_config
 from engine.train.features import IDENTITY, build_feature_cache
 from engine.train.loop import make_optimiser, make_step, train
-from engine.train.model import build_trainee, resolve_device
+from engine.train.model import build_trainee, forward_logits, resolve_device
+from engine.train.precision import MEASURE_BATCH, measure_training, pick_training
 from engine.train.sampling import DecodedImages, cached_batch, image_batch, open_sets
 
 
@@ -85,6 +86,27 @@ def end_to_end(threads: int = 2, n_images: int = 64, epochs: int = 8, n_val: int
             "cached_other_s": cached["s"] - sum(cached["epoch_s"]) - cached["summary"].get("cache_build_seconds", 0),
             "images": n_images, "val_images": n_val, "epochs": epochs, "views": cfg.cache_views,
             "batch_size": cfg.batch_size, "image_size": image_size}
+
+
+def tower_training(rounds: int = 2) -> dict:
+    """What a run that trains every layer (a model from scratch, stage 1 of the bundled model) gains from bf16
+    autocast on this CPU: seconds per image of its forward and backward pass in fp32 and in bf16, timed as such
+    a run measures them before choosing (engine.train.precision), for the bundled model's stage-1 architecture at
+    224 px and the full-size one at 352 px (random weights). {} where the CPU has no native bf16."""
+    if not cpu_supports_bf16():
+        return {}
+    arch = PRESETS["starter-base"]["scratch_arch"]
+    models = {"starter-base, 224 px": (new_model(tiny_config(**arch)), arch["vision_config"]["image_size"]),
+              "full size, 352 px": (new_model(full_size_config()), 352)}
+    out = {}
+    for name, (model, size) in models.items():
+        layers = list(model.config.extract_layers)
+        fp32_s, bf16_s = measure_training(model, lambda m, px, ids, mask: forward_logits(m, px, ids, mask, layers),
+                                          size, rounds=rounds)
+        choice = pick_training(fp32_s, bf16_s)
+        out[name] = {"fp32_s_per_image": fp32_s / MEASURE_BATCH, "bf16_s_per_image": bf16_s / MEASURE_BATCH,
+                     "speedup": fp32_s / bf16_s, "chosen": choice.precision}
+    return out
 
 
 def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int = 8, batch_size: int = 4,
@@ -155,5 +177,6 @@ def benchmark_train(threads: int = 2, repeats: int | None = None, n_images: int 
     result["cached_by_batch"] = {str(b): {"s_per_image": s, **roofline(s, flops["cached"], peak)}
                                  for b, s in by_batch.items()}
     result["end_to_end"] = end_to_end(threads, **(end_to_end_job or {}))
+    result["tower_training"] = tower_training()
     return {**result, "threads": threads, "image_size": 352, "batch_size": batch_size,
             "images": n_images, "repeats": repeats, "architecture": "CIDAS/clipseg-rd64-refined (random weights)"}

@@ -57,6 +57,8 @@ def test_benchmark_report_fields(monkeypatch):
     assert report["flop_ratio"] > 1 and report["speedup"] > 0 and report["images"] == 4
     assert 0 < report["cached_peak_share"] < 5 and report["fp32_peak_gflops"] > 0
     assert set(report["cached_by_batch"]) == {"2", "4"} and report["cached_by_batch"]["4"]["s_per_image"] > 0
+    for row in report["tower_training"].values():  # {} on a CPU without native bf16
+        assert row["fp32_s_per_image"] > 0 and row["chosen"] == ("bf16" if row["speedup"] >= 1.05 else "fp32")
     e2e = report["end_to_end"]
     assert e2e["speedup"] == pytest.approx(e2e["plain_s"] / e2e["cached_s"])
     assert e2e["cache_views_built"] == 4 * e2e["views"] and e2e["cache_precision"] in ("fp32", "bf16")

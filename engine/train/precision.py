@@ -1,13 +1,12 @@
 """Which precision a run that trains the vision tower uses on the CPU: measured on its own training step.
 
 Training a tower (a model from scratch, or unfrozen layers) spends its time in the tower's forward and
-backward passes, and whether bf16 autocast makes those faster depends on the CPU: on one with AMX this
-project's stage-1 step measured about twice as fast in bf16, on one with AVX-512 BF16 but no AMX bf16 matmuls
-were 2x slower. So `amp_dtype="auto"` on the CPU times a few forward-and-backward passes of the run's own model
+backward passes, and whether bf16 autocast makes those faster depends on the CPU: on an Intel Xeon with AMX
+the bundled model's stage-1 step measured 1.6x faster in bf16; on a CPU with AVX-512 BF16 but no AMX, bf16
+matmuls were 2x slower. So `amp_dtype="auto"` on the CPU times a few forward-and-backward passes of the run's own model
 at its own image size in fp32 and under bf16 autocast, taking turns, and keeps bf16 only where it is at least
 `engine.precision.MIN_SPEEDUP` faster. The gradients are thrown away; the weights are never changed. The
-choice is cached beside inference's (`engine.precision.cache_file`) per machine, model shape, image size and
-batch size.
+choice is cached beside inference's (`engine.precision.cache_file`) per machine, model shape and image size.
 
 Decoder-only runs keep fp32: their tower runs once, while the feature cache is built, and that build measures
 its own precision (`cache_precision`).
