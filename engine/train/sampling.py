@@ -185,7 +185,7 @@ def hard_negative_weights(areas: Sequence[float], strength: float) -> np.ndarray
 def pick_prompt(si: int, sets: Sequence[TrainSet], negative_rate: float, rng: random.Random,
                 i: int | None = None) -> tuple[str, bool]:
     """(prompt, negative) for item i of set si: one of its own synonyms, or with probability negative_rate (times
-    the photo's negative weight, at most MAX_NEGATIVE_RATE; only with two or more sets) a prompt of another
+    the photo's negative weight, at most MAX_NEGATIVE_RATE or negative_rate; only with two or more sets) a prompt of another
     set, whose target is then empty: the concept asked for is absent from the photo, and the model must learn
     to answer with nothing. A set that shares a prompt
     with set si holds the same concept, so it never gives si's photos a negative; nor does a photo that holds
@@ -194,7 +194,8 @@ def pick_prompt(si: int, sets: Sequence[TrainSet], negative_rate: float, rng: ra
         return rng.choice(sets[si].prompts), False
     weights = sets[si].negative_weights
     rate = negative_rate * (weights[i] if weights is not None and i is not None else 1.0)
-    if negative_rate > 0 and len(sets) > 1 and rng.random() < min(rate, MAX_NEGATIVE_RATE):
+    # A weight may raise the rate up to MAX_NEGATIVE_RATE, never past the rate asked for when that is higher.
+    if negative_rate > 0 and len(sets) > 1 and rng.random() < min(rate, max(negative_rate, MAX_NEGATIVE_RATE)):
         others = [j for j in range(len(sets)) if j != si and not set(sets[j].prompts) & set(sets[si].prompts)]
         if others:
             return rng.choice(sets[rng.choice(others)].prompts), True
