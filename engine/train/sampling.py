@@ -185,11 +185,11 @@ def hard_negative_weights(areas: Sequence[float], strength: float) -> np.ndarray
 def pick_prompt(si: int, sets: Sequence[TrainSet], negative_rate: float, rng: random.Random,
                 i: int | None = None) -> tuple[str, bool]:
     """(prompt, negative) for item i of set si: one of its own synonyms, or with probability negative_rate (times
-    the photo's negative weight, at most MAX_NEGATIVE_RATE or negative_rate; only with two or more sets) a prompt of another
-    set, whose target is then empty: the concept asked for is absent from the photo, and the model must learn
-    to answer with nothing. A set that shares a prompt
-    with set si holds the same concept, so it never gives si's photos a negative; nor does a photo that holds
-    another concept too (i in the set's `mixed`), nor a set whose spec says `negatives=False`."""
+    the photo's negative weight, at most MAX_NEGATIVE_RATE or negative_rate; only with two or more sets) a
+    prompt of another set, whose target is then empty: the concept asked for is absent from the photo, and the
+    model must learn to answer with nothing. A set that shares a prompt with set si holds the same concept, so
+    it never gives si's photos a negative; nor does a photo that holds another concept too (i in the set's
+    `mixed`), nor a set whose spec says `negatives=False`."""
     if i is not None and i in sets[si].mixed or not getattr(sets[si].spec, "negatives", True):
         return rng.choice(sets[si].prompts), False
     weights = sets[si].negative_weights
