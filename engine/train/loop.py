@@ -574,6 +574,7 @@ def calibrate(seg: Segmenter, sets: list[TrainSet], n_images: int, split: str = 
 def held_out_or_train(splits: dict, min_holdout: int):
     """The held-out photos of a concept, or its train photos where it has fewer than `min_holdout` held out:
     thresholds set on a handful of photos swing more than the bias of photos the model has fitted (the joints
-    set's 11 held-out photos set taping's pixel threshold at 0.10 on one half and 0.50 on the other)."""
+    set's 11 held-out photos, split in two, set the bundled model's taping threshold at 0.85 on one half and 0.05
+    on the other: tools/replica_scores.py)."""
     held = splits["holdout"]
     return held if held is not None and len(held) >= min_holdout else splits["train"]
