@@ -156,7 +156,8 @@ def _stage(run_dir: Path, cfg: dict, summary: dict) -> str:
         what += (f"; trained on {cfg['image_size']} px views, it runs at **{cfg['inference_size']} px** (its "
                  "preprocessor config; position embeddings interpolated), where it was also validated and calibrated")
     amp = " autocast" if summary["precision"] != "float32" else ""
-    measured = f" (measured: {summary['precision_reason']})" if summary.get("precision_reason") else ""
+    reason = summary.get("precision_reason", "")  # "bf16: a training step measured ..."
+    measured = f", chosen because {reason.split(': ', 1)[-1]}" if reason else ""
     model = cfg.get("model")
     start = " from scratch" if model == "scratch" else f" from `{portable(in_repo(model))}`" if model else ""
     return (f"{command}: {summary['epochs_done']} epochs{start}, AdamW lr {cfg['lr']:g} (cosine, "
