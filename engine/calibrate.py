@@ -7,6 +7,11 @@ photos score the usual IoU at t, or, when the prompt is not found (presence < ta
 on a photo with nothing labelled, else 0). So a threshold that marks the salient line whatever the prompt says
 pays for it on the other sets.
 
+A presence threshold must keep MIN_FOUND of the own photos with the concept found. Where the thresholds are set
+on photos the model has fitted (a concept with too few held-out photos), that floor holds on its held-out photos
+too (`unseen`): presence runs high on fitted photos, so a floor met there alone gated away a fifth of the taping
+photos the bundled model had never seen (tools/replica_scores.py; docs/training.md).
+
 Training calls it at every validation (engine/train/loop.py `calibrate`); `python -m engine calibrate` runs it
 on a saved model and rewrites its drywall_qa.json.
 """
@@ -46,6 +51,7 @@ class PromptCalibration:
     n_own: int
     n_absent: int
     sweep: dict[float, float]  # pixel threshold -> mean IoU on own photos, ungated (what evaluate's sweep gives)
+    n_unseen: int = 0  # photos with the concept, not fitted by the model, that the found floor also held on
 
 
 @dataclass
@@ -62,9 +68,10 @@ class _Gathered:
 
 def pick_thresholds(own_iou: np.ndarray, own_presence: np.ndarray, own_empty: np.ndarray, absent_max: np.ndarray,
                     absent_presence: np.ndarray, thresholds=THRESHOLDS, presence_grid=PRESENCE_GRID,
-                    min_found: float = MIN_FOUND):
+                    min_found: float = MIN_FOUND, unseen_presence=()):
     """The (pixel threshold, presence threshold, score) with the best score, among the presence thresholds that
-    keep at least `min_found` of the own photos with a labelled mask found. The score is the mean of two means,
+    keep at least `min_found` of the own photos with a labelled mask found, and of `unseen_presence` (the presence
+    of photos with the concept that the model has not fitted) where given. The score is the mean of two means,
     own photos' IoU and absent photos' (each half, whatever their counts: with 11 own photos against 91 absent
     ones a plain mean bought silence on the absent photos with the own photos' masks), or the one mean there is.
 
@@ -80,11 +87,13 @@ def pick_thresholds(own_iou: np.ndarray, own_presence: np.ndarray, own_empty: np
         raise ValueError("no photos to calibrate on; pass sets with images")
     halves = 2 if n_own and n_absent else 1
     best = None
-    labelled = ~own_empty
+    labelled, unseen = ~own_empty, np.asarray(unseen_presence, float)
     for tau in presence_grid:
         own_found = own_presence >= tau  # (n,)
         if best is not None and labelled.any() and own_found[labelled].mean() < min_found:
             continue  # gates away too many photos where the concept is there
+        if best is not None and len(unseen) and (unseen >= tau).mean() < min_found:
+            continue  # ... or too many of those the model has not seen
         own = np.where(own_found[:, None], own_iou, own_empty[:, None].astype(float)).sum(axis=0)  # (T,)
         absent_found = absent_presence >= tau
         fired = absent_found[:, None] & (absent_max[:, None] >= thresholds[None, :])  # (m, T)
@@ -118,13 +127,15 @@ def _gather(segmenter, sets: Sequence[tuple], n_images: int, progress: bool) -> 
     return out
 
 
-def calibrate_model(segmenter, sets: Sequence[tuple], n_images: int = 100, *,
+def calibrate_model(segmenter, sets: Sequence[tuple], n_images: int = 100, *, unseen: dict | None = None,
                     progress: bool = False) -> dict[str, PromptCalibration]:
     """{prompt: PromptCalibration} from each set's first n_images photos.
 
     segmenter: an `engine.segmenter.SegmenterBase` (torch or ONNX); sets: (labelled set, its prompts) pairs, a
     prompt in one set only; the other sets' photos count as absent for it. Works on a model being trained (the
     training loop) and on a saved one (`python -m engine calibrate`).
+    unseen: {prompt: labelled set} of photos with the prompt's concept that the model has not fitted, for a
+    prompt whose set holds photos it has: its presence threshold keeps MIN_FOUND of their first n_images found.
     """
     sets = [(ds, [p.strip() for p in prompts]) for ds, prompts in sets]
     every = [p for _, prompts in sets for p in prompts]
@@ -132,13 +143,30 @@ def calibrate_model(segmenter, sets: Sequence[tuple], n_images: int = 100, *,
         raise ValueError(f"a prompt appears in two sets ({every}); give each set its own prompts")
     if n_images < 1:
         raise ValueError(f"n_images must be at least 1, got {n_images}")
+    unknown = set(unseen or ()) - set(every)
+    if unknown:
+        raise ValueError(f"unseen photos for prompts no set holds: {sorted(unknown)}")
     gathered = _gather(segmenter, sets, n_images, progress)
+    floors = {p: _unseen_presence(segmenter, ds, p, n_images, progress) for p, ds in (unseen or {}).items()}
     out = {}
     for p, g in gathered.items():
         own_iou = np.asarray(g.own_iou, dtype=float).reshape(len(g.own_presence), len(THRESHOLDS))
-        t, tau, score = pick_thresholds(own_iou, g.own_presence, g.own_empty, g.absent_max, g.absent_presence)
+        floor = floors.get(p, [])
+        t, tau, score = pick_thresholds(own_iou, g.own_presence, g.own_empty, g.absent_max, g.absent_presence,
+                                        unseen_presence=floor)
         sweep = {float(t): float(v) for t, v in zip(THRESHOLDS, own_iou.mean(axis=0))} if len(own_iou) else {}
-        out[p] = PromptCalibration(t, tau, score, len(g.own_presence), len(g.absent_max), sweep)
+        out[p] = PromptCalibration(t, tau, score, len(g.own_presence), len(g.absent_max), sweep, len(floor))
+    return out
+
+
+def _unseen_presence(segmenter, ds, prompt: str, n_images: int, progress: bool) -> list[float]:
+    """The presence of `prompt` on the first n_images photos of ds with something labelled."""
+    out = []
+    for i in tqdm(range(min(len(ds), n_images)), desc=f"calibrate {ds.name} (unseen)", leave=False,
+                  disable=not progress, file=sys.stderr):
+        image, gt = ds[i]
+        if np.asarray(gt, dtype=bool).any():
+            out.append(float(segmenter.prediction(image, [prompt]).presence[prompt]))
     return out
 
 

@@ -214,7 +214,8 @@ def _selection(cfg: dict, summary: dict) -> str:
                           "same photos in every run with this share)"}
     if cfg.get("holdout_min_photos"):
         sources["holdout"] += (f", or, for a set with fewer than {cfg['holdout_min_photos']} photos held out, on its "
-                               f"first {cfg.get('calibration_images')} train photos")
+                               f"first {cfg.get('calibration_images')} train photos, its presence threshold low "
+                               "enough to find 95% of its held-out photos with the concept")
     source = sources.get(cfg.get("calibrate_on"), "the validation sets")
     when = f"From {cfg['negative_start']:.0%} of the run on" if cfg.get("negative_start") else "Throughout"
     negatives = (f" {when}, {cfg['negative_rate']:.0%} of the samples "

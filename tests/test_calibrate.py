@@ -34,6 +34,17 @@ def test_own_and_absent_photos_weigh_half_each_whatever_their_counts():
     assert pick_thresholds(**args) == (0.3, 0.0, pytest.approx((1 + 8 / 9) / 2))
 
 
+def test_the_found_floor_holds_on_photos_the_model_has_not_fitted_too():
+    # four fitted own photos, all at presence 0.95; four absent photos that fire, at presence 0.3 to 0.8
+    args = dict(own_iou=[[0.5]] * 4, own_presence=[0.95] * 4, own_empty=[False] * 4, absent_max=[0.9] * 4,
+                absent_presence=[0.3, 0.5, 0.7, 0.8], thresholds=[0.5], presence_grid=[0.1, 0.6, 0.9])
+    assert pick_thresholds(**args) == (0.5, 0.9, pytest.approx(0.75))  # silences every absent photo
+    # unseen photos with the concept at 0.95, 0.65, 0.7: 0.9 would find one of three; 0.6 finds them all
+    assert pick_thresholds(**args, unseen_presence=[0.95, 0.65, 0.7]) == (0.5, 0.6, pytest.approx(0.5))
+    # one at 0.4: only the lowest presence threshold keeps it found
+    assert pick_thresholds(**args, unseen_presence=[0.95, 0.65, 0.4])[1] == 0.1
+
+
 @pytest.fixture(scope="module")
 def small_sets(shared_data):
     cracks = open_dataset(shared_data / "cracks" / "valid", name="cracks/valid")
@@ -51,6 +62,22 @@ def test_calibrate_model_on_a_tiny_model(tiny_segmenter, small_sets):
     assert 0.0 <= crack.score <= 1.0 and len(crack.sweep) == len(THRESHOLDS)
     with pytest.raises(ValueError, match="two sets"):
         calibrate_model(tiny_segmenter, [small_sets[0], small_sets[0]], n_images=1)
+
+
+@pytest.mark.slow
+def test_calibrate_model_holds_the_found_floor_on_unseen_photos(tiny_segmenter, small_sets):
+    joints = small_sets[1][0]
+    plain = calibrate_model(tiny_segmenter, small_sets, n_images=2)
+    out = calibrate_model(tiny_segmenter, small_sets, n_images=2, unseen={"segment taping area": joints})
+    taping = out["segment taping area"]
+    assert taping.n_unseen == 2 and out["segment crack"].n_unseen == 0  # both joints photos hold a labelled seam
+    presence = [tiny_segmenter.prediction(joints[i][0], ["segment taping area"]).presence["segment taping area"]
+                for i in range(2)]
+    assert taping.presence_threshold <= max(min(presence), PRESENCE_GRID[0])  # 95% of two: both found
+    assert taping.presence_threshold <= plain["segment taping area"].presence_threshold
+    assert out["segment crack"] == plain["segment crack"]
+    with pytest.raises(ValueError, match="no set holds"):
+        calibrate_model(tiny_segmenter, small_sets, n_images=1, unseen={"segment stain": joints})
 
 
 def test_write_thresholds_merges_into_drywall_qa_json(tmp_path):

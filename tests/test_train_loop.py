@@ -396,6 +396,23 @@ def test_hard_negatives_weigh_the_photos_where_another_prompt_fires(tiny_cfg):
     assert all(not a.any() for a in false_alarm_areas(trainee, features, sets))
 
 
+@pytest.mark.slow
+def test_a_concept_set_on_its_train_photos_keeps_its_held_out_photos_found(tiny_cfg, tiny_segmenter):
+    from engine.calibrate import calibrate_model
+    from engine.train.loop import calibrate
+    from engine.train.sampling import open_sets
+
+    sets = open_sets(tiny_cfg(holdout_share=0.1, max_train_images=4))
+    assert len(sets[0].holdout) >= 30 > len(sets[1].holdout)  # cracks hold 91 photos out, joints 11
+    got = calibrate(tiny_segmenter, sets, 3, "holdout", min_holdout=30)
+    want = calibrate_model(tiny_segmenter, [(sets[0].holdout, ["segment crack"]),
+                                            (sets[1].train, ["segment taping area"])], 3,
+                           unseen={"segment taping area": sets[1].holdout})
+    assert got["segment taping area"] == want["segment taping area"] and got["segment taping area"].n_unseen == 3
+    assert got["segment crack"] == got["segment wall crack"] == want["segment crack"]
+    assert got["segment crack"].n_unseen == 0
+
+
 def test_a_concept_with_few_held_out_photos_calibrates_on_its_train_photos():
     from engine.train.loop import held_out_or_train
 

@@ -9,7 +9,9 @@ photos are unseen by every stage. Thresholds, per prompt:
   when the model was calibrated on these held-out photos (`calibrate_on="holdout"`), and fair otherwise;
 - `train`: set on the first 100 train photos of each set, which the model has fitted (`calibrate_on="train"`);
 - `holdout, 2-fold`: set on half the held-out photos and scored on the other half, then the other way round, so
-  that every photo is scored by thresholds that never saw it (the fair estimate of `calibrate_on="holdout"`).
+  that every photo is scored by thresholds that never saw it (the fair estimate of `calibrate_on="holdout"`). A
+  concept with fewer held-out photos than the preset's `holdout_min_photos` is set as training sets it: on the
+  first train photos, its presence threshold keeping 95% of the fitting half's photos found.
 Per prompt: mIoU on its own held-out photos, false alarms on the other set's held-out photos (a mask over 1% of
 the photo), the best pixel threshold on them, and presence AUROC (which no threshold changes).
 """
@@ -61,7 +63,8 @@ def pooled(folds: list[dict], prompts: list[str]) -> dict[str, dict]:
 
 def replica_scores(model: str, holdout_share: float, images: int = 100) -> dict[str, dict]:
     """{way of setting thresholds: {prompt: figures}} on the held-out photos of the starter preset's sets."""
-    sets = open_sets(make_config("starter", holdout_share=holdout_share))
+    cfg = make_config("starter", holdout_share=holdout_share)
+    sets = open_sets(cfg)
     prompts = [s.prompts[0] for s in sets]
     held = [s.holdout for s in sets]
     seg = load_segmenter(model, precision="fp32")
@@ -73,7 +76,15 @@ def replica_scores(model: str, holdout_share: float, images: int = 100) -> dict[
     halves = [[ds.subset(range(k, len(ds), 2)) for ds in held] for k in (0, 1)]
     folds = []
     for fit, score in ((halves[0], halves[1]), (halves[1], halves[0])):
-        set_thresholds(seg, calibrate_model(seg, [(ds, [p]) for ds, p in zip(fit, prompts)], len(max(fit, key=len))))
+        pairs, unseen = [], {}
+        for s, ds, p in zip(sets, fit, prompts):  # as engine.train.loop.calibrate sets them
+            if len(s.holdout) < cfg.holdout_min_photos:
+                pairs.append((s.train, [p]))
+                unseen[p] = ds
+            else:
+                pairs.append((ds, [p]))
+        n = max(images, *(len(ds) for ds in fit))
+        set_thresholds(seg, calibrate_model(seg, pairs, n, unseen=unseen))
         folds.append(figures(seg, score, prompts))
     out["holdout, 2-fold"] = pooled(folds, prompts)
     for p in prompts:  # presence AUROC depends on no threshold

@@ -140,10 +140,10 @@ PRESETS: dict[str, dict] = {
     # loss, and 40 generated walls per set (so that the app's example walls, made by the same generator, come out
     # right; with 20 of them holding both concepts, synthetic_mixed, train photos set taping's threshold at 0.70,
     # costing 0.10 mIoU, and no more examples came out right). Thresholds are set on the held-out photos, but for
-    # a concept with fewer than 30 of them (the joints set holds 11), which uses the first 100 train photos. The
-    # valid splits stay unseen: no epoch is picked on them (select=last). It runs at 288 px (inference_size),
-    # picked on held-out train photos with tools/inference_size.py (docs/training.md, "The bundled model's input
-    # size").
+    # a concept with fewer than 30 of them (the joints set holds 11), which uses the first 100 train photos and
+    # keeps 95% of its held-out ones found (engine/train/loop.py `calibrate`). The valid splits stay unseen: no
+    # epoch is picked on them (select=last). It runs at 288 px (inference_size), picked on held-out train photos
+    # with tools/inference_size.py (docs/training.md, "The bundled model's input size").
     "starter": {
         "data": [{"path": str(SHARED_DATA / name), "prompts": DEFAULT_SETS[name], "synthetic_concept": concept,
                   "synthetic_walls": 40} for name, concept in (("cracks", "crack"), ("joints", "taping area"))],

@@ -148,7 +148,8 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
                 held = sum(len(sets[k].holdout or ()) for k in group)
                 if held < cfg.holdout_min_photos:
                     note(state, on_event, f"{sets[group[0]].prompts[0]}: {held} held-out photos, fewer than "
-                                          f"{cfg.holdout_min_photos}: its thresholds are set on its train photos")
+                                          f"{cfg.holdout_min_photos}: its thresholds are set on its train photos, "
+                                          "its presence threshold low enough to find 95% of its held-out ones")
         if cfg.negative_rate > 0 and len(sets) == 1:
             note(state, on_event, "one data set: no absent-concept negatives (they pair a photo with another "
                                   "set's prompt)")
@@ -557,17 +558,21 @@ def calibrate(seg: Segmenter, sets: list[TrainSet], n_images: int, split: str = 
     "holdout"), the other sets' photos counted as absent (engine.calibrate.calibrate_model). One prompt per set
     keeps it cheap; its synonyms share its thresholds. Sets without photos in `split` are left out.
     min_holdout: with split="holdout", a concept with fewer held-out photos than this is calibrated on its train
-    photos instead (`held_out_or_train`)."""
-    pairs = []
+    photos instead (`held_out_or_train`), and its presence threshold still keeps MIN_FOUND of its held-out photos
+    with the concept found (engine.calibrate: presence runs high on the photos a model has fitted)."""
+    pairs, unseen = [], {}
     for group in concept_groups(sets):  # sets that share a prompt hold one concept: calibrated together
         splits = {name: joined_split([getattr(sets[k], field) for k in group])
                   for name, field in (("train", "train"), ("valid", "val"), ("holdout", "holdout"))}
         ds = held_out_or_train(splits, min_holdout) if split == "holdout" else splits[split]
         if ds is not None:
-            pairs.append((ds, group_prompts(sets, group)))
+            prompts = group_prompts(sets, group)
+            pairs.append((ds, prompts))
+            if split == "holdout" and ds is not splits["holdout"] and splits["holdout"] is not None:
+                unseen[prompts[0]] = splits["holdout"]
     if not pairs:
         return {}
-    picked = calibrate_model(seg, [(ds, prompts[:1]) for ds, prompts in pairs], n_images)
+    picked = calibrate_model(seg, [(ds, prompts[:1]) for ds, prompts in pairs], n_images, unseen=unseen)
     return {p: picked[prompts[0]] for _, prompts in pairs for p in prompts}
 
 
