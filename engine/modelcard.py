@@ -215,7 +215,7 @@ def _selection(cfg: dict, summary: dict) -> str:
     if cfg.get("holdout_min_photos"):
         sources["holdout"] += (f", or, for a set with fewer than {cfg['holdout_min_photos']} photos held out, on its "
                                f"first {cfg.get('calibration_images')} train photos, its presence threshold low "
-                               "enough to find 95% of its held-out photos with the concept")
+                               f"enough to find {MIN_FOUND:.0%} of its held-out photos with the concept")
     source = sources.get(cfg.get("calibrate_on"), "the validation sets")
     when = f"From {cfg['negative_start']:.0%} of the run on" if cfg.get("negative_start") else "Throughout"
     negatives = (f" {when}, {cfg['negative_rate']:.0%} of the samples "

@@ -10,8 +10,9 @@ photos are unseen by every stage. Thresholds, per prompt:
 - `train`: set on the first 100 train photos of each set, which the model has fitted (`calibrate_on="train"`);
 - `holdout, 2-fold`: set on half the held-out photos and scored on the other half, then the other way round, so
   that every photo is scored by thresholds that never saw it (the fair estimate of `calibrate_on="holdout"`). A
-  concept with fewer held-out photos than the preset's `holdout_min_photos` is set as training sets it: on the
-  first train photos, its presence threshold keeping 95% of the fitting half's photos found.
+  concept with fewer held-out photos than the preset's `holdout_min_photos` is set as training sets it: on its
+  first train photos (which the other concepts then count as absent photos, as in training), its presence
+  threshold keeping 95% of the fitting half's photos found.
 Per prompt: mIoU on its own held-out photos, false alarms on the other set's held-out photos (a mask over 1% of
 the photo), the best pixel threshold on them, and presence AUROC (which no threshold changes).
 """
@@ -83,7 +84,7 @@ def replica_scores(model: str, holdout_share: float, images: int = 100) -> dict[
                 unseen[p] = ds
             else:
                 pairs.append((ds, [p]))
-        n = max(images, *(len(ds) for ds in fit))
+        n = max(cfg.calibration_images, *(len(ds) for ds in fit))
         set_thresholds(seg, calibrate_model(seg, pairs, n, unseen=unseen))
         folds.append(figures(seg, score, prompts))
     out["holdout, 2-fold"] = pooled(folds, prompts)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.calibrate import PromptCalibration, calibrate_model
+from engine.calibrate import MIN_FOUND, PromptCalibration, calibrate_model
 from engine.errors import TrainingStopped
 from engine.evaluate import best_threshold, evaluate
 from engine.models.io import image_processor
@@ -147,9 +147,11 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], stop: threading.
             for group in concept_groups(sets):
                 held = sum(len(sets[k].holdout or ()) for k in group)
                 if held < cfg.holdout_min_photos:
+                    floor = f", its presence threshold low enough to find {MIN_FOUND:.0%} of its held-out ones" \
+                        if held else ""
                     note(state, on_event, f"{sets[group[0]].prompts[0]}: {held} held-out photos, fewer than "
-                                          f"{cfg.holdout_min_photos}: its thresholds are set on its train photos, "
-                                          "its presence threshold low enough to find 95% of its held-out ones")
+                                          f"{cfg.holdout_min_photos}: its thresholds are set on its train photos"
+                                          + floor)
         if cfg.negative_rate > 0 and len(sets) == 1:
             note(state, on_event, "one data set: no absent-concept negatives (they pair a photo with another "
                                   "set's prompt)")
