@@ -30,6 +30,7 @@ from engine.calibrate import calibrate_model  # noqa: E402
 from engine.evaluate import evaluate_sets  # noqa: E402
 from engine.models import load_segmenter  # noqa: E402
 from engine.train import make_config  # noqa: E402
+from engine.train.loop import held_out_or_train  # noqa: E402
 from engine.train.sampling import open_sets  # noqa: E402
 
 
@@ -78,8 +79,8 @@ def replica_scores(model: str, holdout_share: float, images: int = 100) -> dict[
     folds = []
     for fit, score in ((halves[0], halves[1]), (halves[1], halves[0])):
         pairs, unseen = [], {}
-        for s, ds, p in zip(sets, fit, prompts):  # as engine.train.loop.calibrate sets them
-            if len(s.holdout) < cfg.holdout_min_photos:
+        for s, ds, p in zip(sets, fit, prompts):  # training's rule, decided on all of the set's held-out photos
+            if held_out_or_train({"holdout": s.holdout, "train": s.train}, cfg.holdout_min_photos) is s.train:
                 pairs.append((s.train, [p]))
                 unseen[p] = ds
             else:
