@@ -11,9 +11,13 @@ presence score as one more input, and fits an L2 logistic regression per prompt 
 starter preset's sets (generated walls left out; the held-out share of the replica never trained on). It is
 scored on the held-out photos and on the valid splits: presence AUROC (own photos with the concept against the
 other set's photos), and false alarms on the other set's photos at the score that keeps 95% of the held-out
-photos with the concept found, the same rule applied to the map's score for comparison.
+photos with the concept found, the same rule applied to the map's score for comparison. The ridge strength
+is the one with the fewest held-out false alarms (then the highest held-out AUROC); the valid rows are read last.
 
-The probe sees frozen features of a decoder trained for masks; a head trained with the decoder could do better.
+The probe sees frozen features of a decoder trained for masks, and is fitted on photos that decoder has fitted
+(where presence runs high, engine/calibrate.py): a head trained with the decoder could do better. The model must
+come from runs with the same `--holdout-share` (the bundled model's stages used 0.1), or its held-out photos are
+not unseen.
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ L2 = (1e-3, 1e-2, 1e-1)  # ridge strengths tried, on standardised features
 def photo_features(seg, sets, split: str) -> dict[str, np.ndarray]:
     """Decoder tokens pooled and map presence for every (photo, prompt) of `split` ("train", "holdout", "valid").
 
-    Returns X (N, 3 * reduce_dim) float32, map_presence (N,), prompt (N,) int (index into each set's first
-    prompt), present (N,) bool (the photo is its own set's and its label is not empty), own (N,) bool.
+    Returns X (N, 3 * reduce_dim) float32, map_presence (N,), prompt (N,) int (the index of the set whose first
+    prompt was asked), present (N,) bool (the photo is its own set's and its label is not empty), own (N,) bool.
+    Rows run photo by photo, each photo's prompts in set order.
     """
     prompts = [s.prompts[0] for s in sets]
     tokens = {}
@@ -58,8 +63,11 @@ def photo_features(seg, sets, split: str) -> dict[str, np.ndarray]:
             n = len(ds) - (s.spec.synthetic_walls if split == "train" else 0)  # the generated walls come last
             for i in range(n):
                 image, label = ds[i]
+                tokens.clear()
                 logits = np.asarray(seg.logits(seg.preprocess([image]), prompts), np.float32)[0]
                 x = tokens["x"]
+                if x.shape[0] != len(prompts):
+                    raise RuntimeError(f"decoder tokens for {x.shape[0]} rows, expected one per prompt")
                 pooled = torch.cat([x[:, 0], x[:, 1:].mean(1), x[:, 1:].amax(1)], 1).float().numpy()
                 for pi in range(len(prompts)):
                     rows["X"].append(pooled[pi])
@@ -100,14 +108,30 @@ def inputs(part: dict, pick: np.ndarray, with_map: bool) -> np.ndarray:
     return np.concatenate([x, np.log(p / (1 - p))[:, None]], 1)
 
 
+def found_threshold(positives: np.ndarray, found: float = FOUND) -> float:
+    """The highest score threshold that keeps at least `found` of `positives` at or above it."""
+    ranked = np.sort(np.asarray(positives, float))
+    return float(ranked[int(np.floor(len(ranked) * (1 - found) + 1e-9))])
+
+
 def scored(hold: np.ndarray, hold_y: np.ndarray, valid: np.ndarray, valid_y: np.ndarray) -> dict:
-    """AUROC on both, and false alarms / found at the threshold keeping FOUND of the held-out positives."""
-    t = np.quantile(hold[hold_y], 1 - FOUND)
-    return {"auroc_holdout": auroc(hold[hold_y], hold[~hold_y]),
+    """AUROC on both, and false alarms / found at the threshold keeping FOUND of the held-out positives.
+
+    hold, valid: (N,) scores; hold_y, valid_y: (N,) bool, True where the concept is there."""
+    t = found_threshold(hold[hold_y])
+    return {"threshold": t, "auroc_holdout": auroc(hold[hold_y], hold[~hold_y]),
             "auroc_valid": auroc(valid[valid_y], valid[~valid_y]),
             "false_alarm_holdout": float(np.mean(hold[~hold_y] >= t)),
+            "found_holdout": float(np.mean(hold[hold_y] >= t)),
             "false_alarm_valid": float(np.mean(valid[~valid_y] >= t)),
             "found_valid": float(np.mean(valid[valid_y] >= t))}
+
+
+def rows_for(part: dict, prompt: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pick, present) of one prompt's rows: its own photos with the concept (positives) and the other sets'
+    photos (absent); its own photos with an empty label are left out, as evaluation leaves them out of AUROC."""
+    pick = (part["prompt"] == prompt) & (part["present"] | ~part["own"])
+    return pick, part["present"][pick]
 
 
 def probe(model: str, holdout_share: float) -> dict[str, dict[str, dict]]:
@@ -116,13 +140,14 @@ def probe(model: str, holdout_share: float) -> dict[str, dict[str, dict]]:
     seg = load_segmenter(model, precision="fp32")
     if seg.backend != "torch":
         raise ValueError(f"{model} is a {seg.backend} model; give the training run or model folder.")
+    if not holdout_share:
+        raise ValueError("the probe is scored on held-out train photos: give --holdout-share above 0")
     parts = {split: photo_features(seg, sets, split) for split in ("train", "holdout", "valid")}
     out = {}
     for pi, s in enumerate(sets):
-        # a prompt's rows: its own photos with the concept (positives) and the other sets' photos (absent);
-        # own photos with an empty label are left out, as evaluation leaves them out of presence AUROC
-        pick = {k: (d["prompt"] == pi) & (d["present"] | ~d["own"]) for k, d in parts.items()}
-        y = {k: parts[k]["present"][pick[k]] for k in parts}
+        pick, y = {}, {}
+        for k, d in parts.items():
+            pick[k], y[k] = rows_for(d, pi)
         rows = {"map presence": scored(parts["holdout"]["map_presence"][pick["holdout"]], y["holdout"],
                                        parts["valid"]["map_presence"][pick["valid"]], y["valid"])}
         for with_map in (False, True):
@@ -131,6 +156,10 @@ def probe(model: str, holdout_share: float) -> dict[str, dict[str, dict]]:
                 name = f"probe{' + map' if with_map else ''}, l2 {l2:g}"
                 rows[name] = scored(score(inputs(parts["holdout"], pick["holdout"], with_map)), y["holdout"],
                                     score(inputs(parts["valid"], pick["valid"], with_map)), y["valid"])
+            # of the ridge strengths, the one chosen on the held-out photos
+            tried = [n for n in rows if n.startswith(f"probe{' + map' if with_map else ''},")]
+            keep = min(tried, key=lambda n: (rows[n]["false_alarm_holdout"], -(rows[n]["auroc_holdout"] or 0)))
+            rows[keep]["chosen"] = True
         out[s.prompts[0]] = rows
     return out
 
@@ -142,12 +171,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     results = probe(args.model, args.holdout_share)
-    print("| prompt | score | AUROC held out / valid | false alarms held out / valid | found, valid |")
+    def number(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    print("| prompt | score | AUROC held out / valid | false alarms held out / valid | found held out / valid |")
     print("|---|---|---|---|---|")
     for prompt, rows in results.items():
         for name, r in rows.items():
-            print(f"| {prompt} | {name} | {r['auroc_holdout']:.3f} / {r['auroc_valid']:.3f} | "
-                  f"{r['false_alarm_holdout']:.1%} / {r['false_alarm_valid']:.1%} | {r['found_valid']:.1%} |")
+            mark = " (chosen on held out)" if r.get("chosen") else ""
+            print(f"| {prompt} | {name}{mark} | {number(r['auroc_holdout'])} / {number(r['auroc_valid'])} | "
+                  f"{r['false_alarm_holdout']:.1%} / {r['false_alarm_valid']:.1%} | "
+                  f"{r['found_holdout']:.1%} / {r['found_valid']:.1%} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
