@@ -32,13 +32,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.calibrate import MIN_FOUND  # noqa: E402
 from engine.evaluate import auroc  # noqa: E402
 from engine.models import load_segmenter  # noqa: E402
 from engine.prediction import presence_score, sigmoid  # noqa: E402
 from engine.train import make_config  # noqa: E402
 from engine.train.sampling import open_sets  # noqa: E402
 
-FOUND = 0.95  # share of the held-out photos with the concept that a score's threshold keeps found
+FOUND = MIN_FOUND  # share of the held-out photos with the concept that a score's threshold keeps found (95%)
 L2 = (1e-3, 1e-2, 1e-1)  # ridge strengths tried, on standardised features
 
 
@@ -151,17 +152,20 @@ def probe(model: str, holdout_share: float) -> dict[str, dict[str, dict]]:
         rows = {"map presence": scored(parts["holdout"]["map_presence"][pick["holdout"]], y["holdout"],
                                        parts["valid"]["map_presence"][pick["valid"]], y["valid"])}
         for with_map in (False, True):
+            tried = []
             for l2 in L2:
                 score = fit_logistic(inputs(parts["train"], pick["train"], with_map), y["train"], l2)
-                name = f"probe{' + map' if with_map else ''}, l2 {l2:g}"
-                rows[name] = scored(score(inputs(parts["holdout"], pick["holdout"], with_map)), y["holdout"],
-                                    score(inputs(parts["valid"], pick["valid"], with_map)), y["valid"])
+                tried.append(scored(score(inputs(parts["holdout"], pick["holdout"], with_map)), y["holdout"],
+                                    score(inputs(parts["valid"], pick["valid"], with_map)), y["valid"]))
+                rows[f"probe{' + map' if with_map else ''}, l2 {l2:g}"] = tried[-1]
             # of the ridge strengths, the one chosen on the held-out photos
-            tried = [n for n in rows if n.startswith(f"probe{' + map' if with_map else ''},")]
-            keep = min(tried, key=lambda n: (rows[n]["false_alarm_holdout"], -(rows[n]["auroc_holdout"] or 0)))
-            rows[keep]["chosen"] = True
+            min(tried, key=lambda r: (r["false_alarm_holdout"], -(r["auroc_holdout"] or 0)))["chosen"] = True
         out[s.prompts[0]] = rows
     return out
+
+
+def _number(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def main(argv=None) -> int:
@@ -171,15 +175,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     results = probe(args.model, args.holdout_share)
-    def number(x):
-        return "-" if x is None else f"{x:.3f}"
-
     print("| prompt | score | AUROC held out / valid | false alarms held out / valid | found held out / valid |")
     print("|---|---|---|---|---|")
     for prompt, rows in results.items():
         for name, r in rows.items():
             mark = " (chosen on held out)" if r.get("chosen") else ""
-            print(f"| {prompt} | {name}{mark} | {number(r['auroc_holdout'])} / {number(r['auroc_valid'])} | "
+            print(f"| {prompt} | {name}{mark} | {_number(r['auroc_holdout'])} / {_number(r['auroc_valid'])} | "
                   f"{r['false_alarm_holdout']:.1%} / {r['false_alarm_valid']:.1%} | "
                   f"{r['found_holdout']:.1%} / {r['found_valid']:.1%} |")
     if args.json:
