@@ -137,6 +137,8 @@ def _stage(run_dir: Path, cfg: dict, summary: dict) -> str:
     losses = "BCE + soft Dice"
     if cfg.get("dice_on_empty") is False:
         losses += " (Dice on photos with a labelled mask only)"
+    if cfg.get("bce_on_empty", 1.0) != 1.0:
+        losses += f", the BCE weighted {cfg['bce_on_empty']:g} on absent-concept samples"
     if cfg.get("presence_weight"):
         only = ", negatives only" if cfg.get("presence_on_positives") is False else ""
         losses += f" + presence (weight {cfg['presence_weight']:g}{only})"

@@ -71,6 +71,12 @@ def test_card_of_a_fine_tuned_run_describes_both_stages(tmp_path):
     assert "Throughout, 50% of the samples were absent-concept negatives" in card
 
 
+def test_card_says_how_the_bce_of_negatives_was_weighted(tmp_path):
+    card = render_card(_run(tmp_path, presence_weight=0.3, bce_on_empty=0.3), SCORES)
+    assert "BCE + soft Dice, the BCE weighted 0.3 on absent-concept samples + presence (weight 0.3)" in card
+    assert "weighted" not in render_card(_run(tmp_path / "plain", presence_weight=0.3), SCORES)
+
+
 def test_card_of_a_run_calibrated_on_held_out_photos(tmp_path):
     run = _run(tmp_path, calibrate_on="holdout", holdout_share=0.1, presence_weight=0.3, dice_on_empty=False,
                data=[{"path": "/x/cracks", "prompts": ["segment crack"], "synthetic_concept": "crack",

@@ -65,8 +65,10 @@ def test_the_starter_presets_are_what_trained_the_bundled_models(folder, preset_
     added = set(preset) - set(shipped)
     assert added <= {"cache_precision", "cache_grid_augment", "presence_weight", "negative_rate", "negative_start",
                      "dice_on_empty", "presence_on_positives", "holdout_share", "inference_size",
-                     "calibrate_every", "replay_thresholds", "replay_targets", "hard_negatives", "holdout_min_photos"}
-    for key, same in {"calibrate_every": 1, "replay_thresholds": "calibrate", "replay_targets": "labels"}.items():
+                     "calibrate_every", "replay_thresholds", "replay_targets", "hard_negatives", "holdout_min_photos",
+                     "bce_on_empty"}
+    for key, same in {"calibrate_every": 1, "replay_thresholds": "calibrate", "replay_targets": "labels",
+                      "bce_on_empty": 1.0}.items():
         if key in added:  # what every run did before these settings existed
             assert preset.pop(key) == same, key
     negatives = preset.get("negative_rate", 0.0)

@@ -92,3 +92,13 @@ def test_presence_loss_scores_the_score_inference_uses():
     total = segmentation_loss(firing, torch.zeros(2, 8, 8), presence=2.0)
     assert total.item() == pytest.approx(segmentation_loss(firing, torch.zeros(2, 8, 8)).item()
                                          + 2 * presence_loss(firing, torch.zeros(2, 8, 8)).item(), rel=1e-5)
+
+
+def test_pixel_bce_on_negatives_is_weighted_apart():
+    # sample 0: foreground everywhere, map at p = 1/2; sample 1: empty target, map at p = 1/2 (BCE ln 2 each)
+    logits = torch.zeros(2, 4, 4, requires_grad=True)
+    target = torch.stack([torch.ones(4, 4), torch.zeros(4, 4)])
+    assert segmentation_loss(logits, target, dice=0, bce_empty=1.0).item() == pytest.approx(LN2)
+    assert segmentation_loss(logits, target, dice=0, bce_empty=0.25).item() == pytest.approx((LN2 + LN2 / 4) / 2)
+    segmentation_loss(logits, target, dice=0, bce_empty=0.0).backward()
+    assert logits.grad[1].abs().sum() == 0 and (logits.grad[0] < 0).all()  # the negative is left to presence

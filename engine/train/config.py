@@ -56,6 +56,7 @@ class TrainConfig:
     presence_weight: float = 0.0  # BCE of the photo-level presence score (losses.presence_loss)
     presence_on_positives: bool = True  # False: the presence loss scores negatives only
     dice_on_empty: bool = True  # False: samples with empty targets (negatives) get no Dice term, only BCE etc.
+    bce_on_empty: float = 1.0  # weight of the pixel BCE on samples with empty targets (negatives), against others'
     schedule: str = "cosine"  # "cosine" (linear warm-up, cosine decay) or "plateau" (halve on a val plateau)
     warmup_epochs: float = 0.5
     grad_clip: float = 1.0

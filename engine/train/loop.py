@@ -352,7 +352,7 @@ def config_loss(logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig) ->
     """segmentation_loss with cfg's weights and options (training steps and validation both use it)."""
     return segmentation_loss(logits, target, bce=cfg.bce_weight, dice=cfg.dice_weight, focal=cfg.focal_weight,
                              presence=cfg.presence_weight, dice_empty=cfg.dice_on_empty,
-                             presence_positives=cfg.presence_on_positives)
+                             presence_positives=cfg.presence_on_positives, bce_empty=cfg.bce_on_empty)
 
 
 def train_step(trainee: Trainee, opt: Optimiser, batch, cfg: TrainConfig, *, lr: float | None = None,

@@ -50,16 +50,21 @@ def presence_loss(logits: torch.Tensor, target: torch.Tensor, kernel: int = 3, *
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, bce: float = 1.0, dice: float = 1.0,
                       focal: float = 0.0, presence: float = 0.0, dice_empty: bool = True,
-                      presence_positives: bool = True) -> torch.Tensor:
+                      presence_positives: bool = True, bce_empty: float = 1.0) -> torch.Tensor:
     """Weighted BCE + soft Dice (+ focal, + presence). logits: (B, S, S) before sigmoid; target: (B, S, S) in [0, 1].
 
-    dice_empty=False leaves samples with empty targets (negatives) out of the Dice term.
+    dice_empty=False leaves samples with empty targets (negatives) out of the Dice term; bce_empty weighs their
+    pixel BCE against the other samples' (1: every pixel alike; 0: a negative is taught by the presence term only).
     Computed in fp32 whatever the autocast dtype, so bf16/fp16 training keeps an accurate loss.
     """
     logits, target = logits.float(), target.float()
     total = logits.new_zeros(())
-    if bce:
+    if bce and bce_empty == 1.0:
         total = total + bce * F.binary_cross_entropy_with_logits(logits, target)
+    elif bce:
+        per_sample = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+        empty = target.flatten(1).amax(1) <= 0.5
+        total = total + bce * torch.where(empty, bce_empty * per_sample, per_sample).mean()
     if dice:
         total = total + dice * soft_dice_loss(logits, target, empty=dice_empty)
     if focal:
