@@ -29,6 +29,7 @@ def test_presets_are_small_overrides_and_bad_settings_are_named():
     ("calibrate_every", 0, "calibrate_every must be >= 1"),
     ("replay_targets", "guess", "replay_targets must be"),
     ("lr", -1.0, "lr > 0"),
+    ("bce_on_empty", -0.5, "bce_on_empty is a weight >= 0"),
 ])
 def test_settings_outside_their_values_are_refused(name, bad, message):
     with pytest.raises(ValueError, match=message):

@@ -95,10 +95,11 @@ def test_presence_loss_scores_the_score_inference_uses():
 
 
 def test_pixel_bce_on_negatives_is_weighted_apart():
-    # sample 0: foreground everywhere, map at p = 1/2; sample 1: empty target, map at p = 1/2 (BCE ln 2 each)
-    logits = torch.zeros(2, 4, 4, requires_grad=True)
+    # sample 0: foreground everywhere, map at p = 1/2 (BCE ln 2); sample 1: empty target, logit 2 (BCE ln(1 + e^2))
+    logits = torch.stack([torch.zeros(4, 4), torch.full((4, 4), 2.0)]).requires_grad_()
     target = torch.stack([torch.ones(4, 4), torch.zeros(4, 4)])
-    assert segmentation_loss(logits, target, dice=0, bce_empty=1.0).item() == pytest.approx(LN2)
-    assert segmentation_loss(logits, target, dice=0, bce_empty=0.25).item() == pytest.approx((LN2 + LN2 / 4) / 2)
+    negative = math.log(1 + math.exp(2.0))
+    assert segmentation_loss(logits, target, dice=0, bce_empty=1.0).item() == pytest.approx((LN2 + negative) / 2)
+    assert segmentation_loss(logits, target, dice=0, bce_empty=0.25).item() == pytest.approx((LN2 + negative / 4) / 2)
     segmentation_loss(logits, target, dice=0, bce_empty=0.0).backward()
     assert logits.grad[1].abs().sum() == 0 and (logits.grad[0] < 0).all()  # the negative is left to presence

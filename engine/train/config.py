@@ -264,6 +264,9 @@ def make_config(preset: str | None = None, **overrides) -> TrainConfig:
         raise ValueError(f"holdout_share is a share of the train photos in [0, 1), not {cfg.holdout_share!r}.")
     if not 0.0 <= cfg.hard_negatives <= 1.0:
         raise ValueError(f"hard_negatives is a strength in [0, 1], not {cfg.hard_negatives!r}.")
+    if cfg.bce_on_empty < 0:
+        raise ValueError(f"bce_on_empty is a weight >= 0 (1: a negative's pixels count as others'), "
+                         f"not {cfg.bce_on_empty!r}.")
     if cfg.calibrate_on == "holdout" and not cfg.holdout_share:
         raise ValueError("calibrate_on=\"holdout\" needs photos held out: set holdout_share, e.g. 0.1.")
     if cfg.inference_size < 0:

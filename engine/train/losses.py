@@ -55,6 +55,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, bce: float 
 
     dice_empty=False leaves samples with empty targets (negatives) out of the Dice term; bce_empty weighs their
     pixel BCE against the other samples' (1: every pixel alike; 0: a negative is taught by the presence term only).
+    The weighted BCE is still divided by the batch size, so a lighter weight also lightens BCE against the other terms.
     Computed in fp32 whatever the autocast dtype, so bf16/fp16 training keeps an accurate loss.
     """
     logits, target = logits.float(), target.float()
