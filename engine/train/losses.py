@@ -6,6 +6,11 @@ import torch
 import torch.nn.functional as F
 
 
+def has_foreground(target: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: which samples' targets hold foreground (a pixel over 1/2); the others are negatives."""
+    return target.flatten(1).amax(1) > 0.5
+
+
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0, *,
                    empty: bool = True) -> torch.Tensor:
     """1 - soft Dice per sample, averaged. logits, target: (B, S, S); target in [0, 1].
@@ -19,7 +24,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0,
     loss = 1 - (2 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)
     if empty:
         return loss.mean()
-    keep = target.amax(1) > 0.5
+    keep = has_foreground(target)
     return loss[keep].sum() / keep.sum().clamp(min=1)
 
 
@@ -41,7 +46,7 @@ def presence_loss(logits: torch.Tensor, target: torch.Tensor, kernel: int = 3, *
     """
     prob = F.avg_pool2d(logits.sigmoid()[:, None], kernel, stride=1, padding=kernel // 2, count_include_pad=False)
     score = prob.flatten(1).amax(1).clamp(1e-6, 1 - 1e-6)
-    present = (target.flatten(1).amax(1) > 0.5).float()
+    present = has_foreground(target).float()
     if positives:
         return F.binary_cross_entropy(score, present)
     keep = present < 0.5
@@ -60,12 +65,11 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, bce: float 
     """
     logits, target = logits.float(), target.float()
     total = logits.new_zeros(())
-    if bce and bce_empty == 1.0:
+    if bce and bce_empty == 1.0:  # the plain mean, so runs without the weight train bit for bit as before it
         total = total + bce * F.binary_cross_entropy_with_logits(logits, target)
     elif bce:
         per_sample = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
-        empty = target.flatten(1).amax(1) <= 0.5
-        total = total + bce * torch.where(empty, bce_empty * per_sample, per_sample).mean()
+        total = total + bce * torch.where(has_foreground(target), per_sample, bce_empty * per_sample).mean()
     if dice:
         total = total + dice * soft_dice_loss(logits, target, empty=dice_empty)
     if focal:
