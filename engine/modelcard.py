@@ -154,6 +154,16 @@ def _stage(run_dir: Path, cfg: dict, summary: dict) -> str:
                  for n, c, m in walls]
         what += ", with " + " and ".join(kinds) + \
             " (`engine/synth.py`, seeds unlike the example walls') added to the training photos"
+    for d in cfg.get("data", []):
+        if not d.get("pasted_lines"):
+            continue
+        own = Path(d["path"]).name
+        if d.get("pasted_lines_from"):
+            base, donor, label = own, Path(d["pasted_lines_from"]).name, f"`{own}`'s labels"
+        else:
+            base, donor, label = Path(d["pasted_lines_onto"]).name, own, f"the lines, for `{own}`"
+        what += (f", with {d['pasted_lines']} of `{base}`'s training photos carrying the labelled lines of "
+                 f"`{donor}`'s (`engine/paste.py`; labelled with {label}, never negatives)")
     if cfg.get("inference_size") and cfg["inference_size"] != cfg.get("image_size"):
         what += (f"; trained on {cfg['image_size']} px views, it runs at **{cfg['inference_size']} px** (its "
                  "preprocessor config; position embeddings interpolated), where it was also validated and calibrated")

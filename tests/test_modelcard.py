@@ -89,6 +89,19 @@ def test_card_of_a_run_calibrated_on_held_out_photos(tmp_path):
     assert ("BCE + soft Dice (Dice on photos with a labelled mask only) + presence (weight 0.3), only the "
             "decoder") in card
     assert "with 40 generated walls of crack (20 of them with the other concept too)" in card
+    assert "carrying the labelled lines" not in card
+
+
+def test_card_names_the_composites_a_set_was_given(tmp_path):
+    run = _run(tmp_path, data=[{"path": "/x/cracks", "prompts": ["segment crack"], "pasted_lines": 50,
+                                "pasted_lines_onto": "/x/joints"},
+                               {"path": "/x/joints", "prompts": ["segment taping area"], "pasted_lines": 100,
+                                "pasted_lines_from": "/x/cracks"}])
+    card = render_card(run, SCORES)
+    assert ("with 50 of `joints`'s training photos carrying the labelled lines of `cracks`'s (`engine/paste.py`; "
+            "labelled with the lines, for `cracks`, never negatives), with 100 of `joints`'s training photos "
+            "carrying the labelled lines of `cracks`'s (`engine/paste.py`; labelled with `joints`'s labels, never "
+            "negatives)") in card
 
 
 def test_card_says_why_the_run_trained_in_its_precision(tmp_path):

@@ -212,3 +212,62 @@ def test_a_hard_negative_is_drawn_as_a_negative_more_often():
     rng = random.Random(0)
     share = {i: sum(pick_prompt(0, sets, 0.3, rng, i)[1] for _ in range(4000)) / 4000 for i in range(3)}
     assert share[0] == 0.0 and abs(share[1] - 0.3) < 0.03 and abs(share[2] - MAX_NEGATIVE_RATE) < 0.03
+
+
+def test_pasted_composites_follow_the_real_photos_and_are_never_negatives(tiny_cfg, monkeypatch, tmp_path):
+    import engine.train.sampling as sampling
+    from engine.train import DataSpec
+    from engine.train.sampling import pick_prompt
+
+    monkeypatch.setattr(sampling, "in_repo", lambda path: tmp_path / path)
+    plain = open_sets(tiny_cfg())
+    cracks, joints = plain[0].spec, plain[1].spec
+    sets = open_sets(tiny_cfg(data=[cracks, DataSpec(joints.path, joints.prompts, pasted_lines=4,
+                                                     pasted_lines_from=cracks.path)]))
+    real = plain[1].train
+    n = len(real)
+    assert len(sets[1].train) == n + 4 and sets[1].train.ids[:n] == real.ids
+    assert sets[1].mixed == set(range(n, n + 4)) and sets[0].mixed == frozenset()
+    for k in range(4):  # each composite is labelled with its base photo's taping mask
+        assert np.array_equal(sets[1].train.mask(n + k), real.mask(k % n))
+    rng = random.Random(0)
+    assert not any(pick_prompt(1, sets, 0.99, rng, n)[1] for _ in range(100))  # a crack is in it: no negative
+    assert sum(pick_prompt(1, sets, 0.99, rng, 0)[1] for _ in range(100)) > 90
+    assert len(list((tmp_path / ".cache" / "pasted").glob("*/masks/*.png"))) == 4
+
+
+def test_pasted_onto_another_set_labels_the_lines_on_the_same_composites(tiny_cfg, monkeypatch, tmp_path):
+    import engine.train.sampling as sampling
+    from engine.train import DataSpec
+
+    monkeypatch.setattr(sampling, "in_repo", lambda path: tmp_path / path)
+    plain = open_sets(tiny_cfg())
+    cracks, joints = plain[0].spec, plain[1].spec
+    sets = open_sets(tiny_cfg(data=[
+        DataSpec(cracks.path, cracks.prompts, pasted_lines=3, pasted_lines_onto=joints.path),
+        DataSpec(joints.path, joints.prompts, pasted_lines=3, pasted_lines_from=cracks.path)]))
+    n_cracks, n_joints = len(plain[0].train), len(plain[1].train)
+    assert sets[0].mixed == set(range(n_cracks, n_cracks + 3)) and len(sets[0].train) == n_cracks + 3
+    for k in range(3):
+        lines = sets[0].train.mask(n_cracks + k)
+        assert 0 < lines.mean() <= 0.08  # the pasted cracks, not the joints photo's taping box
+        assert not np.array_equal(lines, sets[1].train.mask(n_joints + k))
+        # one composite, two labels: the crack set's copy is the joints set's, pixel for pixel
+        assert sets[0].train.items[n_cracks + k].image_path.read_bytes() == \
+            sets[1].train.items[n_joints + k].image_path.read_bytes()
+
+
+def test_pasted_lines_must_name_another_set_of_the_run(tiny_cfg, monkeypatch, tmp_path):
+    import engine.train.sampling as sampling
+    from engine.train import DataSpec
+
+    monkeypatch.setattr(sampling, "in_repo", lambda path: tmp_path / path)
+    joints = open_sets(tiny_cfg())[1].spec
+    with pytest.raises(ValueError, match="pasted_lines_from"):
+        tiny_cfg(data=[DataSpec(joints.path, joints.prompts, pasted_lines=2)])
+    with pytest.raises(ValueError, match="either"):  # from and onto at once
+        tiny_cfg(data=[DataSpec(joints.path, joints.prompts, pasted_lines=2, pasted_lines_from="a",
+                                pasted_lines_onto="b")])
+    with pytest.raises(ValueError, match="not another data set of this run"):
+        open_sets(tiny_cfg(data=[DataSpec(joints.path, joints.prompts, pasted_lines=2,
+                                          pasted_lines_from=joints.path)]))

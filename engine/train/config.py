@@ -35,6 +35,14 @@ class DataSpec:
     # Of those walls, how many also hold the other concept (labelled with this set's only): the model learns to
     # find its concept beside the other one. Such a wall is never a negative for the other set's prompts.
     synthetic_mixed: int = 0
+    # Composites of two sets' real train photos (engine.paste): the labelled lines (cracks) of one moved onto the
+    # photos of another. `pasted_lines` of them, with `pasted_lines_from` naming (by path) the set whose lines
+    # this set's photos receive, labelled with this set's mask; or `pasted_lines_onto` naming the set whose
+    # photos receive this set's lines, labelled with the lines. Without photos holding both, every crack photo
+    # is a taping negative, and a crack anywhere turns the taping answer off. Like mixed walls, never negatives.
+    pasted_lines: int = 0
+    pasted_lines_from: str = ""
+    pasted_lines_onto: str = ""
 
 
 @dataclass
@@ -267,6 +275,13 @@ def make_config(preset: str | None = None, **overrides) -> TrainConfig:
     if cfg.bce_on_empty < 0:
         raise ValueError(f"bce_on_empty is a weight >= 0 (1: a negative's pixels count as others'), "
                          f"not {cfg.bce_on_empty!r}.")
+    for spec in cfg.data:
+        if spec.pasted_lines < 0 or spec.pasted_lines and bool(spec.pasted_lines_from) == bool(spec.pasted_lines_onto):
+            raise ValueError(f"Data set {spec.path}: pasted_lines is a number of composites >= 0, with either "
+                             f"pasted_lines_from (the data set whose lines this set's photos receive) or "
+                             f"pasted_lines_onto (the data set whose photos receive this set's lines), as a path; "
+                             f"got {spec.pasted_lines!r}, from {spec.pasted_lines_from!r}, onto "
+                             f"{spec.pasted_lines_onto!r}.")
     if cfg.calibrate_on == "holdout" and not cfg.holdout_share:
         raise ValueError("calibrate_on=\"holdout\" needs photos held out: set holdout_share, e.g. 0.1.")
     if cfg.inference_size < 0:

@@ -27,7 +27,7 @@ Pair = tuple[int, int]  # (set index, item index in that set's train split)
 class TrainSet:
     """One DataSpec opened: its train and validation splits (LabelledSet), its prompts (synonyms), and the train
     photos held out of training (cfg.holdout_share; None without). mixed: indices into train of the photos that
-    hold another set's concept too (generated mixed walls), which are never negatives."""
+    hold another set's concept too (generated mixed walls, pasted composites), which are never negatives."""
 
     spec: DataSpec
     train: object  # LabelledSet
@@ -65,7 +65,7 @@ def open_sets(cfg: TrainConfig) -> list[TrainSet]:
 
     Raises ValueError for a set without prompts or training images, or when cfg.data is empty.
     """
-    sets = []
+    sets, real = [], []
     for spec in cfg.data:
         if not spec.prompts:
             raise ValueError(f"Data set {spec.path} has no prompts: write it as PATH=\"prompt one,prompt two\".")
@@ -89,6 +89,7 @@ def open_sets(cfg: TrainConfig) -> list[TrainSet]:
                 train = train.subset(range(min(len(train), limit)))
         if spec.val_split == "train":
             val = train
+        real.append(train)
         mixed = frozenset()
         if spec.synthetic_walls:  # after the real photos, so "the first N train photos" stay real ones
             from engine.synth import is_mixed_wall
@@ -103,7 +104,38 @@ def open_sets(cfg: TrainConfig) -> list[TrainSet]:
         sets.append(TrainSet(spec, train, val, tuple(spec.prompts), holdout, mixed))
     if not sets:
         raise ValueError("No training data: give at least one --data PATH=prompts.")
+    for k, s in enumerate(sets):  # after every set is open: composites take the other set's train photos
+        if s.spec.pasted_lines:
+            if s.spec.pasted_lines_from:  # lines onto this set's photos, its own labels
+                composites = pasted_set(s.spec, real[k], _other_set(s.spec, s.spec.pasted_lines_from, cfg.data, real))
+            else:  # this set's lines onto the other's photos, labelled with the lines
+                composites = pasted_set(s.spec, _other_set(s.spec, s.spec.pasted_lines_onto, cfg.data, real), real[k],
+                                        label="lines")
+            s.mixed = s.mixed | frozenset(range(len(s.train), len(s.train) + len(composites)))
+            s.train = s.train.joined(composites)
     return sets
+
+
+def _other_set(spec: DataSpec, path: str, specs: Sequence[DataSpec], real: Sequence):
+    """The real train photos of the data set at `path`, which must be another set of the run than `spec`'s."""
+    for other, photos in zip(specs, real):
+        if other is not spec and Path(other.path) == Path(path):
+            return photos
+    paths = ", ".join(str(o.path) for o in specs if o is not spec) or "none"
+    raise ValueError(f"Data set {spec.path}: pasted lines from or onto {path!r}, which is not another data set of "
+                     f"this run (they are: {paths}).")
+
+
+def pasted_set(spec: DataSpec, base, donor, label: str = "base"):
+    """The composites a DataSpec asks for (engine.paste): `spec.pasted_lines` of the base set's real train photos
+    with the donor set's lines, labelled with `label` ("base" or "lines"), written once under .cache/pasted/ in a
+    folder named after the photos they come from."""
+    from engine.paste import set_fingerprint, write_pasted_set
+
+    key = set_fingerprint(base.ids, donor.ids, spec.pasted_lines, label)
+    folder = write_pasted_set(in_repo(".cache/pasted") / f"{base.name}-{label}-{spec.pasted_lines}-{key}", base,
+                              donor, spec.pasted_lines, label=label)
+    return open_dataset(folder, prompts=spec.prompts)
 
 
 def concept_groups(sets: Sequence[TrainSet]) -> list[list[int]]:
