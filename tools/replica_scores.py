@@ -15,6 +15,10 @@ photos are unseen by every stage. Thresholds, per prompt:
   threshold keeping 95% of the fitting half's photos found.
 Per prompt: mIoU on its own held-out photos, false alarms on the other set's held-out photos (a mask over 1% of
 the photo), the best pixel threshold on them, and presence AUROC (which no threshold changes).
+
+Then, at the model's thresholds, both concepts in one photo: every held-out joints photo twice, each time with the
+cracks of a held-out crack photo moved onto it (engine/paste.py), scored for each prompt against its own part (the
+taped area, the pasted cracks), beside the same prompt on the plain photos. No training photo is in them.
 """
 
 from __future__ import annotations
@@ -94,6 +98,28 @@ def replica_scores(model: str, holdout_share: float, images: int = 100) -> dict[
     return out
 
 
+def both_concepts(model: str, holdout_share: float) -> dict[str, dict]:
+    """{prompt: {n, miou, found, miou_plain}}: the taping prompt on held-out joints photos with held-out cracks
+    pasted on, the crack prompt on the pasted cracks of the same composites (see the module docstring)."""
+    import tempfile
+
+    from engine.data import open_dataset
+    from engine.paste import write_pasted_set
+
+    sets = open_sets(make_config("starter", holdout_share=holdout_share))
+    (cracks, crack_prompt), (joints, taping_prompt) = [(s.holdout, s.prompts[0]) for s in sets]
+    seg = load_segmenter(model, precision="fp32")
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, prompt, plain in (("base", taping_prompt, joints), ("lines", crack_prompt, cracks)):
+            folder = write_pasted_set(Path(tmp) / label, joints, cracks, 2 * len(joints), label=label)
+            ds = open_dataset(folder, prompts=[prompt])
+            r = evaluate_sets(seg, [(ds, [prompt])], progress=False).to_dict()["prompts"][prompt]
+            base = evaluate_sets(seg, [(plain, [prompt])], progress=False).to_dict()["prompts"][prompt]
+            out[prompt] = {"n": r["n_images"], "miou": r["miou"], "found": r["found_rate"], "miou_plain": base["miou"]}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a run or model folder trained with holdout_share")
@@ -111,6 +137,10 @@ def main(argv=None) -> int:
             best = f" ({r['best_threshold']:.2f})" if "best_threshold" in r else ""
             print(f"| {way} | {p} | {r['n']} | {r['miou']:.3f} | {r['false_alarm']:.1%} of {r['n_absent']} | "
                   f"{r['auroc']:.3f} | {t}{best} |")
+    results["both concepts"] = both_concepts(args.model, args.holdout_share)
+    print("\n| prompt | composites | mIoU there (plain photos) | found on |\n|---|---|---|---|")
+    for p, r in results["both concepts"].items():
+        print(f"| {p} | {r['n']} | {r['miou']:.3f} ({r['miou_plain']:.3f}) | {r['found']:.0%} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
