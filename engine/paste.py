@@ -2,9 +2,10 @@
 onto another photo (a taped wall), as a change of brightness rather than as pixels.
 
 A model fine-tuned on sets that each hold one concept learns a shortcut: every crack photo is a negative for
-"segment taping area", so a crack anywhere in a photo turns the taping answer off (the bundled model's taping
-presence on a generated taped wall falls from 1.00 to 0.01 when a crack is drawn across it). Composites in which
-both are present, labelled with the taped wall's own mask, teach it that the two go together.
+"segment taping area", so a crack anywhere in a photo can turn the taping answer off (the bundled model's taping
+presence on the example walls 03 and 04 is 0.01 and 0.00, and 0.98 and 1.00 with their cracks filled in).
+Composites in which both are present, labelled with either concept, show it photos where the two go together; they
+also score a model on such photos (tools/replica_scores.py). docs/training.md has what training on them gave.
 
 Moving pixels would carry the donor's wall colour along; moving the ratio of each pixel to its neighbourhood's
 brightness carries only the line: the donor's brightness is divided by a local background (a grey-level closing,
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +114,7 @@ def write_pasted_set(out_dir, base, donor, n: int, *, label: str = "base", seed:
     if label not in ("base", "lines"):
         raise ValueError(f"label must be 'base' (the base photo's mask) or 'lines' (the pasted ones), not {label!r}")
     out = Path(out_dir)
-    images, masks = out / "images", out / "masks"
-    if images.is_dir() and masks.is_dir() and len(list(masks.glob("*.png"))) == n:
+    if (out / "images").is_dir() and len(list((out / "masks").glob("*.png"))) == n:
         return out
     if n and not len(base):
         raise ValueError("no base photos to paste lines onto")
@@ -121,8 +123,13 @@ def write_pasted_set(out_dir, base, donor, n: int, *, label: str = "base", seed:
     if n and not usable:
         raise ValueError(f"none of the {len(donor)} donor photos has a label covering "
                          f"{DONOR_AREA[0]:.1%}-{DONOR_AREA[1]:.0%} of it (thin lines such as cracks)")
-    images.mkdir(parents=True, exist_ok=True)
-    masks.mkdir(parents=True, exist_ok=True)
+    # written beside the folder and renamed into place, so a run stopped half way never leaves a folder that
+    # passes for complete with a truncated last file
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    images, masks = partial / "images", partial / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
     for k in range(n):
         rng = np.random.default_rng([seed, k])
         photo, own = base[k % len(base)]
@@ -131,4 +138,6 @@ def write_pasted_set(out_dir, base, donor, n: int, *, label: str = "base", seed:
         name = f"pasted_{k:04d}"
         composite.save(images / f"{name}.jpg", "JPEG", quality=quality)
         Image.fromarray((own if label == "base" else pasted).astype(np.uint8) * 255).save(masks / f"{name}.png")
+    shutil.rmtree(out, ignore_errors=True)  # an incomplete folder from before this writer
+    os.replace(partial, out)
     return out

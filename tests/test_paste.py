@@ -55,6 +55,20 @@ def test_a_set_of_composites_keeps_the_base_masks_and_is_the_same_every_time(tmp
         assert image.min() < 100  # a line was pasted onto the plain grey photo
 
 
+def test_an_incomplete_folder_is_written_again_whole(tmp_path):
+    from engine.data import open_dataset
+
+    base = open_dataset(_labelled(tmp_path / "base", n=2, line=False))
+    donor = open_dataset(_labelled(tmp_path / "donor", n=2, line=True))
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    (out / "images").mkdir()
+    (out / "masks" / "pasted_0000.png").write_bytes(b"truncated")  # a run stopped after one file
+    write_pasted_set(out, base, donor, 3)
+    assert len(open_dataset(out)) == 3 and np.array_equal(open_dataset(out).mask(0), base.mask(0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "donor", "out"]  # no partial folder left
+
+
 def test_a_donor_set_without_line_like_labels_is_refused(tmp_path):
     from engine.data import open_dataset
 
