@@ -162,7 +162,8 @@ def _stage(run_dir: Path, cfg: dict, summary: dict) -> str:
             base, donor, label = own, Path(d["pasted_lines_from"]).name, f"`{own}`'s labels"
         else:
             base, donor, label = Path(d["pasted_lines_onto"]).name, own, f"the lines, for `{own}`"
-        what += (f", with {d['pasted_lines']} of `{base}`'s training photos carrying the labelled lines of "
+        photos = "training photos and generated walls" if d.get("pasted_on_walls") else "training photos"
+        what += (f", with {d['pasted_lines']} of `{base}`'s {photos} carrying the labelled lines of "
                  f"`{donor}`'s (`engine/paste.py`; labelled with {label}, never negatives)")
     if cfg.get("inference_size") and cfg["inference_size"] != cfg.get("image_size"):
         what += (f"; trained on {cfg['image_size']} px views, it runs at **{cfg['inference_size']} px** (its "

@@ -96,12 +96,12 @@ def test_card_names_the_composites_a_set_was_given(tmp_path):
     run = _run(tmp_path, data=[{"path": "/x/cracks", "prompts": ["segment crack"], "pasted_lines": 50,
                                 "pasted_lines_onto": "/x/joints"},
                                {"path": "/x/joints", "prompts": ["segment taping area"], "pasted_lines": 100,
-                                "pasted_lines_from": "/x/cracks"}])
+                                "pasted_lines_from": "/x/cracks", "pasted_on_walls": True}])
     card = render_card(run, SCORES)
     assert ("with 50 of `joints`'s training photos carrying the labelled lines of `cracks`'s (`engine/paste.py`; "
-            "labelled with the lines, for `cracks`, never negatives), with 100 of `joints`'s training photos "
-            "carrying the labelled lines of `cracks`'s (`engine/paste.py`; labelled with `joints`'s labels, never "
-            "negatives)") in card
+            "labelled with the lines, for `cracks`, never negatives), with 100 of `joints`'s training photos and "
+            "generated walls carrying the labelled lines of `cracks`'s (`engine/paste.py`; labelled with `joints`'s "
+            "labels, never negatives)") in card
 
 
 def test_card_says_why_the_run_trained_in_its_precision(tmp_path):

@@ -257,6 +257,25 @@ def test_pasted_onto_another_set_labels_the_lines_on_the_same_composites(tiny_cf
             sets[1].train.items[n_joints + k].image_path.read_bytes()
 
 
+def test_generated_walls_receive_lines_in_turn_with_the_real_photos(tiny_cfg, monkeypatch, tmp_path):
+    import engine.train.sampling as sampling
+    from engine.train import DataSpec
+    from engine.train.sampling import alternate
+
+    assert alternate(3, 2) == [0, 3, 1, 4, 2] and alternate(2, 4) == [0, 2, 1, 3, 4, 5] and alternate(0, 2) == [0, 1]
+    monkeypatch.setattr(sampling, "in_repo", lambda path: tmp_path / path)
+    plain = open_sets(tiny_cfg())
+    cracks, joints = plain[0].spec, plain[1].spec
+    sets = open_sets(tiny_cfg(data=[cracks, DataSpec(joints.path, joints.prompts, synthetic_concept="taping area",
+                                                     synthetic_walls=2, pasted_lines=4, pasted_lines_from=cracks.path,
+                                                     pasted_on_walls=True)]))
+    train, n = sets[1].train, len(plain[1].train)
+    assert len(train) == n + 2 + 4 and sets[1].mixed == set(range(n + 2, n + 6))
+    # composites 0..3 take real photo 0, wall 0, real photo 1, wall 1, each with its own taping mask
+    for k, base in enumerate([0, n, 1, n + 1]):
+        assert np.array_equal(train.mask(n + 2 + k), train.mask(base))
+
+
 def test_pasted_lines_must_name_another_set_of_the_run(tiny_cfg, monkeypatch, tmp_path):
     import engine.train.sampling as sampling
     from engine.train import DataSpec

@@ -43,6 +43,9 @@ class DataSpec:
     pasted_lines: int = 0
     pasted_lines_from: str = ""
     pasted_lines_onto: str = ""
+    # True: the receiving set's generated walls receive lines too (its real photos and walls taken in turn); a
+    # model can learn the shortcut on generated walls apart from real photos.
+    pasted_on_walls: bool = False
 
 
 @dataclass

@@ -65,7 +65,7 @@ def open_sets(cfg: TrainConfig) -> list[TrainSet]:
 
     Raises ValueError for a set without prompts or training images, or when cfg.data is empty.
     """
-    sets, real = [], []
+    sets, real, receiving = [], [], []  # real train photos; those and the generated walls
     for spec in cfg.data:
         if not spec.prompts:
             raise ValueError(f"Data set {spec.path} has no prompts: write it as PATH=\"prompt one,prompt two\".")
@@ -90,6 +90,7 @@ def open_sets(cfg: TrainConfig) -> list[TrainSet]:
         if spec.val_split == "train":
             val = train
         real.append(train)
+        receiving.append(train)
         mixed = frozenset()
         if spec.synthetic_walls:  # after the real photos, so "the first N train photos" stay real ones
             from engine.synth import is_mixed_wall
@@ -97,6 +98,7 @@ def open_sets(cfg: TrainConfig) -> list[TrainSet]:
             walls = synthetic_set(spec)
             mixed = frozenset(len(train) + k for k, name in enumerate(walls.ids) if is_mixed_wall(name))
             train = train.joined(walls)
+            receiving[-1] = train.subset(alternate(len(real[-1]), len(walls)))
         if cfg.max_val_images and val is not None:
             val = val.subset(range(min(len(val), cfg.max_val_images)))
         if len(train) == 0:
@@ -106,19 +108,29 @@ def open_sets(cfg: TrainConfig) -> list[TrainSet]:
         raise ValueError("No training data: give at least one --data PATH=prompts.")
     for k, s in enumerate(sets):  # after every set is open: composites take the other set's train photos
         if s.spec.pasted_lines:
+            bases = receiving if s.spec.pasted_on_walls else real
             if s.spec.pasted_lines_from:  # lines onto this set's photos, its own labels
-                composites = pasted_set(s.spec, real[k], _other_set(s.spec, s.spec.pasted_lines_from, cfg.data, real))
+                composites = pasted_set(s.spec, bases[k], _other_set(s.spec, s.spec.pasted_lines_from, cfg.data, real))
             else:  # this set's lines onto the other's photos, labelled with the lines
-                composites = pasted_set(s.spec, _other_set(s.spec, s.spec.pasted_lines_onto, cfg.data, real), real[k],
+                composites = pasted_set(s.spec, _other_set(s.spec, s.spec.pasted_lines_onto, cfg.data, bases), real[k],
                                         label="lines")
             s.mixed = s.mixed | frozenset(range(len(s.train), len(s.train) + len(composites)))
             s.train = s.train.joined(composites)
     return sets
 
 
-def _other_set(spec: DataSpec, path: str, specs: Sequence[DataSpec], real: Sequence):
-    """The real train photos of the data set at `path`, which must be another set of the run than `spec`'s."""
-    for other, photos in zip(specs, real):
+def alternate(n_real: int, n_walls: int) -> list[int]:
+    """Indices 0 .. n_real + n_walls - 1 of real photos followed by walls, taken in turn (real, wall, real, ...)
+    until one kind runs out, so that the first composites of a set take both kinds."""
+    walls = range(n_real, n_real + n_walls)
+    both = [i for pair in zip(range(n_real), walls) for i in pair]
+    k = min(n_real, n_walls)
+    return both + list(range(k, n_real)) + list(walls[k:])
+
+
+def _other_set(spec: DataSpec, path: str, specs: Sequence[DataSpec], photos_of: Sequence):
+    """`photos_of`'s entry for the data set at `path`, which must be another set of the run than `spec`'s."""
+    for other, photos in zip(specs, photos_of):
         if other is not spec and Path(other.path) == Path(path):
             return photos
     paths = ", ".join(str(o.path) for o in specs if o is not spec) or "none"
