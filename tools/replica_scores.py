@@ -68,7 +68,8 @@ def pooled(folds: list[dict], prompts: list[str]) -> dict[str, dict]:
 
 
 def replica_scores(model: str, holdout_share: float, images: int = 100) -> dict[str, dict]:
-    """{way of setting thresholds: {prompt: figures}} on the held-out photos of the starter preset's sets."""
+    """{way of setting thresholds: {prompt: figures}} on the held-out photos of the starter preset's sets, and
+    {"both concepts": both_concepts(...)} at the model's own thresholds."""
     cfg = make_config("starter", holdout_share=holdout_share)
     sets = open_sets(cfg)
     prompts = [s.prompts[0] for s in sets]
@@ -76,7 +77,7 @@ def replica_scores(model: str, holdout_share: float, images: int = 100) -> dict[
     seg = load_segmenter(model, precision="fp32")
     if seg.backend != "torch":
         raise ValueError(f"{model} is a {seg.backend} model; give the training run or model folder.")
-    out = {"model": figures(seg, held, prompts)}
+    out = {"model": figures(seg, held, prompts), "both concepts": both_concepts(seg, sets)}
     set_thresholds(seg, calibrate_model(seg, [(s.train, [p]) for s, p in zip(sets, prompts)], images))
     out["train"] = figures(seg, held, prompts)
     halves = [[ds.subset(range(k, len(ds), 2)) for ds in held] for k in (0, 1)]
@@ -98,17 +99,16 @@ def replica_scores(model: str, holdout_share: float, images: int = 100) -> dict[
     return out
 
 
-def both_concepts(model: str, holdout_share: float) -> dict[str, dict]:
-    """{prompt: {n, miou, found, miou_plain}}: the taping prompt on held-out joints photos with held-out cracks
-    pasted on, the crack prompt on the pasted cracks of the same composites (see the module docstring)."""
+def both_concepts(seg, sets: list) -> dict[str, dict]:
+    """{prompt: {n, miou, found, miou_plain}} of `seg` at its own thresholds: the taping prompt on the starter
+    sets' held-out joints photos with held-out cracks pasted on, the crack prompt on the pasted cracks of the same
+    composites (see the module docstring)."""
     import tempfile
 
     from engine.data import open_dataset
     from engine.paste import write_pasted_set
 
-    sets = open_sets(make_config("starter", holdout_share=holdout_share))
     (cracks, crack_prompt), (joints, taping_prompt) = [(s.holdout, s.prompts[0]) for s in sets]
-    seg = load_segmenter(model, precision="fp32")
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, prompt, plain in (("base", taping_prompt, joints), ("lines", crack_prompt, cracks)):
@@ -128,6 +128,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     results = replica_scores(args.model, args.holdout_share, args.images)
+    both = results.pop("both concepts")
     print("| thresholds | prompt | photos | mIoU | false alarms | presence AUROC | pixel threshold (best there) |")
     print("|---|---|---|---|---|---|---|")
     for way, rows in results.items():
@@ -137,12 +138,11 @@ def main(argv=None) -> int:
             best = f" ({r['best_threshold']:.2f})" if "best_threshold" in r else ""
             print(f"| {way} | {p} | {r['n']} | {r['miou']:.3f} | {r['false_alarm']:.1%} of {r['n_absent']} | "
                   f"{r['auroc']:.3f} | {t}{best} |")
-    results["both concepts"] = both_concepts(args.model, args.holdout_share)
     print("\n| prompt | composites | mIoU there (plain photos) | found on |\n|---|---|---|---|")
-    for p, r in results["both concepts"].items():
+    for p, r in both.items():
         print(f"| {p} | {r['n']} | {r['miou']:.3f} ({r['miou_plain']:.3f}) | {r['found']:.0%} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps({**results, "both concepts": both}, indent=1))
     return 0
 
 
