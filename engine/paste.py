@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
+
+from engine.fileio import replace_dir
 
 #: Smallest window (pixels at 640 px) of the closing that estimates a donor's background; a wide crack gets a
 #: window twice its own width plus a margin (up to MAX_WINDOW), so the closing fills it whole.
@@ -123,21 +123,19 @@ def write_pasted_set(out_dir, base, donor, n: int, *, label: str = "base", seed:
     if n and not usable:
         raise ValueError(f"none of the {len(donor)} donor photos has a label covering "
                          f"{DONOR_AREA[0]:.1%}-{DONOR_AREA[1]:.0%} of it (thin lines such as cracks)")
-    # written beside the folder and renamed into place, so a run stopped half way never leaves a folder that
-    # passes for complete with a truncated last file
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    images, masks = partial / "images", partial / "masks"
-    images.mkdir(parents=True)
-    masks.mkdir()
-    for k in range(n):
-        rng = np.random.default_rng([seed, k])
-        photo, own = base[k % len(base)]
-        line_photo, lines = donor[usable[int(rng.integers(len(usable)))]]
-        composite, pasted = paste_lines(photo, line_photo, lines, rng)
-        name = f"pasted_{k:04d}"
-        composite.save(images / f"{name}.jpg", "JPEG", quality=quality)
-        Image.fromarray((own if label == "base" else pasted).astype(np.uint8) * 255).save(masks / f"{name}.png")
-    shutil.rmtree(out, ignore_errors=True)  # an incomplete folder from before this writer
-    os.replace(partial, out)
+    # built beside the folder and swapped in whole (engine.fileio.replace_dir), so a run stopped half way never
+    # leaves a folder that passes for complete with a truncated last file
+    with replace_dir(out) as tmp:
+        images, masks = tmp / "images", tmp / "masks"
+        images.mkdir()
+        masks.mkdir()
+        for k in range(n):
+            rng = np.random.default_rng([seed, k])
+            photo, own = base[k % len(base)]
+            line_photo, lines = donor[usable[int(rng.integers(len(usable)))]]
+            composite, pasted = paste_lines(photo, line_photo, lines, rng)
+            name = f"pasted_{k:04d}"
+            composite.save(images / f"{name}.jpg", "JPEG", quality=quality)
+            mask = own if label == "base" else pasted
+            Image.fromarray(mask.astype(np.uint8) * 255).save(masks / f"{name}.png")
     return out
